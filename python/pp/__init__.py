@@ -1,0 +1,19 @@
+"""pp — Parallel Python with a C engine.
+
+    import pp
+    job_server = pp.Server()                 # one worker per core
+    job = job_server.submit(func, (arg,), depfuncs, modules)
+    result = job()
+
+The API is Parallel Python's (Server, submit, Template, wait, get_stats,
+print_stats, set_ncpus, ...); the engine beneath is C. See docs/api.md."""
+from ._errors import (CancelledError, DestroyedError, PPError, RemoteError,
+                      RemoteTraceback, SerializationError, WorkerLostError)
+from ._server import Job, Server, Statistics, Template, as_completed
+
+version = __version__ = "2.0.0"
+copyright = "Copyright (c) 2026 the pp developers"
+
+__all__ = ["Server", "Template", "Job", "Statistics", "as_completed", "PPError",
+           "WorkerLostError", "DestroyedError", "SerializationError",
+           "RemoteError", "RemoteTraceback", "CancelledError", "version"]

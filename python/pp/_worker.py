@@ -1,0 +1,101 @@
+"""The worker process's Python side: turning a function descriptor back into
+a callable (load) and an exception into bytes (excfmt). The loop itself is C
+(pp._core.worker_main); it calls these only for new functions and errors.
+
+Started by the engine as:
+    python -c "import pp._worker as w; w.main()" PARENT_PID PROTO RESTART
+with its frame pipe on file descriptor 3."""
+import builtins
+import importlib
+import linecache
+import os
+import pickle
+import signal
+import sys
+import types
+
+_proto = pickle.HIGHEST_PROTOCOL
+
+
+def _resolve(module, qualname):
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def load(blob):
+    """Descriptor bytes -> (callable, namespace module or None)."""
+    desc = pickle.loads(blob)
+    kind = desc[0]
+    if kind == "ref":
+        return _resolve(desc[1], desc[2]), None
+    if kind == "cp":
+        return pickle.loads(desc[1]), None
+    if kind != "src":
+        raise ValueError("unknown function descriptor kind %r" % (kind,))
+    _, name, imports, refs, sources, method = desc
+    mod = types.ModuleType("__main__")
+    ns = mod.__dict__
+    ns["__builtins__"] = builtins
+    for spec in imports:
+        if spec.startswith(("import ", "from ")):
+            exec(spec, ns)
+        else:
+            ns[spec.split(".")[0]] = __import__(spec)
+    for bound, (module, qualname) in refs:
+        ns[bound] = _resolve(module, qualname)
+    for i, src in enumerate(sources):
+        filename = "<pp %s #%d>" % (name, i)
+        linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+        exec(compile(src, filename, "exec"), ns)
+    if method is not None:
+        fn = getattr(ns[method[0]], method[1])
+    else:
+        fn = ns[name]
+    return fn, mod
+
+
+def excfmt(exc, serial):
+    """Exception -> pickled (type name, message, traceback text, exc bytes)."""
+    import traceback
+    if exc is None:
+        return pickle.dumps(("builtins.SystemError", "unknown error", "", None), _proto)
+    try:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        tb = ""
+    t = type(exc)
+    tname = "%s.%s" % (t.__module__, t.__qualname__)
+    try:
+        msg = str(exc)
+    except Exception:
+        msg = "<unprintable %s>" % t.__name__
+    excb = None
+    if not serial:
+        try:
+            excb = pickle.dumps(exc, _proto)
+        except Exception:
+            excb = None
+    return pickle.dumps((tname, msg, tb, excb), _proto)
+
+
+def main():
+    global _proto
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's
+    parent, proto, restart = (int(a) for a in sys.argv[1:4])
+    _proto = proto
+    try:
+        sys.stdout.reconfigure(line_buffering=True)
+    except Exception:
+        pass
+    from . import _core
+    try:
+        _core.worker_main(3, load, excfmt, proto, restart, parent)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+    os._exit(0)

@@ -1,0 +1,475 @@
+/* engine.c — the engine's thread, its public API (submit, cancel, waits,
+ * events, pool size, stats) and job completion. Scheduling lives in sched.c,
+ * worker processes in pool.c. See engine_int.h for which thread owns what. */
+#include "engine_int.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static char **strv_dup(char *const *v) {
+  size_t n = 0;
+  if (v == NULL)
+    return NULL;
+  while (v[n] != NULL)
+    n++;
+  char **out = calloc(n + 1, sizeof *out);
+  if (out == NULL)
+    return NULL;
+  for (size_t i = 0; i < n; i++) {
+    out[i] = strdup(v[i]);
+    if (out[i] == NULL) {
+      for (size_t k = 0; k < i; k++)
+        free(out[k]);
+      free(out);
+      return NULL;
+    }
+  }
+  return out;
+}
+
+static void strv_free(char **v) {
+  if (v == NULL)
+    return;
+  for (size_t i = 0; v[i] != NULL; i++)
+    free(v[i]);
+  free(v);
+}
+
+void pp__log(pp_engine *e, int level, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  if (!pp_log_enabled(level) && !e->queue_logs)
+    return;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (!e->queue_logs) {
+    pp_log(level, "%s", msg);
+    return;
+  }
+  uv_mutex_lock(&e->mu);
+  if (e->logq_len >= PP__LOGQ_MAX) {
+    e->logq_dropped++;
+  } else {
+    pp__logline *l = malloc(sizeof *l);
+    char *m = strdup(msg);
+    if (l && m) {
+      l->next = NULL;
+      l->level = level;
+      l->msg = m;
+      if (e->logq_tail)
+        e->logq_tail->next = l;
+      else
+        e->logq_head = l;
+      e->logq_tail = l;
+      e->logq_len++;
+      uv_cond_signal(&e->ev_cond);
+    } else {
+      free(l);
+      free(m);
+      e->logq_dropped++;
+    }
+  }
+  uv_mutex_unlock(&e->mu);
+}
+
+/* ---- completion ------------------------------------------------------- */
+
+static void group_finished(pp_engine *e, pp_job *j) {
+  if (j->group < e->ngroups && e->group_pending[j->group] > 0)
+    e->group_pending[j->group]--;
+  if (e->total_pending > 0)
+    e->total_pending--;
+}
+
+void pp__complete(pp_engine *e, pp_job *j, int status, uint8_t *result,
+                  size_t len, char *errmsg) {
+  int prev = atomic_load_explicit(&j->state, memory_order_relaxed);
+  if (prev == PP_JOB_RUNNING && e->running > 0)
+    e->running--;
+  j->status = status;
+  j->result = result;
+  j->result_len = len;
+  j->errmsg = errmsg;
+  if (status == PP_JOB_OK || status == PP_JOB_EXC || status == PP_JOB_SERIAL) {
+    e->njobs++;
+    e->time_ns += j->runtime_ns;
+  }
+  atomic_store_explicit(&j->state, PP_JOB_DONE, memory_order_release);
+  e->generation++;
+  if (j->want_callback) {
+    /* the engine's reference moves to the event queue */
+    pp_jobq_push_back(&e->evq, j);
+    uv_cond_signal(&e->ev_cond);
+  } else {
+    group_finished(e, j);
+    pp_job_unref(j);
+  }
+  if (e->waiters > 0)
+    uv_cond_broadcast(&e->done_cond);
+}
+
+/* ---- the engine thread ------------------------------------------------- */
+
+static void on_close_noop(uv_handle_t *h) { PP_UNUSED(h); }
+
+/* engine_stop: fail every job and kill every worker; the loop ends once the
+ * last handle is closed. Engine thread. */
+static void engine_stop(pp_engine *e) {
+  pp_job *j;
+  if (e->stopping)
+    return;
+  e->stopping = 1;
+  uv_mutex_lock(&e->mu);
+  while ((j = pp_jobq_pop(&e->pending)) != NULL)
+    pp__complete(e, j, PP_JOB_DESTROYED, NULL, 0,
+                 strdup("the pp Server was destroyed before the job ran"));
+  for (pp__worker *w = e->workers; w; w = w->next)
+    while ((j = pp_jobq_pop(&w->inflight)) != NULL)
+      pp__complete(e, j, PP_JOB_DESTROYED, NULL, 0,
+                   strdup("the pp Server was destroyed while the job ran"));
+  uv_mutex_unlock(&e->mu);
+  pp__pool_kill_all(e);
+  uv_timer_stop(&e->respawn_timer);
+  uv_close((uv_handle_t *)&e->respawn_timer, on_close_noop);
+  uv_close((uv_handle_t *)&e->async, on_close_noop);
+}
+
+/* on_async: woken by submit, set_nworkers or shutdown. Engine thread. */
+static void on_async(uv_async_t *a) {
+  pp_engine *e = a->data;
+  uv_mutex_lock(&e->mu);
+  int shutdown = e->shutdown;
+  uv_mutex_unlock(&e->mu);
+  if (shutdown) {
+    engine_stop(e);
+    return;
+  }
+  pp__pool_adjust(e);
+  pp__dispatch(e);
+}
+
+static void engine_main(void *arg) {
+  pp_engine *e = arg;
+  pp__pool_adjust(e);
+  pp__dispatch(e);
+  uv_run(&e->loop, UV_RUN_DEFAULT);
+  uv_mutex_lock(&e->mu);
+  e->stopped = 1;
+  uv_cond_broadcast(&e->ev_cond);
+  uv_cond_broadcast(&e->done_cond);
+  uv_mutex_unlock(&e->mu);
+}
+
+/* ---- public API -------------------------------------------------------- */
+
+static void engine_free_config(pp_engine *e) {
+  strv_free(e->argv);
+  strv_free(e->env);
+  free(e->cwd);
+}
+
+int pp_engine_new(const pp_engine_opts *o, pp_engine **out) {
+  int rc = PP_ENOMEM;
+  if (o == NULL || o->worker_argv == NULL || o->worker_argv[0] == NULL ||
+      o->nworkers < 0 || o->max_retries < 0)
+    return PP_EINVAL;
+  pp_engine *e = calloc(1, sizeof *e);
+  if (e == NULL)
+    return PP_ENOMEM;
+  e->argv = strv_dup(o->worker_argv);
+  e->env = strv_dup(o->worker_env);
+  e->cwd = o->worker_cwd ? strdup(o->worker_cwd) : NULL;
+  if (e->argv == NULL || (o->worker_env && e->env == NULL) ||
+      (o->worker_cwd && e->cwd == NULL))
+    goto fail_config;
+  e->restart = o->restart;
+  e->max_retries = o->max_retries;
+  e->queue_logs = o->queue_logs;
+  e->max_frame = o->max_frame ? o->max_frame : PP_FRAME_MAX_DEFAULT;
+  e->target = o->nworkers;
+  rc = PP_EIO;
+  if (uv_loop_init(&e->loop) != 0)
+    goto fail_config;
+  if (uv_mutex_init(&e->mu) != 0)
+    goto fail_loop;
+  if (uv_cond_init(&e->done_cond) != 0)
+    goto fail_mu;
+  if (uv_cond_init(&e->ev_cond) != 0)
+    goto fail_cond1;
+  if (uv_async_init(&e->loop, &e->async, on_async) != 0)
+    goto fail_cond2;
+  e->async.data = e;
+  uv_timer_init(&e->loop, &e->respawn_timer);
+  e->respawn_timer.data = e;
+  if (uv_thread_create(&e->thread, engine_main, e) != 0) {
+    uv_close((uv_handle_t *)&e->async, NULL);
+    uv_close((uv_handle_t *)&e->respawn_timer, NULL);
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    goto fail_cond2;
+  }
+  e->thread_started = 1;
+  *out = e;
+  return PP_OK;
+
+fail_cond2:
+  uv_cond_destroy(&e->ev_cond);
+fail_cond1:
+  uv_cond_destroy(&e->done_cond);
+fail_mu:
+  uv_mutex_destroy(&e->mu);
+fail_loop:
+  uv_loop_close(&e->loop);
+fail_config:
+  engine_free_config(e);
+  free(e);
+  return rc;
+}
+
+void pp_engine_shutdown(pp_engine *e) {
+  uv_mutex_lock(&e->mu);
+  int was = e->shutdown;
+  e->shutdown = 1;
+  uv_mutex_unlock(&e->mu);
+  if (!was)
+    uv_async_send(&e->async);
+  if (e->thread_started) {
+    uv_thread_join(&e->thread);
+    e->thread_started = 0;
+  }
+}
+
+void pp_engine_free(pp_engine *e) {
+  pp_job *j;
+  if (e == NULL)
+    return;
+  pp_engine_shutdown(e);
+  while ((j = pp_jobq_pop(&e->evq)) != NULL)
+    pp_job_unref(j);
+  for (pp__logline *l = e->logq_head, *n; l; l = n) {
+    n = l->next;
+    free(l->msg);
+    free(l);
+  }
+  while (e->workers) { /* all handles are closed once the loop ended */
+    pp__worker *w = e->workers;
+    e->workers = w->next;
+    pp_buf_free(&w->rbuf);
+    pp_keyset_free(&w->known);
+    free(w);
+  }
+  uv_loop_close(&e->loop);
+  uv_cond_destroy(&e->ev_cond);
+  uv_cond_destroy(&e->done_cond);
+  uv_mutex_destroy(&e->mu);
+  free(e->group_pending);
+  free(e->pids);
+  engine_free_config(e);
+  free(e);
+}
+
+/* grow_groups: make group g addressable. Caller holds mu. 0 or PP_ENOMEM. */
+static int grow_groups(pp_engine *e, uint32_t g) {
+  if (g < e->ngroups)
+    return PP_OK;
+  size_t n = e->ngroups ? e->ngroups : 8;
+  while (n <= g)
+    n *= 2;
+  uint64_t *p = realloc(e->group_pending, n * sizeof *p);
+  if (p == NULL)
+    return PP_ENOMEM;
+  memset(p + e->ngroups, 0, (n - e->ngroups) * sizeof *p);
+  e->group_pending = p;
+  e->ngroups = n;
+  return PP_OK;
+}
+
+int pp_engine_submit(pp_engine *e, pp_job *j) {
+  uv_mutex_lock(&e->mu);
+  if (e->shutdown) {
+    uv_mutex_unlock(&e->mu);
+    return PP_ECLOSED;
+  }
+  if (grow_groups(e, j->group) != PP_OK) {
+    uv_mutex_unlock(&e->mu);
+    return PP_ENOMEM;
+  }
+  j->id = ++e->next_id;
+  e->group_pending[j->group]++;
+  e->total_pending++;
+  pp_job_ref(j);
+  pp_jobq_push_back(&e->pending, j);
+  uv_mutex_unlock(&e->mu);
+  uv_async_send(&e->async);
+  return PP_OK;
+}
+
+int pp_engine_cancel(pp_engine *e, pp_job *j) {
+  int done = 0;
+  uv_mutex_lock(&e->mu);
+  if (atomic_load(&j->state) == PP_JOB_QUEUED && !e->stopped) {
+    pp_jobq_remove(&e->pending, j);
+    pp__complete(e, j, PP_JOB_CANCELLED, NULL, 0, NULL);
+    done = 1;
+  }
+  uv_mutex_unlock(&e->mu);
+  return done;
+}
+
+int pp_engine_want_callback(pp_engine *e, pp_job *j, void *udata) {
+  int ok = 0;
+  uv_mutex_lock(&e->mu);
+  if (atomic_load(&j->state) != PP_JOB_DONE && !j->want_callback) {
+    j->want_callback = 1;
+    j->udata = udata;
+    ok = 1;
+  }
+  uv_mutex_unlock(&e->mu);
+  return ok;
+}
+
+/* timed_wait: one wait on cond, bounded by deadline. Caller holds mu.
+ * Returns PP_ETIMEDOUT once the deadline has passed. */
+static int timed_wait(pp_engine *e, uv_cond_t *c, uint64_t deadline) {
+  uint64_t now = pp_now_ns();
+  if (now >= deadline)
+    return PP_ETIMEDOUT;
+  e->waiters++;
+  uv_cond_timedwait(c, &e->mu, deadline - now);
+  e->waiters--;
+  return PP_OK;
+}
+
+static uint64_t deadline_of(int64_t timeout_ns) {
+  if (timeout_ns < 0)
+    return UINT64_MAX;
+  return pp_now_ns() + (uint64_t)timeout_ns;
+}
+
+int pp_engine_wait_job(pp_engine *e, pp_job *j, int64_t timeout_ns) {
+  uint64_t deadline = deadline_of(timeout_ns);
+  int rc = PP_OK;
+  if (pp_job_done(j))
+    return PP_OK;
+  uv_mutex_lock(&e->mu);
+  while (!pp_job_done(j) && rc == PP_OK)
+    rc = timed_wait(e, &e->done_cond, deadline);
+  uv_mutex_unlock(&e->mu);
+  return pp_job_done(j) ? PP_OK : PP_ETIMEDOUT;
+}
+
+int pp_engine_wait_group(pp_engine *e, int64_t group, int64_t timeout_ns) {
+  uint64_t deadline = deadline_of(timeout_ns);
+  int rc = PP_OK;
+  uv_mutex_lock(&e->mu);
+  for (;;) {
+    uint64_t left = group < 0 ? e->total_pending
+                    : (uint64_t)group < e->ngroups ? e->group_pending[group]
+                                                   : 0;
+    if (left == 0)
+      break;
+    if (rc != PP_OK)
+      break;
+    rc = timed_wait(e, &e->done_cond, deadline);
+  }
+  uv_mutex_unlock(&e->mu);
+  return rc;
+}
+
+uint64_t pp_engine_generation(pp_engine *e) {
+  uv_mutex_lock(&e->mu);
+  uint64_t g = e->generation;
+  uv_mutex_unlock(&e->mu);
+  return g;
+}
+
+int pp_engine_wait_generation(pp_engine *e, uint64_t gen, int64_t timeout_ns) {
+  uint64_t deadline = deadline_of(timeout_ns);
+  int rc = PP_OK;
+  uv_mutex_lock(&e->mu);
+  while (e->generation == gen && rc == PP_OK && !e->stopped)
+    rc = timed_wait(e, &e->done_cond, deadline);
+  rc = e->generation != gen ? PP_OK : PP_ETIMEDOUT;
+  uv_mutex_unlock(&e->mu);
+  return rc;
+}
+
+int pp_engine_next_event(pp_engine *e, int64_t timeout_ns, pp_event *ev) {
+  uint64_t deadline = deadline_of(timeout_ns);
+  int rc = PP_OK;
+  memset(ev, 0, sizeof *ev);
+  uv_mutex_lock(&e->mu);
+  for (;;) {
+    if (e->logq_head != NULL) {
+      pp__logline *l = e->logq_head;
+      e->logq_head = l->next;
+      if (e->logq_head == NULL)
+        e->logq_tail = NULL;
+      e->logq_len--;
+      ev->kind = PP_EV_LOG;
+      ev->level = l->level;
+      ev->msg = l->msg;
+      free(l);
+      break;
+    }
+    if (e->evq.head != NULL) {
+      ev->kind = PP_EV_JOB;
+      ev->job = pp_jobq_pop(&e->evq);
+      break;
+    }
+    if (e->stopped) {
+      rc = PP_ECLOSED;
+      break;
+    }
+    if (timed_wait(e, &e->ev_cond, deadline) != PP_OK)
+      break; /* kind NONE: timed out */
+  }
+  uv_mutex_unlock(&e->mu);
+  return rc;
+}
+
+void pp_engine_callback_done(pp_engine *e, pp_job *j) {
+  uv_mutex_lock(&e->mu);
+  group_finished(e, j);
+  e->generation++;
+  if (e->waiters > 0)
+    uv_cond_broadcast(&e->done_cond);
+  uv_mutex_unlock(&e->mu);
+}
+
+int pp_engine_set_nworkers(pp_engine *e, int n) {
+  if (n < 0)
+    return PP_EINVAL;
+  uv_mutex_lock(&e->mu);
+  e->target = n;
+  int closed = e->shutdown;
+  uv_mutex_unlock(&e->mu);
+  if (closed)
+    return PP_ECLOSED;
+  uv_async_send(&e->async);
+  return PP_OK;
+}
+
+void pp_engine_get_stats(pp_engine *e, pp_engine_stats *out) {
+  uv_mutex_lock(&e->mu);
+  out->njobs = e->njobs;
+  out->time_ns = e->time_ns;
+  out->nworkers = e->target;
+  out->nlive = e->nlive;
+  out->queued = e->pending.len;
+  out->running = e->running;
+  uv_mutex_unlock(&e->mu);
+}
+
+int pp_engine_worker_pids(pp_engine *e, int *pids, int max) {
+  uv_mutex_lock(&e->mu);
+  int n = e->npids < max ? e->npids : max;
+  if (n > 0)
+    memcpy(pids, e->pids, (size_t)n * sizeof *pids);
+  uv_mutex_unlock(&e->mu);
+  return n;
+}

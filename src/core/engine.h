@@ -1,0 +1,112 @@
+/* engine.h — the pp engine: a thread running a libuv loop that owns the job
+ * queue, the scheduler and the local worker processes. Other threads talk to
+ * it only through these calls; bytes cross, never Python objects. */
+#ifndef PP_ENGINE_H
+#define PP_ENGINE_H
+
+#include "job.h"
+#include "pp_common.h"
+
+#include <stdint.h>
+
+typedef struct pp_engine pp_engine;
+
+typedef struct pp_engine_opts {
+  /* Command that starts one worker (NULL-terminated, copied). The worker
+   * finds its frame pipe on file descriptor 3. */
+  char *const *worker_argv;
+  char *const *worker_env; /* NULL-terminated, copied; NULL = inherit */
+  const char *worker_cwd;  /* copied; NULL = inherit */
+  int nworkers;            /* initial local pool size (>= 0) */
+  int restart;             /* one job per worker process */
+  int max_retries;         /* re-runs of a job whose worker died (>= 0) */
+  uint32_t max_frame;      /* payload limit on worker pipes; 0 = default */
+  int queue_logs;          /* 1: log lines go to pp_engine_next_event */
+} pp_engine_opts;
+
+/* Counters for get_stats/print_stats. */
+typedef struct pp_engine_stats {
+  uint64_t njobs;     /* jobs that ran to a result on a worker */
+  uint64_t time_ns;   /* sum of their run times, as the workers measured */
+  int nworkers;       /* target size of the local pool */
+  int nlive;          /* worker processes alive right now */
+  uint64_t queued;    /* waiting for a worker */
+  uint64_t running;   /* handed to a worker, no result yet */
+} pp_engine_stats;
+
+/* pp_engine_new: validate opts, start the engine thread and the initial
+ * workers. Returns 0 and *out, or PP_EINVAL / PP_ENOMEM / PP_EIO.
+ * Any thread; the caller owns *out and must pp_engine_free it. */
+int pp_engine_new(const pp_engine_opts *opts, pp_engine **out);
+
+/* pp_engine_shutdown: stop accepting jobs, fail queued and running ones with
+ * PP_JOB_DESTROYED, kill the workers and join the engine thread. Idempotent.
+ * Any thread except the engine thread; blocks until the thread is gone. */
+void pp_engine_shutdown(pp_engine *e);
+
+/* pp_engine_free: shutdown, then free. Jobs still on the callback queue are
+ * released; their udata must already be gone (drain it first). */
+void pp_engine_free(pp_engine *e);
+
+/* pp_engine_submit: queue j (the engine takes its own reference) and assign
+ * j->id. Returns 0, or PP_ECLOSED after shutdown (nothing is queued). */
+int pp_engine_submit(pp_engine *e, pp_job *j);
+
+/* pp_engine_cancel: cancel j if it has not been handed to a worker yet.
+ * Returns 1 when cancelled (j is then DONE/CANCELLED), 0 otherwise. */
+int pp_engine_cancel(pp_engine *e, pp_job *j);
+
+/* pp_engine_want_callback: ask that j's completion be delivered through
+ * pp_engine_next_event, with udata attached. Returns 1 if registered (udata
+ * now belongs to the job until the event is taken), 0 if j is already done
+ * (nothing changed). */
+int pp_engine_want_callback(pp_engine *e, pp_job *j, void *udata);
+
+/* pp_job_done: whether j has finished (acquire read; no lock). */
+static inline int pp_job_done(pp_job *j) {
+  return atomic_load_explicit(&j->state, memory_order_acquire) == PP_JOB_DONE;
+}
+
+/* pp_engine_wait_job: block until j is done or timeout_ns passes.
+ * Returns 0 (done) or PP_ETIMEDOUT. Call without any Python lock held. */
+int pp_engine_wait_job(pp_engine *e, pp_job *j, int64_t timeout_ns);
+
+/* pp_engine_wait_group: block until no job of group (or of any group when
+ * group < 0) is unfinished, callbacks included. 0 or PP_ETIMEDOUT. */
+int pp_engine_wait_group(pp_engine *e, int64_t group, int64_t timeout_ns);
+
+/* pp_engine_generation / pp_engine_wait_generation: a counter bumped at every
+ * job completion; wait until it differs from gen. 0 or PP_ETIMEDOUT. */
+uint64_t pp_engine_generation(pp_engine *e);
+int pp_engine_wait_generation(pp_engine *e, uint64_t gen, int64_t timeout_ns);
+
+/* Events for the callback thread. */
+enum { PP_EV_NONE = 0, PP_EV_JOB = 1, PP_EV_LOG = 2 };
+typedef struct pp_event {
+  int kind;
+  pp_job *job;  /* PP_EV_JOB: a reference the caller now owns; job->udata */
+  int level;    /* PP_EV_LOG */
+  char *msg;    /* PP_EV_LOG: malloc'd, caller frees */
+} pp_event;
+
+/* pp_engine_next_event: wait up to timeout_ns for a completed job that asked
+ * for a callback, or a queued log line. Returns 0 with *ev filled (kind NONE
+ * on timeout), or PP_ECLOSED once the engine is shut down and both queues
+ * are empty. For the one callback thread of an engine. */
+int pp_engine_next_event(pp_engine *e, int64_t timeout_ns, pp_event *ev);
+
+/* pp_engine_callback_done: the callback for a PP_EV_JOB job has run; the job
+ * now counts as finished for pp_engine_wait_group. */
+void pp_engine_callback_done(pp_engine *e, pp_job *j);
+
+/* pp_engine_set_nworkers: grow or shrink the local pool. Shrinking retires
+ * idle workers first; busy ones finish what they hold. 0 or PP_EINVAL. */
+int pp_engine_set_nworkers(pp_engine *e, int n);
+
+/* pp_engine_get_stats: a consistent snapshot. Any thread. */
+void pp_engine_get_stats(pp_engine *e, pp_engine_stats *out);
+
+/* pp_engine_worker_pids: copy up to max live worker pids; returns count. */
+int pp_engine_worker_pids(pp_engine *e, int *pids, int max);
+
+#endif

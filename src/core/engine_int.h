@@ -1,0 +1,123 @@
+/* engine_int.h — internals shared by engine.c (thread, API, completion),
+ * pool.c (local worker processes) and sched.c (dispatch policy). Not part of
+ * the public API. Fields marked [mu] are protected by pp_engine.mu; fields
+ * marked [loop] belong to the engine thread alone. */
+#ifndef PP_ENGINE_INT_H
+#define PP_ENGINE_INT_H
+
+#include "buf.h"
+#include "engine.h"
+#include "keyset.h"
+
+#include <uv.h>
+
+/* Pipelining: a worker may hold more than one job when jobs are short, so
+ * tiny jobs travel in batches; long jobs go one at a time (no tail skew). */
+#define PP__PIPE_MAX_JOBS 256
+#define PP__PIPE_BUDGET_NS 2000000ull /* estimated work queued per worker */
+#define PP__KEYSET_MAX 4096           /* functions cached per worker */
+#define PP__LOGQ_MAX 1000             /* queued log lines kept */
+#define PP__MAX_SPAWN_FAILS 5         /* consecutive early deaths -> fail jobs */
+
+typedef struct pp__worker {
+  pp_engine *e;
+  uv_process_t proc;
+  uv_pipe_t pipe;
+  int pid;
+  int alive;        /* [loop] process running */
+  int retiring;     /* [loop] gets no new jobs; BYE once drained */
+  int bye_sent;     /* [loop] */
+  int hello;        /* [loop] HELLO received: the interpreter started */
+  int open_handles; /* [loop] proc and pipe handles not yet closed */
+  int njobs;        /* [loop] jobs dispatched to this process */
+  pp_jobq inflight; /* [loop] dispatched, no result yet, in order */
+  uint64_t inflight_est_ns; /* [loop] */
+  pp_buf rbuf;      /* [loop] bytes read, not yet framed */
+  pp_keyset known;  /* [loop] function keys this process has */
+  struct pp__worker *next;
+} pp__worker;
+
+typedef struct pp__logline {
+  struct pp__logline *next;
+  int level;
+  char *msg;
+} pp__logline;
+
+struct pp_engine {
+  /* configuration (immutable after start) */
+  char **argv, **env;
+  char *cwd;
+  int restart, max_retries, queue_logs;
+  uint32_t max_frame;
+
+  uv_loop_t loop;
+  uv_async_t async;
+  uv_timer_t respawn_timer;
+  uv_thread_t thread;
+  int thread_started;
+
+  uv_mutex_t mu;
+  uv_cond_t done_cond; /* a job completed / a group drained */
+  uv_cond_t ev_cond;   /* the callback thread has something */
+
+  /* [mu] */
+  pp_jobq pending;
+  int target;          /* wanted local pool size */
+  int shutdown;        /* shutdown requested */
+  int stopped;         /* engine thread finished shutting down */
+  uint64_t next_id;
+  uint64_t generation;
+  int waiters;
+  uint64_t *group_pending;
+  size_t ngroups;
+  uint64_t total_pending;
+  uint64_t running;
+  pp_jobq evq;         /* completed jobs wanting a callback */
+  pp__logline *logq_head, *logq_tail;
+  size_t logq_len, logq_dropped;
+  uint64_t njobs, time_ns;
+  int *pids;           /* live worker pids */
+  int npids;
+  int nlive;
+
+  /* [loop] */
+  pp__worker *workers;
+  int spawn_fails;     /* consecutive workers that died before HELLO */
+  int stopping;
+};
+
+/* engine.c */
+/* pp__log: log through the engine (queued for the callback thread when
+ * queue_logs is set, else pp_log). Engine thread. */
+void pp__log(pp_engine *e, int level, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+/* pp__complete: finish a job. Caller holds mu; consumes the engine's
+ * reference; takes ownership of result and errmsg (either may be NULL). */
+void pp__complete(pp_engine *e, pp_job *j, int status, uint8_t *result,
+                  size_t len, char *errmsg);
+
+/* pool.c — engine thread only */
+/* pp__pool_adjust: spawn or retire workers to reach the target size. */
+void pp__pool_adjust(pp_engine *e);
+/* pp__pool_kill_all: engine stopping: kill every worker process. */
+void pp__pool_kill_all(pp_engine *e);
+/* pp__worker_send_jobs: write every job of w->inflight from `first` on
+ * (with FUNC frames for functions w has not seen). Returns 0 or an error, in
+ * which case the worker has been killed and its jobs will be requeued. */
+int pp__worker_send_jobs(pp__worker *w, pp_job *first);
+/* pp__worker_can_take: whether w may be given one more job now. */
+int pp__worker_can_take(const pp__worker *w);
+
+/* sched.c — engine thread only */
+/* pp__dispatch: hand queued jobs to workers with room, round robin, then
+ * write them. */
+void pp__dispatch(pp_engine *e);
+/* pp__estimate: run-time estimate used for pipelining decisions. */
+uint64_t pp__estimate(const pp_job *j);
+/* pp__observe: fold a measured run time into the function's estimate. */
+void pp__observe(pp_func *f, uint64_t runtime_ns);
+
+#endif

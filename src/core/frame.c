@@ -1,0 +1,71 @@
+/* frame.c — encoding and validating pp frames (see frame.h). Pure functions;
+ * any thread. */
+#include "frame.h"
+#include "pp_common.h"
+
+#include <string.h>
+
+void pp_frame_encode_hdr(uint8_t out[PP_FRAME_HDR], const pp_frame_hdr *h) {
+  out[0] = (uint8_t)(PP_FRAME_MAGIC & 0xff);
+  out[1] = (uint8_t)(PP_FRAME_MAGIC >> 8);
+  out[2] = (uint8_t)PP_PROTO_VERSION;
+  out[3] = h->type;
+  pp_put_u32(out + 4, h->flags);
+  pp_put_u32(out + 8, h->length);
+  pp_put_u32(out + 12, h->attempt);
+  pp_put_u64(out + 16, h->id);
+}
+
+int pp_frame_decode_hdr(const uint8_t in[PP_FRAME_HDR], uint32_t max_len,
+                        pp_frame_hdr *h) {
+  if ((uint32_t)(in[0] | in[1] << 8) != PP_FRAME_MAGIC)
+    return PP_EMAGIC;
+  h->version = in[2];
+  if (h->version != PP_PROTO_VERSION)
+    return PP_EVERSION;
+  h->type = in[3];
+  if (h->type == 0 || h->type > PP_MSG_TYPE_MAX)
+    return PP_ETYPE;
+  h->flags = pp_get_u32(in + 4);
+  h->length = pp_get_u32(in + 8);
+  h->attempt = pp_get_u32(in + 12);
+  h->id = pp_get_u64(in + 16);
+  if (h->length > max_len)
+    return PP_ETOOBIG;
+  return PP_OK;
+}
+
+int pp_frame_next(pp_buf *b, uint32_t max_len, pp_frame_hdr *h,
+                  const uint8_t **payload) {
+  size_t avail = pp_buf_avail(b);
+  if (avail < PP_FRAME_HDR) {
+    /* reject garbage as soon as the first bytes show it */
+    if (avail >= 2 && (uint32_t)(b->data[b->off] | b->data[b->off + 1] << 8) !=
+                          PP_FRAME_MAGIC)
+      return PP_EMAGIC;
+    return 0;
+  }
+  int rc = pp_frame_decode_hdr(b->data + b->off, max_len, h);
+  if (rc != PP_OK)
+    return rc;
+  if (avail - PP_FRAME_HDR < h->length)
+    return 0;
+  *payload = b->data + b->off + PP_FRAME_HDR;
+  return 1;
+}
+
+int pp_frame_append(pp_buf *out, uint8_t type, uint32_t flags, uint64_t id,
+                    uint32_t attempt, const void *payload, size_t len) {
+  if (len > UINT32_MAX)
+    return PP_ETOOBIG;
+  int rc = pp_buf_reserve(out, PP_FRAME_HDR + len);
+  if (rc != PP_OK)
+    return rc;
+  pp_frame_hdr h = {PP_PROTO_VERSION, type, flags, (uint32_t)len, attempt, id};
+  pp_frame_encode_hdr(out->data + out->len, &h);
+  out->len += PP_FRAME_HDR;
+  if (len > 0)
+    memcpy(out->data + out->len, payload, len);
+  out->len += len;
+  return PP_OK;
+}

@@ -1,0 +1,90 @@
+/* frame.h — the pp wire framing shared by worker pipes (and, later, TCP).
+ * A frame is a fixed 24-byte little-endian header followed by `length`
+ * payload bytes. docs/protocol.md is the normative description. */
+#ifndef PP_FRAME_H
+#define PP_FRAME_H
+
+#include "buf.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PP_FRAME_MAGIC 0x7070u /* "pp" */
+#define PP_PROTO_VERSION 1u
+#define PP_FRAME_HDR 24u
+#define PP_KEY_LEN 32u /* SHA-256 of a function descriptor */
+
+/* Default payload limit on a worker pipe. */
+#define PP_FRAME_MAX_DEFAULT (1024u * 1024u * 1024u)
+
+enum pp_msg_type {
+  PP_MSG_HELLO = 1,  /* worker -> engine: payload u32 pid */
+  PP_MSG_FUNC = 2,   /* engine -> worker: key[32] + function descriptor */
+  PP_MSG_JOB = 3,    /* engine -> worker: key[32] + pickled arguments */
+  PP_MSG_RESULT = 4, /* worker -> engine: u64 runtime ns + pickled data */
+  PP_MSG_BYE = 5,    /* engine -> worker: finish and exit, no payload */
+  PP_MSG_TYPE_MAX = 5
+};
+
+/* JOB flags */
+#define PP_JOBF_CHUNK 0x1u /* args is a list of argument tuples; result a list */
+/* FUNC flags */
+#define PP_FUNCF_RESET 0x1u /* forget every cached function before this one */
+/* RESULT flags: the low byte is the status */
+enum pp_result_status {
+  PP_RES_OK = 0,     /* payload: pickled return value */
+  PP_RES_EXC = 1,    /* payload: pickled (type name, message, traceback, exc) */
+  PP_RES_SERIAL = 2, /* the return value could not be pickled; same layout */
+};
+#define PP_RES_STATUS(flags) ((flags)&0xffu)
+
+typedef struct pp_frame_hdr {
+  uint8_t version;
+  uint8_t type;
+  uint32_t flags;
+  uint32_t length; /* payload bytes following the header */
+  uint32_t attempt;
+  uint64_t id;
+} pp_frame_hdr;
+
+/* pp_frame_encode_hdr: write h as 24 bytes at out (magic and version set
+ * here; h->version is ignored). Never fails. */
+void pp_frame_encode_hdr(uint8_t out[PP_FRAME_HDR], const pp_frame_hdr *h);
+
+/* pp_frame_decode_hdr: parse and validate 24 bytes. Checks magic, version,
+ * type and that length <= max_len, before anyone allocates. Returns 0 or
+ * PP_EMAGIC / PP_EVERSION / PP_ETYPE / PP_ETOOBIG. */
+int pp_frame_decode_hdr(const uint8_t in[PP_FRAME_HDR], uint32_t max_len,
+                        pp_frame_hdr *h);
+
+/* pp_frame_next: look for one complete frame at the front of b.
+ * Returns 1 and fills *h and *payload (pointing into b, valid until b is
+ * next modified; the caller consumes PP_FRAME_HDR + h->length when done),
+ * 0 when more bytes are needed, or a negative error for a malformed frame
+ * (the stream is then unusable and must be closed). */
+int pp_frame_next(pp_buf *b, uint32_t max_len, pp_frame_hdr *h,
+                  const uint8_t **payload);
+
+/* pp_frame_append: append a header for (type, flags, id, attempt) and a
+ * payload of len bytes to out. Returns 0, PP_ETOOBIG or PP_ENOMEM. */
+int pp_frame_append(pp_buf *out, uint8_t type, uint32_t flags, uint64_t id,
+                    uint32_t attempt, const void *payload, size_t len);
+
+/* little-endian helpers */
+static inline void pp_put_u32(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8);
+  p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+static inline void pp_put_u64(uint8_t *p, uint64_t v) {
+  pp_put_u32(p, (uint32_t)v);
+  pp_put_u32(p + 4, (uint32_t)(v >> 32));
+}
+static inline uint32_t pp_get_u32(const uint8_t *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+         (uint32_t)p[3] << 24;
+}
+static inline uint64_t pp_get_u64(const uint8_t *p) {
+  return (uint64_t)pp_get_u32(p) | (uint64_t)pp_get_u32(p + 4) << 32;
+}
+
+#endif

@@ -1,0 +1,105 @@
+/* job.c — reference-counted job and function records and the intrusive job
+ * queue (see job.h). */
+#include "job.h"
+#include "pp_common.h"
+
+#include <openssl/sha.h>
+#include <stdlib.h>
+#include <string.h>
+
+pp_func *pp_func_new(const void *blob, size_t len) {
+  pp_func *f = calloc(1, sizeof *f);
+  if (f == NULL)
+    return NULL;
+  f->blob = malloc(len ? len : 1);
+  if (f->blob == NULL) {
+    free(f);
+    return NULL;
+  }
+  if (len > 0)
+    memcpy(f->blob, blob, len);
+  f->blob_len = len;
+  SHA256(f->blob, len, f->key);
+  atomic_init(&f->refs, 1);
+  return f;
+}
+
+void pp_func_ref(pp_func *f) { atomic_fetch_add(&f->refs, 1); }
+
+void pp_func_unref(pp_func *f) {
+  if (f == NULL || atomic_fetch_sub(&f->refs, 1) != 1)
+    return;
+  free(f->blob);
+  free(f);
+}
+
+pp_job *pp_job_new(pp_func *func, uint8_t *args, size_t args_len,
+                   uint32_t flags, uint32_t group) {
+  pp_job *j = calloc(1, sizeof *j);
+  if (j == NULL)
+    return NULL;
+  atomic_init(&j->refs, 1);
+  pp_func_ref(func);
+  j->func = func;
+  j->args = args;
+  j->args_len = args_len;
+  j->flags = flags;
+  j->group = group;
+  atomic_init(&j->state, PP_JOB_QUEUED);
+  j->exitstatus = -1;
+  return j;
+}
+
+void pp_job_ref(pp_job *j) { atomic_fetch_add(&j->refs, 1); }
+
+void pp_job_unref(pp_job *j) {
+  if (j == NULL || atomic_fetch_sub(&j->refs, 1) != 1)
+    return;
+  pp_func_unref(j->func);
+  free(j->args);
+  free(j->result);
+  free(j->errmsg);
+  free(j);
+}
+
+void pp_jobq_push_back(pp_jobq *q, pp_job *j) {
+  j->next = NULL;
+  j->prev = q->tail;
+  if (q->tail)
+    q->tail->next = j;
+  else
+    q->head = j;
+  q->tail = j;
+  q->len++;
+}
+
+void pp_jobq_push_front(pp_jobq *q, pp_job *j) {
+  j->prev = NULL;
+  j->next = q->head;
+  if (q->head)
+    q->head->prev = j;
+  else
+    q->tail = j;
+  q->head = j;
+  q->len++;
+}
+
+pp_job *pp_jobq_pop(pp_jobq *q) {
+  pp_job *j = q->head;
+  if (j != NULL)
+    pp_jobq_remove(q, j);
+  return j;
+}
+
+void pp_jobq_remove(pp_jobq *q, pp_job *j) {
+  if (j->prev)
+    j->prev->next = j->next;
+  else
+    q->head = j->next;
+  if (j->next)
+    j->next->prev = j->prev;
+  else
+    q->tail = j->prev;
+  j->next = j->prev = NULL;
+  q->len--;
+}

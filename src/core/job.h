@@ -1,0 +1,96 @@
+/* job.h — job and function records shared between the engine thread and the
+ * threads that submit and wait. Both are reference counted (atomic), so the
+ * Python Job object, the queue and a pending write can each hold one. */
+#ifndef PP_JOB_H
+#define PP_JOB_H
+
+#include "frame.h"
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A function descriptor: opaque bytes the worker knows how to turn into a
+ * callable, identified by the SHA-256 of those bytes. Immutable once made,
+ * except for the runtime estimate, which only the engine thread touches. */
+typedef struct pp_func {
+  atomic_int refs;
+  uint8_t key[PP_KEY_LEN];
+  uint8_t *blob; /* owned */
+  size_t blob_len;
+  uint64_t ema_ns; /* mean run time seen so far; 0 = unknown (engine thread) */
+} pp_func;
+
+enum pp_job_state {
+  PP_JOB_QUEUED = 0,
+  PP_JOB_RUNNING = 1, /* handed to a worker */
+  PP_JOB_DONE = 2     /* status says how */
+};
+
+/* Final status of a job (a superset of the worker's result status). */
+enum pp_job_status {
+  PP_JOB_OK = PP_RES_OK,         /* result = pickled value */
+  PP_JOB_EXC = PP_RES_EXC,       /* result = pickled exception info */
+  PP_JOB_SERIAL = PP_RES_SERIAL, /* result = pickled exception info */
+  PP_JOB_LOST = 10,              /* worker died too often; errmsg says how */
+  PP_JOB_DESTROYED = 11,         /* engine destroyed first */
+  PP_JOB_CANCELLED = 12,         /* cancelled before it started */
+  PP_JOB_FAILED = 13             /* could not be run (e.g. no worker starts) */
+};
+
+typedef struct pp_job {
+  atomic_int refs;
+  uint64_t id;
+  pp_func *func;         /* ref held */
+  uint8_t *args;         /* owned; pickled arguments */
+  size_t args_len;
+  uint32_t flags;        /* PP_JOBF_* sent with the job */
+  uint32_t group;        /* group index, < engine group capacity */
+  /* The fields below are protected by the engine mutex. */
+  atomic_int state;      /* pp_job_state; DONE is stored last (release) */
+  int status;
+  int want_callback;     /* completion goes through the callback queue */
+  void *udata;           /* owned by the extension (e.g. a Python object) */
+  uint8_t *result;       /* owned, when DONE */
+  size_t result_len;
+  char *errmsg;          /* owned, for LOST / DESTROYED / FAILED */
+  int exitstatus;        /* LOST: last exit status, or -1 */
+  int termsignal;        /* LOST: last signal, or 0 */
+  uint32_t attempt;      /* dispatch count; the id of the current attempt */
+  uint32_t crashes;      /* workers that died while running it */
+  uint64_t runtime_ns;   /* as measured by the worker */
+  uint64_t est_ns;       /* engine thread: run-time estimate at dispatch */
+  /* Links: the engine's pending queue, a worker's in-flight list, or the
+   * callback queue; a job is on at most one list at a time. */
+  struct pp_job *next, *prev;
+} pp_job;
+
+/* pp_func_new: copy blob, compute its SHA-256 key. Returns a func with one
+ * reference, or NULL when out of memory. Any thread. */
+pp_func *pp_func_new(const void *blob, size_t len);
+void pp_func_ref(pp_func *f);
+void pp_func_unref(pp_func *f);
+
+/* pp_job_new: a QUEUED job holding a reference to func, taking ownership of
+ * args (a malloc'd buffer) only on success. Returns NULL when out of memory. */
+pp_job *pp_job_new(pp_func *func, uint8_t *args, size_t args_len,
+                   uint32_t flags, uint32_t group);
+void pp_job_ref(pp_job *j);
+/* pp_job_unref: drop a reference; the last one frees everything the job owns
+ * (not udata, which the extension must have released). Any thread. */
+void pp_job_unref(pp_job *j);
+
+/* Intrusive doubly linked FIFO of jobs (not locked: the owner locks). */
+typedef struct pp_jobq {
+  pp_job *head, *tail;
+  size_t len;
+} pp_jobq;
+
+void pp_jobq_push_back(pp_jobq *q, pp_job *j);
+void pp_jobq_push_front(pp_jobq *q, pp_job *j);
+/* pp_jobq_pop: remove and return the head, or NULL when empty. */
+pp_job *pp_jobq_pop(pp_jobq *q);
+/* pp_jobq_remove: unlink j, which must be on q. */
+void pp_jobq_remove(pp_jobq *q, pp_job *j);
+
+#endif

@@ -1,0 +1,359 @@
+/* worker.c — the main loop of a worker process, in C: read frames from the
+ * engine on a pipe, load and cache functions by content key, unpickle
+ * arguments, call, pickle the result or the exception, write frames back.
+ * Results are batched: they are written when no complete job is left in the
+ * input or 1 ms after the first unsent one. Runs on the worker's main thread
+ * with the GIL held, released around every read and write. */
+#include "ext.h"
+
+#include "../core/frame.h"
+#include "../core/pp_common.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+#define FLUSH_AFTER_NS 1000000ull
+#define FLUSH_BYTES (256u * 1024u)
+
+/* write_all: write the whole buffer to fd, GIL released. 0 or -1. */
+static int write_all(int fd, pp_buf *out) {
+  int rc = 0;
+  Py_BEGIN_ALLOW_THREADS
+  while (pp_buf_avail(out) > 0) {
+    ssize_t n = write(fd, out->data + out->off, pp_buf_avail(out));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      rc = -1;
+      break;
+    }
+    pp_buf_consume(out, (size_t)n);
+  }
+  Py_END_ALLOW_THREADS
+  return rc;
+}
+
+typedef struct wstate {
+  int fd;
+  int proto;
+  PyObject *cache;       /* bytes key -> (callable|None, module|None, err) */
+  PyObject *loader;      /* blob -> (callable, module|None) */
+  PyObject *excfmt;      /* (exc, serial) -> bytes */
+  PyObject *sys_modules;
+  PyObject *default_main;
+  PyObject *cur_main;    /* borrowed: what sys.modules['__main__'] is now */
+  pp_buf out;
+} wstate;
+
+/* set_main: make module (or the default) sys.modules['__main__'] so that
+ * pickle finds classes of the job's namespace. 0 or -1 with an exception. */
+static int set_main(wstate *w, PyObject *module) {
+  if (module == Py_None)
+    module = w->default_main;
+  if (module == w->cur_main)
+    return 0;
+  if (PyDict_SetItemString(w->sys_modules, "__main__", module) < 0)
+    return -1;
+  w->cur_main = module;
+  return 0;
+}
+
+/* format_exc: turn the current exception into result bytes via excfmt.
+ * Returns a new bytes object, or NULL if even that failed. */
+static PyObject *format_exc(wstate *w, int serial) {
+  PyObject *t, *exc, *tb;
+  PyErr_Fetch(&t, &exc, &tb);
+  PyErr_NormalizeException(&t, &exc, &tb);
+  if (exc != NULL && tb != NULL)
+    PyException_SetTraceback(exc, tb);
+  PyObject *r = PyObject_CallFunction(w->excfmt, "Oi", exc ? exc : Py_None,
+                                      serial);
+  Py_XDECREF(t);
+  Py_XDECREF(exc);
+  Py_XDECREF(tb);
+  if (r != NULL && !PyBytes_Check(r)) {
+    Py_DECREF(r);
+    r = NULL;
+  }
+  if (r == NULL)
+    PyErr_Clear();
+  return r;
+}
+
+static int append_result(wstate *w, uint64_t id, uint32_t attempt,
+                         unsigned status, uint64_t runtime, PyObject *data) {
+  const char *p = PyBytes_AS_STRING(data);
+  size_t n = (size_t)PyBytes_GET_SIZE(data);
+  uint8_t rt[8];
+  pp_put_u64(rt, runtime);
+  if (n + 8 > UINT32_MAX)
+    return -1;
+  if (pp_buf_reserve(&w->out, PP_FRAME_HDR + 8 + n) != PP_OK)
+    return -1;
+  pp_frame_hdr h = {PP_PROTO_VERSION, PP_MSG_RESULT, status, (uint32_t)(n + 8),
+                    attempt, id};
+  pp_frame_encode_hdr(w->out.data + w->out.len, &h);
+  w->out.len += PP_FRAME_HDR;
+  pp_buf_append(&w->out, rt, 8); /* room reserved above */
+  pp_buf_append(&w->out, p, n);
+  return 0;
+}
+
+/* call_chunk: args is a list of argument tuples; returns a list. */
+static PyObject *call_chunk(PyObject *fn, PyObject *items) {
+  PyObject *seq = PySequence_Fast(items, "chunk must be a sequence");
+  if (seq == NULL)
+    return NULL;
+  Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+  PyObject *res = PyList_New(n);
+  for (Py_ssize_t i = 0; res != NULL && i < n; i++) {
+    PyObject *a = PySequence_Fast_GET_ITEM(seq, i);
+    PyObject *r = PyTuple_Check(a) ? PyObject_Call(fn, a, NULL) : NULL;
+    if (!PyTuple_Check(a))
+      PyErr_SetString(PyExc_TypeError, "chunk item must be a tuple");
+    if (r == NULL)
+      Py_CLEAR(res);
+    else
+      PyList_SET_ITEM(res, i, r);
+  }
+  Py_DECREF(seq);
+  return res;
+}
+
+/* run_job: execute one JOB frame and append its RESULT. 0, or -1 when the
+ * result could not even be encoded (fatal for the worker). */
+static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p) {
+  unsigned status = PP_RES_OK;
+  PyObject *data = NULL, *res = NULL, *args = NULL, *entry = NULL;
+  uint64_t t0 = pp_now_ns(), t1;
+  PyObject *key = PyBytes_FromStringAndSize((const char *)p, PP_KEY_LEN);
+  if (key == NULL)
+    return -1;
+  entry = PyDict_GetItemWithError(w->cache, key); /* borrowed */
+  Py_DECREF(key);
+  if (entry == NULL) {
+    if (!PyErr_Occurred())
+      PyErr_SetString(PyExc_RuntimeError,
+                      "pp worker: job names a function it was never sent");
+    status = PP_RES_EXC;
+    data = format_exc(w, 0);
+    goto done;
+  }
+  PyObject *fn = PyTuple_GET_ITEM(entry, 0);
+  if (fn == Py_None) { /* loading the function failed: report that */
+    status = PP_RES_EXC;
+    data = PyTuple_GET_ITEM(entry, 2);
+    Py_INCREF(data);
+    goto done;
+  }
+  if (set_main(w, PyTuple_GET_ITEM(entry, 1)) < 0)
+    goto exc;
+  PyObject *mv = PyMemoryView_FromMemory((char *)p + PP_KEY_LEN,
+                                         (Py_ssize_t)(h->length - PP_KEY_LEN),
+                                         PyBUF_READ);
+  if (mv == NULL)
+    goto exc;
+  args = PyObject_CallOneArg(ppx_loads, mv);
+  PyObject *rel = PyObject_CallMethod(mv, "release", NULL);
+  Py_XDECREF(rel);
+  if (rel == NULL && args != NULL)
+    Py_CLEAR(args);
+  Py_DECREF(mv);
+  if (args == NULL)
+    goto exc;
+  t0 = pp_now_ns();
+  if (h->flags & PP_JOBF_CHUNK) {
+    res = call_chunk(fn, args);
+  } else if (PyTuple_Check(args)) {
+    res = PyObject_Call(fn, args, NULL);
+  } else {
+    PyObject *t = PySequence_Tuple(args);
+    res = t ? PyObject_Call(fn, t, NULL) : NULL;
+    Py_XDECREF(t);
+  }
+  t1 = pp_now_ns();
+  if (res == NULL)
+    goto exc;
+  data = PyObject_CallFunction(ppx_dumps, "Oi", res, w->proto);
+  if (data == NULL || !PyBytes_Check(data)) {
+    Py_CLEAR(data);
+    status = PP_RES_SERIAL;
+    data = format_exc(w, 1);
+  }
+  goto done_timed;
+exc:
+  t1 = pp_now_ns();
+  status = PP_RES_EXC;
+  data = format_exc(w, 0);
+  goto done_timed;
+done:
+  t1 = pp_now_ns();
+done_timed:
+  Py_XDECREF(args);
+  Py_XDECREF(res);
+  if (data == NULL) { /* the exception could not be formatted either */
+    status = PP_RES_EXC;
+    data = PyBytes_FromString("");
+    if (data == NULL)
+      return -1;
+  }
+  int rc = append_result(w, h->id, h->attempt, status, t1 - t0, data);
+  Py_DECREF(data);
+  return rc;
+}
+
+/* load_func: a FUNC frame: build the callable through the Python loader and
+ * cache it (or the error) under its key. 0 or -1 (fatal). */
+static int load_func(wstate *w, const pp_frame_hdr *h, const uint8_t *p) {
+  if (h->flags & PP_FUNCF_RESET)
+    PyDict_Clear(w->cache);
+  PyObject *key = PyBytes_FromStringAndSize((const char *)p, PP_KEY_LEN);
+  PyObject *blob = PyBytes_FromStringAndSize((const char *)p + PP_KEY_LEN,
+                                             h->length - PP_KEY_LEN);
+  PyObject *entry = NULL;
+  if (key == NULL || blob == NULL)
+    goto fail;
+  PyObject *r = PyObject_CallOneArg(w->loader, blob);
+  if (r != NULL && PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 2) {
+    entry = PyTuple_Pack(3, PyTuple_GET_ITEM(r, 0), PyTuple_GET_ITEM(r, 1),
+                         Py_None);
+  } else {
+    if (r != NULL)
+      PyErr_SetString(PyExc_TypeError, "pp worker: loader returned garbage");
+    PyObject *err = format_exc(w, 0);
+    if (err == NULL)
+      err = PyBytes_FromString("");
+    if (err != NULL)
+      entry = PyTuple_Pack(3, Py_None, Py_None, err);
+    Py_XDECREF(err);
+  }
+  Py_XDECREF(r);
+  if (entry == NULL || PyDict_SetItem(w->cache, key, entry) < 0)
+    goto fail;
+  Py_DECREF(entry);
+  Py_DECREF(key);
+  Py_DECREF(blob);
+  return 0;
+fail:
+  Py_XDECREF(entry);
+  Py_XDECREF(key);
+  Py_XDECREF(blob);
+  return -1;
+}
+
+static void watch_parent(long parent) {
+#ifdef __linux__
+  /* die with the engine thread that started us, even on SIGKILL */
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+#endif
+  if (parent > 0 && getppid() != (pid_t)parent)
+    _exit(0); /* parent already gone */
+}
+
+PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
+  wstate w;
+  int restart;
+  long parent;
+  PP_UNUSED(self);
+  memset(&w, 0, sizeof w);
+  if (!PyArg_ParseTuple(a, "iOOiil", &w.fd, &w.loader, &w.excfmt, &w.proto,
+                        &restart, &parent))
+    return NULL;
+  watch_parent(parent);
+  w.sys_modules = PyImport_GetModuleDict(); /* borrowed */
+  w.default_main = PyDict_GetItemString(w.sys_modules, "__main__");
+  if (w.default_main == NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "no __main__ module");
+    return NULL;
+  }
+  Py_INCREF(w.default_main);
+  w.cur_main = w.default_main;
+  w.cache = PyDict_New();
+  if (w.cache == NULL)
+    return NULL;
+  pp_buf in;
+  pp_buf_init(&in);
+  pp_buf_init(&w.out);
+  PyObject *ret = NULL;
+  uint8_t pid[4];
+  pp_put_u32(pid, (uint32_t)getpid());
+  if (pp_frame_append(&w.out, PP_MSG_HELLO, 0, 0, 0, pid, 4) != PP_OK ||
+      write_all(w.fd, &w.out) < 0)
+    goto out;
+
+  for (;;) {
+    pp_frame_hdr h;
+    const uint8_t *p;
+    int rc;
+    uint64_t first_unsent = 0;
+    while ((rc = pp_frame_next(&in, PP_FRAME_MAX_DEFAULT, &h, &p)) == 1) {
+      if ((h.type == PP_MSG_FUNC || h.type == PP_MSG_JOB) &&
+          h.length < PP_KEY_LEN) {
+        rc = PP_EPROTO;
+        break;
+      }
+      if (h.type == PP_MSG_FUNC) {
+        if (load_func(&w, &h, p) < 0)
+          goto out;
+      } else if (h.type == PP_MSG_JOB) {
+        if (run_job(&w, &h, p) < 0)
+          goto out;
+        if (first_unsent == 0)
+          first_unsent = pp_now_ns();
+        if (restart) { /* one job per process */
+          write_all(w.fd, &w.out);
+          goto bye;
+        }
+      } else if (h.type == PP_MSG_BYE) {
+        write_all(w.fd, &w.out);
+        goto bye;
+      } else {
+        rc = PP_EPROTO;
+        break;
+      }
+      pp_buf_consume(&in, PP_FRAME_HDR + h.length);
+      if (pp_buf_avail(&w.out) > 0 &&
+          (pp_buf_avail(&w.out) >= FLUSH_BYTES ||
+           pp_now_ns() - first_unsent >= FLUSH_AFTER_NS)) {
+        if (write_all(w.fd, &w.out) < 0)
+          goto bye; /* engine gone */
+        first_unsent = 0;
+      }
+    }
+    if (rc < 0) {
+      PyErr_Format(PyExc_RuntimeError, "pp worker: bad frame from engine: %s",
+                   pp_strerror(rc));
+      goto out;
+    }
+    if (pp_buf_avail(&w.out) > 0 && write_all(w.fd, &w.out) < 0)
+      goto bye;
+    if (pp_buf_reserve(&in, 65536) != PP_OK) {
+      PyErr_NoMemory();
+      goto out;
+    }
+    ssize_t n;
+    Py_BEGIN_ALLOW_THREADS
+    do
+      n = read(w.fd, in.data + in.len, in.cap - in.len);
+    while (n < 0 && errno == EINTR);
+    Py_END_ALLOW_THREADS
+    if (n <= 0)
+      goto bye; /* engine closed the pipe: exit quietly */
+    in.len += (size_t)n;
+  }
+bye:
+  ret = Py_None;
+  Py_INCREF(ret);
+out:
+  set_main(&w, Py_None);
+  pp_buf_free(&in);
+  pp_buf_free(&w.out);
+  Py_XDECREF(w.cache);
+  Py_XDECREF(w.default_main);
+  return ret;
+}
