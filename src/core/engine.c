@@ -149,13 +149,11 @@ static void on_async(uv_async_t *a) {
     engine_stop(e);
     return;
   }
-  pp__pool_adjust(e);
   pp__dispatch(e);
 }
 
 static void engine_main(void *arg) {
   pp_engine *e = arg;
-  pp__pool_adjust(e);
   pp__dispatch(e);
   uv_run(&e->loop, UV_RUN_DEFAULT);
   uv_mutex_lock(&e->mu);

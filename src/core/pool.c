@@ -418,7 +418,6 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
   }
   worker_close(w);
   if (!e->stopping) {
-    pp__pool_adjust(e);
     pp__dispatch(e);
   }
 }
@@ -491,10 +490,9 @@ static void on_respawn_timer(uv_timer_t *t) {
   pp_engine *e = t->data;
   int saved = e->spawn_fails;
   e->spawn_fails = 0; /* allow one spawn round */
-  pp__pool_adjust(e);
+  pp__dispatch(e); /* adjusts the pool first */
   if (e->spawn_fails == 0)
     e->spawn_fails = saved; /* still unproven until a HELLO arrives */
-  pp__dispatch(e);
 }
 
 void pp__pool_adjust(pp_engine *e) {

@@ -18,6 +18,13 @@ void pp__observe(pp_func *f, uint64_t runtime_ns) {
     f->ema_ns = f->ema_ns - f->ema_ns / 8 + runtime_ns / 8;
 }
 
+static int count_live(const pp_engine *e) {
+  int n = 0;
+  for (const pp__worker *w = e->workers; w; w = w->next)
+    n += w->alive && !w->retiring;
+  return n;
+}
+
 void pp__dispatch(pp_engine *e) {
   enum { MAXW = 1024 };
   pp__worker *ws[MAXW];
@@ -26,17 +33,24 @@ void pp__dispatch(pp_engine *e) {
 
   if (e->stopping)
     return;
+  /* Apply a pool-size change made by another thread before handing out
+   * work. The target is checked again under the lock that also guards the
+   * queue: a job queued after set_nworkers() returned never sees the old
+   * pool. */
+  for (int tries = 0;; tries++) {
+    pp__pool_adjust(e);
+    uv_mutex_lock(&e->mu);
+    if (count_live(e) <= e->target || tries >= 8)
+      break; /* keep mu */
+    uv_mutex_unlock(&e->mu);
+  }
   for (pp__worker *w = e->workers; w && nw < MAXW; w = w->next)
     if (pp__worker_can_take(w)) {
       ws[nw] = w;
       first[nw] = NULL;
       nw++;
     }
-  if (nw == 0)
-    return;
-
-  uv_mutex_lock(&e->mu);
-  int progress = 1;
+  int progress = nw > 0;
   while (progress && e->pending.head != NULL) {
     progress = 0;
     for (int i = 0; i < nw && e->pending.head != NULL; i++) {

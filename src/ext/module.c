@@ -128,7 +128,7 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kw) {
     PyErr_SetString(PyExc_RuntimeError, "Engine already initialised");
     return -1;
   }
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OziipO", kwlist, &argv, &env,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OzipiO", kwlist, &argv, &env,
                                    &cwd, &nworkers, &restart, &max_retries,
                                    &jt))
     return -1;

@@ -1,0 +1,90 @@
+# pp — build, test, run, benchmark.
+#   make            build the extension in place (python/pp/_core*.so) and C tests
+#   make test       install missing Debian packages, build, run C unit tests and pytest
+#   make run        run examples/sum_primes.py on all cores
+#   make bench      benchmarks against multiprocessing.Pool and ProcessPoolExecutor
+#   make install    install pp for the current python3
+#   make SANITIZER=address test   the same under AddressSanitizer + UBSan
+#   make valgrind   C unit tests under valgrind (leaks are errors)
+PYTHON   ?= python3
+CC       ?= cc
+SANITIZER ?=
+CFLAGS_C  = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g -O1 -Isrc/core
+LIBS      = -luv -lcrypto -lpthread
+CORE_SRC  = $(wildcard src/core/*.c)
+CORE_HDR  = $(wildcard src/core/*.h)
+EXT_SRC   = $(wildcard src/ext/*.c) $(wildcard src/ext/*.h)
+CTESTS    = $(patsubst tests/c/%.c,tests/c/bin/%,$(wildcard tests/c/test_*.c))
+CHELPERS  = $(patsubst tests/c/%.c,tests/c/bin/%,$(filter-out tests/c/test_%.c,$(wildcard tests/c/*.c)))
+DEBS      = libuv1-dev libssl-dev python3-dev python3-pytest pkg-config
+
+ifeq ($(SANITIZER),address)
+  SANFLAGS   = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  PP_SANITIZE = address,undefined
+  ASAN_LIB  := $(shell $(CC) -print-file-name=libasan.so)
+  UBSAN_LIB := $(shell $(CC) -print-file-name=libubsan.so)
+  PYENV      = LD_PRELOAD="$(ASAN_LIB) $(UBSAN_LIB)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+  STAMP      = asan
+else
+  SANFLAGS   =
+  PP_SANITIZE =
+  PYENV      =
+  STAMP      = plain
+endif
+
+# pytest: the interpreter's own, or Debian's python3-pytest on its path
+PYTEST = PYTHONPATH=$(CURDIR)/python:/usr/lib/python3/dist-packages $(PYENV) $(PYTHON) -m pytest
+
+.PHONY: all ext ctests deps test test-c test-py run bench install valgrind clean
+
+all: ext ctests
+
+deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi; \
+	fi
+
+python/pp/.built-$(STAMP): $(CORE_SRC) $(CORE_HDR) $(EXT_SRC) setup.py
+	rm -f python/pp/.built-*
+	PP_SANITIZE=$(PP_SANITIZE) $(PYTHON) setup.py -q build_ext --inplace --force
+	touch $@
+
+ext: python/pp/.built-$(STAMP)
+
+tests/c/bin/%: tests/c/%.c $(CORE_SRC) $(CORE_HDR) $(wildcard tests/c/*.h)
+	@mkdir -p tests/c/bin
+	$(CC) $(CFLAGS_C) $(SANFLAGS) -o $@ $< $(CORE_SRC) $(LIBS)
+
+ctests: $(CTESTS) $(CHELPERS)
+
+test-c: ctests
+	@set -e; for t in $(CTESTS); do echo "== $$t"; $$t; done
+
+test-py: ext
+	$(PYTEST) -q -p no:cacheprovider tests/py
+
+test: deps
+	$(MAKE) all
+	$(MAKE) test-c
+	$(MAKE) test-py
+
+run: ext
+	PYTHONPATH=$(CURDIR)/python $(PYTHON) examples/sum_primes.py
+
+bench: ext
+	PYTHONPATH=$(CURDIR)/python $(PYTHON) bench/bench.py
+
+install: deps
+	$(PYTHON) -m pip install --no-build-isolation .
+
+valgrind: ctests
+	@set -e; for t in $(CTESTS); do echo "== valgrind $$t"; \
+	  valgrind -q --leak-check=full --show-leak-kinds=definite,indirect,possible \
+	    --errors-for-leak-kinds=definite,indirect,possible --error-exitcode=99 \
+	    --trace-children=no $$t; done
+
+clean:
+	rm -rf build tests/c/bin python/pp/*.so python/pp/.built-*
