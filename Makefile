@@ -71,8 +71,11 @@ test: deps
 	$(MAKE) test-c
 	$(MAKE) test-py
 
+# runs the unchanged example, then shows how many jobs each worker process ran
 run: ext
-	PYTHONPATH=$(CURDIR)/python $(PYTHON) examples/sum_primes.py
+	PYTHONPATH=$(CURDIR)/python $(PYTHON) -c "import runpy, pp._server as s; \
+	runpy.run_path('examples/sum_primes.py', run_name='__main__'); \
+	[print('Jobs run by each local worker process (pid: jobs):', x.get_worker_stats()) for x in list(s._servers)]"
 
 bench: ext
 	PYTHONPATH=$(CURDIR)/python $(PYTHON) bench/bench.py

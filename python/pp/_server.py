@@ -438,8 +438,14 @@ class Server:
             self._cbthread.join(10)
         _log.removeHandler(self._handler)
 
-    def _worker_pids(self):
+    def get_worker_stats(self):
+        """{pid: number of jobs it has run} for each live local worker."""
+        if self._closed:
+            return {}
         return self._engine.pids()
+
+    def _worker_pids(self):
+        return list(self.get_worker_stats())
 
     def __enter__(self):
         return self

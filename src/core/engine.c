@@ -266,6 +266,7 @@ void pp_engine_free(pp_engine *e) {
   uv_mutex_destroy(&e->mu);
   free(e->group_pending);
   free(e->pids);
+  free(e->pid_jobs);
   engine_free_config(e);
   free(e);
 }
@@ -463,11 +464,14 @@ void pp_engine_get_stats(pp_engine *e, pp_engine_stats *out) {
   uv_mutex_unlock(&e->mu);
 }
 
-int pp_engine_worker_pids(pp_engine *e, int *pids, int max) {
+int pp_engine_worker_pids(pp_engine *e, int *pids, uint64_t *njobs, int max) {
   uv_mutex_lock(&e->mu);
   int n = e->npids < max ? e->npids : max;
-  if (n > 0)
-    memcpy(pids, e->pids, (size_t)n * sizeof *pids);
+  for (int i = 0; i < n; i++) {
+    pids[i] = e->pids[i];
+    if (njobs != NULL)
+      njobs[i] = e->pid_jobs[i];
+  }
   uv_mutex_unlock(&e->mu);
   return n;
 }

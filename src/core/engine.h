@@ -106,7 +106,8 @@ int pp_engine_set_nworkers(pp_engine *e, int n);
 /* pp_engine_get_stats: a consistent snapshot. Any thread. */
 void pp_engine_get_stats(pp_engine *e, pp_engine_stats *out);
 
-/* pp_engine_worker_pids: copy up to max live worker pids; returns count. */
-int pp_engine_worker_pids(pp_engine *e, int *pids, int max);
+/* pp_engine_worker_pids: copy up to max live worker pids and, when njobs is
+ * not NULL, the number of results each returned. Returns the count. */
+int pp_engine_worker_pids(pp_engine *e, int *pids, uint64_t *njobs, int max);
 
 #endif

@@ -77,6 +77,7 @@ struct pp_engine {
   size_t logq_len, logq_dropped;
   uint64_t njobs, time_ns;
   int *pids;           /* live worker pids */
+  uint64_t *pid_jobs;  /* results each of them returned */
   int npids;
   int nlive;
 

@@ -17,9 +17,15 @@
 static void pids_add(pp_engine *e, int pid) {
   uv_mutex_lock(&e->mu);
   int *p = realloc(e->pids, (size_t)(e->npids + 1) * sizeof *p);
-  if (p != NULL) {
+  if (p != NULL)
     e->pids = p;
-    e->pids[e->npids++] = pid;
+  uint64_t *c = realloc(e->pid_jobs, (size_t)(e->npids + 1) * sizeof *c);
+  if (c != NULL)
+    e->pid_jobs = c;
+  if (p != NULL && c != NULL) {
+    e->pids[e->npids] = pid;
+    e->pid_jobs[e->npids] = 0;
+    e->npids++;
   }
   e->nlive++;
   uv_mutex_unlock(&e->mu);
@@ -29,11 +35,22 @@ static void pids_remove(pp_engine *e, int pid) {
   uv_mutex_lock(&e->mu);
   for (int i = 0; i < e->npids; i++)
     if (e->pids[i] == pid) {
-      e->pids[i] = e->pids[--e->npids];
+      e->npids--;
+      e->pids[i] = e->pids[e->npids];
+      e->pid_jobs[i] = e->pid_jobs[e->npids];
       break;
     }
   e->nlive--;
   uv_mutex_unlock(&e->mu);
+}
+
+/* pids_count: credit n results to pid. Caller holds mu. */
+static void pids_count(pp_engine *e, int pid, uint64_t n) {
+  for (int i = 0; i < e->npids; i++)
+    if (e->pids[i] == pid) {
+      e->pid_jobs[i] += n;
+      return;
+    }
 }
 
 static void worker_unlink_free(pp__worker *w) {
@@ -245,6 +262,7 @@ static int process_frames(pp__worker *w) {
   pp_frame_hdr h;
   const uint8_t *p;
   int rc, locked = 0;
+  uint64_t nresults = 0;
   while ((rc = pp_frame_next(&w->rbuf, e->max_frame, &h, &p)) == 1) {
     if (h.type == PP_MSG_HELLO) {
       w->hello = 1;
@@ -273,14 +291,17 @@ static int process_frames(pp__worker *w) {
       pp_jobq_remove(&w->inflight, j);
       w->inflight_est_ns -= j->est_ns;
       pp__complete(e, j, (int)status, copy, n, NULL);
+      nresults++;
     } else {
       rc = PP_EPROTO;
       break;
     }
     pp_buf_consume(&w->rbuf, PP_FRAME_HDR + h.length);
   }
-  if (locked)
+  if (locked) {
+    pids_count(e, w->pid, nresults);
     uv_mutex_unlock(&e->mu);
+  }
   if (rc < 0) {
     pp__log(e, PP_LOG_ERROR,
             "worker pid %d sent a malformed frame (%s); killing it", w->pid,

@@ -432,16 +432,29 @@ static PyObject *Engine_stats(EngineObject *self, PyObject *unused) {
                        (unsigned long long)s.running);
 }
 
+/* Engine.pids() -> {pid: results returned} for the live workers */
 static PyObject *Engine_pids(EngineObject *self, PyObject *unused) {
-  int pids[4096];
+  enum { MAXP = 4096 };
   PP_UNUSED(unused);
   if (!engine_ok(self))
     return NULL;
-  int n = pp_engine_worker_pids(self->e, pids, 4096);
-  PyObject *l = PyList_New(n);
-  for (int i = 0; l && i < n; i++)
-    PyList_SET_ITEM(l, i, PyLong_FromLong(pids[i]));
-  return l;
+  int *pids = PyMem_Malloc(MAXP * sizeof *pids);
+  uint64_t *njobs = PyMem_Malloc(MAXP * sizeof *njobs);
+  PyObject *d = (pids && njobs) ? PyDict_New() : PyErr_NoMemory();
+  int n = d ? pp_engine_worker_pids(self->e, pids, njobs, MAXP) : 0;
+  for (int i = 0; i < n; i++) {
+    PyObject *k = PyLong_FromLong(pids[i]);
+    PyObject *v = PyLong_FromUnsignedLongLong(njobs[i]);
+    if (k == NULL || v == NULL || PyDict_SetItem(d, k, v) < 0)
+      Py_CLEAR(d);
+    Py_XDECREF(k);
+    Py_XDECREF(v);
+    if (d == NULL)
+      break;
+  }
+  PyMem_Free(pids);
+  PyMem_Free(njobs);
+  return d;
 }
 
 static PyObject *Engine_shutdown(EngineObject *self, PyObject *unused) {
