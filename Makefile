@@ -37,7 +37,14 @@ PYTEST = PYTHONPATH=$(CURDIR)/python:/usr/lib/python3/dist-packages $(PYENV) $(P
 
 .PHONY: all ext ctests deps test test-c test-py run bench install valgrind clean
 
-all: ext ctests
+PPSERVER_SRC = $(wildcard src/ppserver/*.c)
+PPSERVER     = $(if $(PPSERVER_SRC),bin/ppserver)
+
+all: ext ctests $(PPSERVER)
+
+bin/ppserver: $(PPSERVER_SRC) $(wildcard src/ppserver/*.h) $(CORE_SRC) $(CORE_HDR)
+	@mkdir -p bin
+	$(CC) $(CFLAGS_C) -O2 $(SANFLAGS) -o $@ $(PPSERVER_SRC) $(CORE_SRC) $(LIBS)
 
 deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -90,4 +97,4 @@ valgrind: ctests
 	    --trace-children=no $$t; done
 
 clean:
-	rm -rf build tests/c/bin python/pp/*.so python/pp/.built-*
+	rm -rf build bin tests/c/bin python/pp/*.so python/pp/.built-*

@@ -178,12 +178,20 @@ class Server:
     def __init__(self, ncpus="autodetect", ppservers=(), secret=None,
                  loglevel=logging.WARNING, logstream=sys.stderr, restart=False,
                  proto=pickle.HIGHEST_PROTOCOL, socket_timeout=3600,
-                 max_retries=2):
+                 max_retries=2, node_timeout=5.0, no_capacity_timeout=None):
         self._closed = True
-        if ppservers:
-            raise NotImplementedError(
-                "ppservers=%r: remote nodes are not supported by this build of pp"
-                " yet; use local workers (ppservers=())" % (ppservers,))
+        nodes = self._check_nodes(ppservers)
+        if nodes:
+            if secret is None:
+                raise ValueError(
+                    "ppservers need a secret: pp.Server(..., secret='...') with "
+                    "the secret the ppserver nodes were started with (there is "
+                    "no default secret)")
+            if isinstance(secret, str):
+                secret = secret.encode("utf-8")
+            if not isinstance(secret, (bytes, bytearray)) or not 0 < len(secret) <= 4096:
+                raise ValueError("secret must be a non-empty str or bytes "
+                                 "(at most 4096 bytes)")
         ncpus = self._check_ncpus(ncpus)
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError("max_retries must be an int >= 0")
@@ -201,8 +209,11 @@ class Server:
             _log.setLevel(loglevel)
         argv = [sys.executable, "-c", "import pp._worker as w; w.main()",
                 str(os.getpid()), str(self._proto), "1" if restart else "0"]
-        self._engine = _core.Engine(argv, _worker_env(), None, ncpus,
-                                    bool(restart), max_retries, Job)
+        self._engine = _core.Engine(
+            argv, _worker_env(), None, ncpus, bool(restart), max_retries, Job,
+            nodes or None, bytes(secret) if nodes else None, float(node_timeout),
+            float(no_capacity_timeout or 0))
+        self.ppservers = tuple(nodes)
         self._ncpus = ncpus
         self._restart = bool(restart)
         self._groups = {"default": 0}
@@ -216,6 +227,33 @@ class Server:
         _log.debug("pp server started with %d workers", ncpus)
 
     # -- helpers ---------------------------------------------------------
+    @staticmethod
+    def _check_nodes(ppservers):
+        """Normalise ppservers entries to 'host:port' strings."""
+        if isinstance(ppservers, str):
+            ppservers = (ppservers,)
+        nodes = []
+        for entry in ppservers:
+            if not isinstance(entry, str) or not entry:
+                raise ValueError("ppservers entries are 'host' or 'host:port', "
+                                 "not %r" % (entry,))
+            if entry == "*" or entry.startswith("*:"):
+                raise NotImplementedError(
+                    "ppservers=%r: auto-discovery is not supported by this build "
+                    "of pp yet; list the nodes as 'host:port'" % (entry,))
+            host, sep, port = entry.rpartition(":")
+            if entry.startswith("["):
+                if "]:" not in entry:
+                    entry = "%s:%d" % (entry, Server.default_port)
+            elif not sep or ":" in host:
+                entry = "%s:%d" % (entry if not sep or ":" not in host
+                                   else "[%s]" % entry, Server.default_port)
+            elif not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("bad port in ppservers entry %r" % (entry,))
+            if entry not in nodes:
+                nodes.append(entry)
+        return nodes
+
     @staticmethod
     def _check_ncpus(ncpus):
         if ncpus == "autodetect":
@@ -362,16 +400,30 @@ class Server:
         self._ncpus = ncpus
 
     def get_active_nodes(self):
-        """{'local': ncpus, ...} for every node in use."""
-        return {"local": self._ncpus}
+        """{'local': ncpus, 'host:port': ncpus, ...}: local workers and every
+        remote node connected now."""
+        nodes = {"local": self._ncpus}
+        if not self._closed:
+            for name, connected, nworkers, _, _ in self._engine.node_stats():
+                if connected:
+                    nodes[name] = nworkers
+        return nodes
 
     def get_stats(self):
-        """{node: Statistics} with njobs and the sum of job run times."""
+        """{node: Statistics} with njobs and the sum of job run times, for
+        'local' and each remote node."""
         s = self._engine.stats()
+        remote = self._engine.node_stats()
         st = Statistics(self._ncpus)
-        st.njobs = s["njobs"]
-        st.time = s["time"]
-        return {"local": st}
+        st.njobs = s["njobs"] - sum(r[3] for r in remote)
+        st.time = s["time"] - sum(r[4] for r in remote)
+        stats = {"local": st}
+        for name, connected, nworkers, njobs, t in remote:
+            rs = Statistics(nworkers, rworker=name)
+            rs.njobs = njobs
+            rs.time = t
+            stats[name] = rs
+        return stats
 
     def print_stats(self):
         """Print job statistics in Parallel Python's format."""

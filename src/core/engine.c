@@ -101,6 +101,8 @@ void pp__complete(pp_engine *e, pp_job *j, int status, uint8_t *result,
   }
   atomic_store_explicit(&j->state, PP_JOB_DONE, memory_order_release);
   e->generation++;
+  if (e->on_complete != NULL)
+    e->on_complete(e->on_complete_ctx, j);
   if (j->want_callback) {
     /* the engine's reference moves to the event queue */
     pp_jobq_push_back(&e->evq, j);
@@ -133,6 +135,7 @@ static void engine_stop(pp_engine *e) {
       pp__complete(e, j, PP_JOB_DESTROYED, NULL, 0,
                    strdup("the pp Server was destroyed while the job ran"));
   uv_mutex_unlock(&e->mu);
+  pp__nodes_stop(e);
   pp__pool_kill_all(e);
   uv_timer_stop(&e->respawn_timer);
   uv_close((uv_handle_t *)&e->respawn_timer, on_close_noop);
@@ -154,6 +157,7 @@ static void on_async(uv_async_t *a) {
 
 static void engine_main(void *arg) {
   pp_engine *e = arg;
+  pp__nodes_start(e);
   pp__dispatch(e);
   uv_run(&e->loop, UV_RUN_DEFAULT);
   uv_mutex_lock(&e->mu);
@@ -166,6 +170,11 @@ static void engine_main(void *arg) {
 /* ---- public API -------------------------------------------------------- */
 
 static void engine_free_config(pp_engine *e) {
+  pp__nodes_free(e);
+  if (e->secret != NULL) {
+    memset(e->secret, 0, e->secret_len);
+    free(e->secret);
+  }
   strv_free(e->argv);
   strv_free(e->env);
   free(e->cwd);
@@ -188,7 +197,27 @@ int pp_engine_new(const pp_engine_opts *o, pp_engine **out) {
   e->restart = o->restart;
   e->max_retries = o->max_retries;
   e->queue_logs = o->queue_logs;
+  e->on_complete = o->on_complete;
+  e->on_complete_ctx = o->on_complete_ctx;
   e->max_frame = o->max_frame ? o->max_frame : PP_FRAME_MAX_DEFAULT;
+  e->node_timeout_ns =
+      (uint64_t)(o->node_timeout_ms ? o->node_timeout_ms : 5000) * 1000000u;
+  e->no_capacity_ns = (uint64_t)o->no_capacity_ms * 1000000u;
+  if (o->nodes != NULL && o->nodes[0] != NULL) {
+    rc = PP_EINVAL;
+    if (o->secret == NULL || o->secret_len == 0 || o->secret_len > 4096)
+      goto fail_config;
+    rc = PP_ENOMEM;
+    e->secret = malloc(o->secret_len);
+    if (e->secret == NULL)
+      goto fail_config;
+    memcpy(e->secret, o->secret, o->secret_len);
+    e->secret_len = o->secret_len;
+    rc = pp__nodes_init(e, o->nodes);
+    if (rc != PP_OK)
+      goto fail_config;
+    rc = PP_ENOMEM;
+  }
   e->target = o->nworkers;
   rc = PP_EIO;
   if (uv_loop_init(&e->loop) != 0)

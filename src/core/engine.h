@@ -22,7 +22,37 @@ typedef struct pp_engine_opts {
   int max_retries;         /* re-runs of a job whose worker died (>= 0) */
   uint32_t max_frame;      /* payload limit on worker pipes; 0 = default */
   int queue_logs;          /* 1: log lines go to pp_engine_next_event */
+  /* Optional completion hook, for embedders without Python (ppserver).
+   * Called once per job when it becomes DONE, with the engine mutex held,
+   * from the engine thread or from the thread calling cancel/shutdown. The
+   * job pointer is borrowed (pp_job_ref it to keep it). The hook must be
+   * quick and must not call any pp_engine_* function. */
+  void (*on_complete)(void *ctx, pp_job *j);
+  void *on_complete_ctx;
+  /* Remote ppserver nodes: "host", "host:port" or "[v6addr]:port"
+   * (NULL-terminated, copied), and the shared secret (copied). */
+  char *const *nodes;
+  const uint8_t *secret;
+  size_t secret_len;
+  uint32_t node_timeout_ms;  /* silence after which a node is dead; 0 = 5 s */
+  uint32_t no_capacity_ms;   /* fail queued jobs after this long with no
+                                worker and no node; 0 = never */
 } pp_engine_opts;
+
+#define PP_DEFAULT_PORT 60000
+
+/* Per-node statistics (see pp_engine_node_stats). */
+typedef struct pp_node_stats {
+  char name[280];    /* "host:port" */
+  int connected;     /* authenticated and serving */
+  int nworkers;      /* its worker count, as it announced */
+  uint64_t njobs;    /* results it returned */
+  uint64_t time_ns;  /* their run times, as measured on the node */
+} pp_node_stats;
+
+/* pp_engine_node_stats: copy the statistics of up to max nodes. Returns the
+ * number of nodes. Any thread. */
+int pp_engine_node_stats(pp_engine *e, pp_node_stats *out, int max);
 
 /* Counters for get_stats/print_stats. */
 typedef struct pp_engine_stats {

@@ -37,6 +37,39 @@ typedef struct pp__worker {
   struct pp__worker *next;
 } pp__worker;
 
+enum pp__node_state {
+  PP__NODE_IDLE = 0,   /* not connected; reconnect at next_attempt_ns */
+  PP__NODE_RESOLVING,  /* getaddrinfo in flight */
+  PP__NODE_CONNECTING, /* TCP connect in flight */
+  PP__NODE_HANDSHAKE,  /* authenticating */
+  PP__NODE_AUTHED,     /* authenticated, waiting for the node's HELLO */
+  PP__NODE_READY,      /* serving jobs */
+  PP__NODE_CLOSING     /* TCP handle closing */
+};
+
+/* A remote ppserver, from the client's side. [loop] unless noted. */
+typedef struct pp__node {
+  pp_engine *e;
+  char *host, *port;
+  pp_node_stats st;      /* [mu] name is immutable */
+  int state;
+  uv_getaddrinfo_t gai;
+  uv_connect_t creq;
+  uv_tcp_t tcp;
+  int tcp_open;          /* tcp handle initialised and not yet closed */
+  int gai_busy;          /* getaddrinfo request outstanding */
+  struct pp_auth *auth;  /* handshake state while HANDSHAKE */
+  struct pp_session *sess;
+  pp_jobq inflight;      /* dispatched, no result yet */
+  uint64_t inflight_est_ns;
+  pp_buf rbuf;
+  pp_keyset known;
+  uint64_t state_since_ns, last_rx_ns, last_ping_ns, next_attempt_ns;
+  unsigned backoff_ms;
+  int ever_ready;
+  struct pp__node *next;
+} pp__node;
+
 typedef struct pp__logline {
   struct pp__logline *next;
   int level;
@@ -48,11 +81,17 @@ struct pp_engine {
   char **argv, **env;
   char *cwd;
   int restart, max_retries, queue_logs;
+  void (*on_complete)(void *ctx, pp_job *j);
+  void *on_complete_ctx;
+  uint8_t *secret;
+  size_t secret_len;
+  uint64_t node_timeout_ns, no_capacity_ns;
   uint32_t max_frame;
 
   uv_loop_t loop;
   uv_async_t async;
   uv_timer_t respawn_timer;
+  uv_timer_t tick;      /* node heartbeats, reconnects, capacity checks */
   uv_thread_t thread;
   int thread_started;
 
@@ -85,6 +124,8 @@ struct pp_engine {
   pp__worker *workers;
   int spawn_fails;     /* consecutive workers that died before HELLO */
   int stopping;
+  pp__node *nodes;
+  uint64_t starved_since_ns, starved_warned_ns;
 };
 
 /* engine.c */
@@ -111,6 +152,19 @@ void pp__pool_kill_all(pp_engine *e);
 int pp__worker_send_jobs(pp__worker *w, pp_job *first);
 /* pp__worker_can_take: whether w may be given one more job now. */
 int pp__worker_can_take(const pp__worker *w);
+
+/* node.c — engine thread only */
+/* pp__nodes_init: create the node records (no I/O yet). 0 or PP_ENOMEM. */
+int pp__nodes_init(pp_engine *e, char *const *specs);
+/* pp__nodes_start: start the tick timer that connects and watches nodes. */
+void pp__nodes_start(pp_engine *e);
+/* pp__nodes_stop: engine stopping: fail in-flight jobs, close everything. */
+void pp__nodes_stop(pp_engine *e);
+/* pp__nodes_free: after the loop ended. */
+void pp__nodes_free(pp_engine *e);
+int pp__node_can_take(const pp__node *n);
+/* pp__node_send_jobs: seal and write every job of n->inflight from first. */
+void pp__node_send_jobs(pp__node *n, pp_job *first);
 
 /* sched.c — engine thread only */
 /* pp__dispatch: hand queued jobs to workers with room, round robin, then

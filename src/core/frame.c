@@ -24,7 +24,7 @@ int pp_frame_decode_hdr(const uint8_t in[PP_FRAME_HDR], uint32_t max_len,
   if (h->version != PP_PROTO_VERSION)
     return PP_EVERSION;
   h->type = in[3];
-  if (h->type == 0 || h->type > PP_MSG_TYPE_MAX)
+  if (!pp_frame_type_known(h->type))
     return PP_ETYPE;
   h->flags = pp_get_u32(in + 4);
   h->length = pp_get_u32(in + 8);

@@ -23,8 +23,19 @@ enum pp_msg_type {
   PP_MSG_JOB = 3,    /* engine -> worker: key[32] + pickled arguments */
   PP_MSG_RESULT = 4, /* worker -> engine: u64 runtime ns + pickled data */
   PP_MSG_BYE = 5,    /* engine -> worker: finish and exit, no payload */
-  PP_MSG_TYPE_MAX = 5
+  PP_MSG_PING = 6,   /* TCP, either side: are you there? payload echoed */
+  PP_MSG_PONG = 7,   /* TCP: answer to PING, same payload */
+  PP_MSG_TYPE_MAX = 7,
+  /* TCP handshake frames (see auth.h), valid only before authentication */
+  PP_MSG_AUTH_FIRST = 16,
+  PP_MSG_AUTH_LAST = 19
 };
+
+/* pp_frame_type_known: whether t is a type of this protocol version. */
+static inline int pp_frame_type_known(unsigned t) {
+  return (t >= 1 && t <= PP_MSG_TYPE_MAX) ||
+         (t >= PP_MSG_AUTH_FIRST && t <= PP_MSG_AUTH_LAST);
+}
 
 /* JOB flags */
 #define PP_JOBF_CHUNK 0x1u /* args is a list of argument tuples; result a list */
@@ -35,6 +46,10 @@ enum pp_result_status {
   PP_RES_OK = 0,     /* payload: pickled return value */
   PP_RES_EXC = 1,    /* payload: pickled (type name, message, traceback, exc) */
   PP_RES_SERIAL = 2, /* the return value could not be pickled; same layout */
+  PP_RES_LOST = 3,   /* node's worker died too often: i32 exitstatus,
+                        i32 termsignal, UTF-8 message */
+  PP_RES_FAILED = 4, /* node could not run the job: UTF-8 message */
+  PP_RES_MAX = 4
 };
 #define PP_RES_STATUS(flags) ((flags)&0xffu)
 

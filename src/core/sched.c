@@ -25,11 +25,34 @@ static int count_live(const pp_engine *e) {
   return n;
 }
 
+/* A place a job can go: a local worker or a remote node. */
+typedef struct slot {
+  pp__worker *w; /* exactly one of w, n */
+  pp__node *n;
+  pp_job *first; /* first job handed to it in this round */
+} slot;
+
+static int slot_can_take(const slot *s) {
+  return s->w ? pp__worker_can_take(s->w) : pp__node_can_take(s->n);
+}
+
+static void slot_assign(slot *s, pp_job *j) {
+  pp_jobq *q = s->w ? &s->w->inflight : &s->n->inflight;
+  if (s->w) {
+    s->w->inflight_est_ns += j->est_ns;
+    s->w->njobs++;
+  } else {
+    s->n->inflight_est_ns += j->est_ns;
+  }
+  pp_jobq_push_back(q, j);
+  if (s->first == NULL)
+    s->first = j;
+}
+
 void pp__dispatch(pp_engine *e) {
-  enum { MAXW = 1024 };
-  pp__worker *ws[MAXW];
-  pp_job *first[MAXW];
-  int nw = 0;
+  enum { MAXS = 1024 };
+  slot ss[MAXS];
+  int ns = 0;
 
   if (e->stopping)
     return;
@@ -44,35 +67,36 @@ void pp__dispatch(pp_engine *e) {
       break; /* keep mu */
     uv_mutex_unlock(&e->mu);
   }
-  for (pp__worker *w = e->workers; w && nw < MAXW; w = w->next)
-    if (pp__worker_can_take(w)) {
-      ws[nw] = w;
-      first[nw] = NULL;
-      nw++;
-    }
-  int progress = nw > 0;
+  /* local workers first, then remote nodes */
+  for (pp__worker *w = e->workers; w && ns < MAXS; w = w->next)
+    if (pp__worker_can_take(w))
+      ss[ns++] = (slot){w, NULL, NULL};
+  for (pp__node *n = e->nodes; n && ns < MAXS; n = n->next)
+    if (pp__node_can_take(n))
+      ss[ns++] = (slot){NULL, n, NULL};
+  int progress = ns > 0;
   while (progress && e->pending.head != NULL) {
     progress = 0;
-    for (int i = 0; i < nw && e->pending.head != NULL; i++) {
-      pp__worker *w = ws[i];
-      if (!pp__worker_can_take(w))
+    for (int i = 0; i < ns && e->pending.head != NULL; i++) {
+      if (!slot_can_take(&ss[i]))
         continue;
       pp_job *j = pp_jobq_pop(&e->pending);
       atomic_store_explicit(&j->state, PP_JOB_RUNNING, memory_order_relaxed);
       j->attempt++;
       j->est_ns = pp__estimate(j);
       e->running++;
-      w->inflight_est_ns += j->est_ns;
-      w->njobs++;
-      pp_jobq_push_back(&w->inflight, j);
-      if (first[i] == NULL)
-        first[i] = j;
+      slot_assign(&ss[i], j);
       progress = 1;
     }
   }
   uv_mutex_unlock(&e->mu);
 
-  for (int i = 0; i < nw; i++)
-    if (first[i] != NULL)
-      pp__worker_send_jobs(ws[i], first[i]);
+  for (int i = 0; i < ns; i++) {
+    if (ss[i].first == NULL)
+      continue;
+    if (ss[i].w)
+      pp__worker_send_jobs(ss[i].w, ss[i].first);
+    else
+      pp__node_send_jobs(ss[i].n, ss[i].first);
+  }
 }

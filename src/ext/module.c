@@ -118,20 +118,51 @@ static char **list_to_strv(PyObject *list, int *err) {
   return v;
 }
 
+static int engine_init2(EngineObject *self, PyObject *argv, PyObject *env,
+                        const char *cwd, int nworkers, int restart,
+                        int max_retries, PyObject *jt, PyObject *nodes,
+                        Py_buffer *secret, double node_timeout,
+                        double no_capacity);
+
 static int Engine_init(EngineObject *self, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"argv", "env", "cwd", "nworkers", "restart",
-                           "max_retries", "job_type", NULL};
+  static char *kwlist[] = {"argv",  "env",          "cwd",
+                           "nworkers", "restart",   "max_retries",
+                           "job_type", "nodes",     "secret",
+                           "node_timeout", "no_capacity_timeout", NULL};
   PyObject *argv, *env = Py_None, *jt = (PyObject *)&JobType;
+  PyObject *nodes = Py_None;
+  Py_buffer secret = {0};
   const char *cwd = NULL;
-  int nworkers = 0, restart = 0, max_retries = 2, err;
+  double node_timeout = 5.0, no_capacity = 0.0;
+  int nworkers = 0, restart = 0, max_retries = 2;
   if (self->e != NULL) {
     PyErr_SetString(PyExc_RuntimeError, "Engine already initialised");
     return -1;
   }
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OzipiO", kwlist, &argv, &env,
-                                   &cwd, &nworkers, &restart, &max_retries,
-                                   &jt))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OzipiOOz*dd", kwlist, &argv,
+                                   &env, &cwd, &nworkers, &restart,
+                                   &max_retries, &jt, &nodes, &secret,
+                                   &node_timeout, &no_capacity))
     return -1;
+  int rc = engine_init2(self, argv, env, cwd, nworkers, restart, max_retries,
+                        jt, nodes, &secret, node_timeout, no_capacity);
+  PyBuffer_Release(&secret);
+  return rc;
+}
+
+/* engine_init2: the body of Engine.__init__ once arguments are parsed.
+ * 0 or -1 with an exception. GIL held. */
+static int engine_init2(EngineObject *self, PyObject *argv, PyObject *env,
+                        const char *cwd, int nworkers, int restart,
+                        int max_retries, PyObject *jt, PyObject *nodes,
+                        Py_buffer *secret, double node_timeout,
+                        double no_capacity) {
+  int err;
+  if (node_timeout <= 0 || node_timeout > 86400 || no_capacity < 0 ||
+      no_capacity > 4e6) {
+    PyErr_SetString(PyExc_ValueError, "bad node_timeout or no_capacity_timeout");
+    return -1;
+  }
   if (!PyType_Check(jt) ||
       !PyType_IsSubtype((PyTypeObject *)jt, &JobType)) {
     PyErr_SetString(PyExc_TypeError, "job_type must subclass pp._core.Job");
@@ -146,17 +177,33 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kw) {
   }
   if (envl == Py_None)
     Py_INCREF(envl);
+  PyObject *nodel = nodes == Py_None ? Py_None : PySequence_List(nodes);
+  if (nodel == NULL) {
+    Py_DECREF(argl);
+    Py_DECREF(envl);
+    return -1;
+  }
+  if (nodel == Py_None)
+    Py_INCREF(nodel);
   char **cargv = list_to_strv(argl, &err);
   char **cenv = err ? NULL : list_to_strv(envl, &err);
+  char **cnodes = err ? NULL : list_to_strv(nodel, &err);
   int rc = -1;
   if (!err) {
     if (cargv == NULL || cargv[0] == NULL) {
       PyErr_SetString(PyExc_ValueError, "argv must not be empty");
     } else {
       pp_engine_opts o = {cargv, cenv, cwd, nworkers, restart, max_retries,
-                          0, 1};
+                          0, 1, NULL, NULL, cnodes,
+                          secret->buf, (size_t)secret->len,
+                          (uint32_t)(node_timeout * 1000),
+                          (uint32_t)(no_capacity * 1000)};
       int erc = pp_engine_new(&o, &self->e);
-      if (erc != PP_OK)
+      if (erc == PP_EINVAL)
+        PyErr_SetString(PyExc_ValueError,
+                        "bad engine options (a node address, or a missing "
+                        "or too long secret)");
+      else if (erc != PP_OK)
         PyErr_Format(PyExc_OSError, "cannot start the pp engine: %s",
                      pp_strerror(erc));
       else
@@ -165,8 +212,10 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kw) {
   }
   PyMem_Free(cargv);
   PyMem_Free(cenv);
+  PyMem_Free(cnodes);
   Py_DECREF(argl);
   Py_DECREF(envl);
+  Py_DECREF(nodel);
   if (rc == 0) {
     Py_INCREF(jt);
     Py_XSETREF(self->job_type, (PyTypeObject *)jt);
@@ -457,6 +506,33 @@ static PyObject *Engine_pids(EngineObject *self, PyObject *unused) {
   return d;
 }
 
+/* Engine.node_stats() -> [(name, connected, nworkers, njobs, time)] */
+static PyObject *Engine_node_stats(EngineObject *self, PyObject *unused) {
+  enum { MAXN = 1024 };
+  PP_UNUSED(unused);
+  if (!engine_ok(self))
+    return NULL;
+  pp_node_stats *st = PyMem_Malloc(MAXN * sizeof *st);
+  if (st == NULL)
+    return PyErr_NoMemory();
+  int n = pp_engine_node_stats(self->e, st, MAXN);
+  if (n > MAXN)
+    n = MAXN;
+  PyObject *l = PyList_New(n);
+  for (int i = 0; l && i < n; i++) {
+    PyObject *t = Py_BuildValue("(siiKd)", st[i].name, st[i].connected,
+                                st[i].nworkers,
+                                (unsigned long long)st[i].njobs,
+                                st[i].time_ns / 1e9);
+    if (t == NULL)
+      Py_CLEAR(l);
+    else
+      PyList_SET_ITEM(l, i, t);
+  }
+  PyMem_Free(st);
+  return l;
+}
+
 static PyObject *Engine_shutdown(EngineObject *self, PyObject *unused) {
   PP_UNUSED(unused);
   if (!engine_ok(self))
@@ -510,6 +586,8 @@ static PyMethodDef Engine_methods[] = {
      "set the local pool size"},
     {"stats", (PyCFunction)Engine_stats, METH_NOARGS, "counters as a dict"},
     {"pids", (PyCFunction)Engine_pids, METH_NOARGS, "live worker pids"},
+    {"node_stats", (PyCFunction)Engine_node_stats, METH_NOARGS,
+     "[(name, connected, nworkers, njobs, time)] per remote node"},
     {"shutdown", (PyCFunction)Engine_shutdown, METH_NOARGS,
      "stop: fail unfinished jobs, kill workers (idempotent)"},
     {"want_callback", (PyCFunction)Engine_want_callback, METH_O,
