@@ -3,6 +3,8 @@
  * worker processes in pool.c. See engine_int.h for which thread owns what. */
 #include "engine_int.h"
 
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -157,6 +159,12 @@ static void on_async(uv_async_t *a) {
 
 static void engine_main(void *arg) {
   pp_engine *e = arg;
+  sigset_t all;
+  /* Signals are for the embedding program's threads. Blocked here, a write
+   * to a dead worker fails with EPIPE instead of raising SIGPIPE, and
+   * SIGINT/SIGTERM reach the thread that handles them. */
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);
   pp__nodes_start(e);
   pp__dispatch(e);
   uv_run(&e->loop, UV_RUN_DEFAULT);

@@ -123,6 +123,7 @@ struct pp_engine {
   /* [loop] */
   pp__worker *workers;
   int spawn_fails;     /* consecutive workers that died before HELLO */
+  int respawn_due;     /* the backoff timer allows one spawn attempt */
   int stopping;
   pp__node *nodes;
   uint64_t starved_since_ns, starved_warned_ns;

@@ -308,6 +308,8 @@ static int process_frames(pp__worker *w) {
             pp_strerror(rc));
     return rc;
   }
+  if (e->restart && w->njobs > 0 && w->inflight.len == 0)
+    w->retiring = 1; /* one job per process: a fresh one replaces it */
   if (w->retiring && w->inflight.len == 0)
     send_bye(w);
   return PP_OK;
@@ -509,11 +511,9 @@ static void fail_pending(pp_engine *e) {
 
 static void on_respawn_timer(uv_timer_t *t) {
   pp_engine *e = t->data;
-  int saved = e->spawn_fails;
-  e->spawn_fails = 0; /* allow one spawn round */
-  pp__dispatch(e); /* adjusts the pool first */
-  if (e->spawn_fails == 0)
-    e->spawn_fails = saved; /* still unproven until a HELLO arrives */
+  e->respawn_due = 1; /* allow one spawn round despite recent failures */
+  pp__dispatch(e);    /* adjusts the pool first */
+  e->respawn_due = 0;
 }
 
 void pp__pool_adjust(pp_engine *e) {
@@ -527,7 +527,7 @@ void pp__pool_adjust(pp_engine *e) {
     if (w->alive && !w->retiring)
       live++;
   while (live < target) {
-    if (e->spawn_fails > 0) {
+    if (e->spawn_fails > 0 && !e->respawn_due) {
       /* workers are dying at start: back off instead of spinning */
       if (e->spawn_fails >= PP__MAX_SPAWN_FAILS && live == 0)
         fail_pending(e);
@@ -538,6 +538,7 @@ void pp__pool_adjust(pp_engine *e) {
       }
       break;
     }
+    e->respawn_due = 0; /* one attempt per timer round */
     if (spawn_worker(e) != PP_OK)
       continue; /* spawn_fails is now > 0: the loop backs off */
     live++;
