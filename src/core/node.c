@@ -177,7 +177,7 @@ static int seal2(pp__node *n, pp_buf *out, uint8_t type, uint32_t flags,
   out->len += PP_FRAME_HDR;
   pp_buf_append(out, a, alen); /* room reserved above */
   pp_buf_append(out, b, blen);
-  rc = pp_session_seal_tail(n->sess, out, off);
+  rc = pp_session_seal_tail(n->sess, out, out->len - off);
   if (rc != PP_OK)
     out->len = off;
   return rc;
