@@ -6,13 +6,17 @@ once per worker and the worker caches it under the SHA-256 of its bytes, so two
 different functions can never be confused, whatever their ids.
 
 Kinds of descriptor:
-  ("ref", module, qualname)                       importable function/builtin
+  ("ref", module, qualname, fallback)             importable function/builtin;
+                                                  fallback: a "src" descriptor
+                                                  (bytes) for nodes that cannot
+                                                  import module, or None
   ("src", name, imports, refs, sources, method)   source code, pp style
   ("cp", cloudpickle_bytes)                       lambdas, closures, no source
 """
 import builtins
 import importlib
 import inspect
+import os
 import pickle
 import sys
 import textwrap
@@ -168,7 +172,7 @@ def describe(func, depfuncs=(), modules=(), globals=None, extra_classes=()):
     if simple and not is_method:
         ref = _importable(func)
         if ref is not None:
-            return pickle.dumps(("ref",) + ref, 4), False
+            return pickle.dumps(("ref",) + ref + (_fallback(func),), 4), False
         if isinstance(func, types.BuiltinFunctionType):
             raise SerializationError("cannot ship builtin %r" % (func,))
 
@@ -221,6 +225,52 @@ def describe(func, depfuncs=(), modules=(), globals=None, extra_classes=()):
     desc = ("src", target.__name__, c.imports_for_worker(),
             sorted(c.refs.items()), c.sources, method)
     return pickle.dumps(desc, 4), is_method
+
+
+def _installed(modname):
+    """Whether a module comes with Python or from site-packages (and so can
+    be expected on every node), rather than from the user's own files."""
+    m = sys.modules.get(modname.partition(".")[0])
+    f = getattr(m, "__file__", None)
+    if m is None:
+        return False
+    if f is None:
+        return True  # built into the interpreter
+    f = os.path.realpath(f)
+    return any(f.startswith(p + os.sep) for p in _install_dirs())
+
+
+_dirs_cache = []
+
+
+def _install_dirs():
+    if not _dirs_cache:
+        import sysconfig
+        dirs = set()
+        for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+            p = sysconfig.get_paths().get(key)
+            if p:
+                dirs.add(os.path.realpath(p))
+        for p in sys.path:
+            if "site-packages" in p or "dist-packages" in p:
+                dirs.add(os.path.realpath(p))
+        _dirs_cache.extend(sorted(dirs))
+    return _dirs_cache
+
+
+def _fallback(func):
+    """For a function of the user's own module: a source descriptor a remote
+    worker uses when it cannot import that module (pp ships source). None
+    for library functions and when no source descriptor can be made."""
+    if not isinstance(func, types.FunctionType) or _installed(func.__module__):
+        return None
+    try:
+        c = _Collector()
+        c.add_function(func, top=True)
+    except Exception:
+        return None
+    return pickle.dumps(("src", func.__name__, c.imports_for_worker(),
+                         sorted(c.refs.items()), c.sources, None), 4)
 
 
 def _cloudpickle_desc(func, why):

@@ -29,7 +29,12 @@ def load(blob):
     desc = pickle.loads(blob)
     kind = desc[0]
     if kind == "ref":
-        return _resolve(desc[1], desc[2]), None
+        try:
+            return _resolve(desc[1], desc[2]), None
+        except (ImportError, AttributeError):
+            if len(desc) > 3 and desc[3] is not None:
+                return load(desc[3])  # not importable here: use its source
+            raise
     if kind == "cp":
         return pickle.loads(desc[1]), None
     if kind != "src":

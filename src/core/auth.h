@@ -35,17 +35,11 @@
 
 #include "buf.h"
 #include "frame.h"
+#include "pp_common.h"
 
 #include <stddef.h>
 #include <stdint.h>
 
-/* Authentication failed: the peer could not prove the shared secret, or a
- * sealed frame's MAC did not verify (altered, replayed, reordered, reflected
- * or injected). Not yet in pp_common.h's table: pp_auth_strerror() names it
- * ("authentication failed") and defers to pp_strerror() for every other code. */
-#ifndef PP_EAUTH
-#define PP_EAUTH (-20)
-#endif
 
 /* Handshake frame types. They never collide with the pipe messages (1..5)
  * and appear only before authentication; flags, attempt and id are 0. */
@@ -159,9 +153,11 @@ int pp_session_seal(pp_session *s, pp_buf *out, uint8_t type, uint32_t flags,
                     size_t len);
 
 /* pp_session_seal_tail: seal a frame the caller has just built in pieces
- * (pp_frame_encode_hdr, then payload appends): it is the last frame_len bytes
- * of out, header first. Appends the MAC and advances the send sequence
- * number. Returns 0, PP_EINVAL (those bytes are not one pp frame whose header
+ * (pp_frame_encode_hdr, then payload appends): it is the LAST frame_len
+ * bytes of out, header first (frame_len = PP_FRAME_HDR + payload length; not
+ * an offset, so a compaction of out between the pieces does not matter).
+ * Appends the MAC and advances the send sequence number. Returns 0, PP_EINVAL
+ * (those bytes are not one pp frame of a non-handshake type whose header
  * length covers exactly the rest), PP_ENOMEM, PP_ESTATE or PP_EIO; on failure
  * out and the sequence number are unchanged. */
 int pp_session_seal_tail(pp_session *s, pp_buf *out, size_t frame_len);

@@ -26,6 +26,7 @@ const char *pp_strerror(int err) {
   case PP_ESTATE: return "invalid state";
   case PP_EIO: return "input/output error";
   case PP_EAGAIN: return "try again";
+  case PP_EAUTH: return "authentication failed";
   default: return "unknown error";
   }
 }

@@ -366,7 +366,7 @@ static int on_result(pp__node *n, const pp_frame_hdr *h, const uint8_t *p) {
 static int session_frames(pp__node *n) {
   pp_frame_hdr h;
   const uint8_t *p;
-  int rc;
+  int rc = PP_ECLOSED;
   while (n->sess != NULL &&
          (rc = pp_session_next(n->sess, &n->rbuf, PP_FRAME_MAX_DEFAULT, &h,
                                &p)) == 1) {

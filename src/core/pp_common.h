@@ -22,7 +22,8 @@ enum {
   PP_ESPAWN = -10,    /* a worker process could not be started */
   PP_ESTATE = -11,    /* operation not valid in the object's current state */
   PP_EIO = -12,       /* read or write failed */
-  PP_EAGAIN = -13     /* nothing to do yet; call again */
+  PP_EAGAIN = -13,    /* nothing to do yet; call again */
+  PP_EAUTH = -20      /* the peer did not prove the secret / a MAC failed */
 };
 
 /* pp_strerror: a static, human-readable name for an error code. */
