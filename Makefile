@@ -16,6 +16,8 @@ CORE_HDR  = $(wildcard src/core/*.h)
 EXT_SRC   = $(wildcard src/ext/*.c) $(wildcard src/ext/*.h)
 CTESTS    = $(patsubst tests/c/%.c,tests/c/bin/%,$(wildcard tests/c/test_*.c))
 CHELPERS  = $(patsubst tests/c/%.c,tests/c/bin/%,$(filter-out tests/c/test_%.c,$(wildcard tests/c/*.c)))
+# binaries are rebuilt when SANITIZER changes
+MODE_STAMP = bin/.mode-$(STAMP)
 DEBS      = libuv1-dev libssl-dev python3-dev python3-pytest pkg-config
 
 ifeq ($(SANITIZER),address)
@@ -42,7 +44,12 @@ PPSERVER     = $(if $(PPSERVER_SRC),bin/ppserver)
 
 all: ext ctests $(PPSERVER)
 
-bin/ppserver: $(PPSERVER_SRC) $(wildcard src/ppserver/*.h) $(CORE_SRC) $(CORE_HDR)
+$(MODE_STAMP):
+	@mkdir -p bin
+	rm -f bin/.mode-*
+	touch $@
+
+bin/ppserver: $(PPSERVER_SRC) $(wildcard src/ppserver/*.h) $(CORE_SRC) $(CORE_HDR) $(MODE_STAMP)
 	@mkdir -p bin
 	$(CC) $(CFLAGS_C) -O2 $(SANFLAGS) -o $@ $(PPSERVER_SRC) $(CORE_SRC) $(LIBS)
 
@@ -61,7 +68,7 @@ python/pp/.built-$(STAMP): $(CORE_SRC) $(CORE_HDR) $(EXT_SRC) setup.py
 
 ext: python/pp/.built-$(STAMP)
 
-tests/c/bin/%: tests/c/%.c $(CORE_SRC) $(CORE_HDR) $(wildcard tests/c/*.h)
+tests/c/bin/%: tests/c/%.c $(CORE_SRC) $(CORE_HDR) $(wildcard tests/c/*.h) $(MODE_STAMP)
 	@mkdir -p tests/c/bin
 	$(CC) $(CFLAGS_C) $(SANFLAGS) -o $@ $< $(CORE_SRC) $(LIBS)
 

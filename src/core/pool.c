@@ -418,7 +418,8 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
   pp_engine *e = w->e;
   char how[128];
   int had_jobs;
-  drain_pipe(w);
+  if (!e->stopping) /* when stopping, its jobs were already failed */
+    drain_pipe(w);
   w->alive = 0;
   pids_remove(e, w->pid);
   had_jobs = w->inflight.len > 0;

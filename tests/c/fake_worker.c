@@ -213,7 +213,7 @@ int main(int argc, char **argv) {
   int fl;
 
   if (argc > 1 && strcmp(argv[1], "die-at-start") == 0)
-    exit(7);
+    _exit(7); /* nothing allocated yet; skips a sanitizer's exit-time scan */
   if (fcntl(FD, F_GETFD) < 0) {
     fprintf(stderr, "fake_worker: no pipe on fd 3\n");
     return 2;

@@ -406,6 +406,53 @@ out:
   pp_func_unref(f);
 }
 
+/* More functions than a worker's cache holds (PP__KEYSET_MAX = 4096): the
+ * engine resets the worker's cache (FUNCF_RESET) and sends FUNC again for
+ * what it needs; the fake worker answers "unknown function" otherwise. */
+static void test_func_cache_reset(void) {
+  enum { NF = 4200 };
+  static pp_func *fs[NF];
+  static pp_job *js[NF];
+  pp_engine *e = start((cfg){.nworkers = 1});
+  int n = 0, nf = 0;
+  if (e == NULL)
+    return;
+  for (int i = 0; i < NF; i++) {
+    char blob[32], cmd[32];
+    snprintf(blob, sizeof blob, "function %d", i);
+    if ((fs[nf] = pp_func_new(blob, strlen(blob))) == NULL)
+      break;
+    nf++;
+    snprintf(cmd, sizeof cmd, "echo:%d", i);
+    if ((js[n] = submit(e, fs[i], cmd, 0)) != NULL)
+      n++;
+  }
+  CHECK(nf == NF && n == NF);
+  /* and the first functions again, after the reset */
+  pp_job *again[10] = {0};
+  for (int i = 0; i < 10 && i < nf; i++)
+    again[i] = submit(e, fs[i], "echo:again", 0);
+  CHECK(pp_engine_wait_group(e, -1, T_WAIT) == PP_OK);
+  int bad = 0;
+  for (int i = 0; i < n; i++) {
+    char want[32];
+    snprintf(want, sizeof want, "%d", i);
+    if (!pp_job_done(js[i]) || js[i]->status != PP_JOB_OK ||
+        !result_is(js[i], want))
+      bad++;
+  }
+  for (int i = 0; i < 10; i++)
+    if (again[i] == NULL || !pp_job_done(again[i]) ||
+        again[i]->status != PP_JOB_OK || !result_is(again[i], "again"))
+      bad++;
+  CHECKF(bad == 0, "%d jobs failed (unknown function?)", bad);
+  unref_all(again, 10);
+  unref_all(js, (size_t)n);
+  pp_engine_free(e);
+  for (int i = 0; i < nf; i++)
+    pp_func_unref(fs[i]);
+}
+
 /* A worker exiting mid-job: the job is re-run max_retries times on fresh
  * workers, then fails LOST; the rest carries on. */
 static void test_exit_lost(int max_retries) {
@@ -698,6 +745,48 @@ out:
   unref_all(js, (size_t)n);
   pp_engine_free(e);
   pp_func_unref(f);
+}
+
+/* Shutdown while results are streaming in: every job ends exactly once (OK
+ * or DESTROYED), and results still in a dying worker's pipe are not taken
+ * for a protocol error (no "malformed frame" ERROR log on a clean destroy). */
+static void test_shutdown_streaming(void) {
+  enum { N = 3000, ROUNDS = 3 };
+  static pp_job *js[N];
+  int malformed = 0;
+  for (int r = 0; r < ROUNDS; r++) {
+    hook_ctx hook;
+    memset(&hook, 0, sizeof hook);
+    pp_engine *e = start((cfg){.nworkers = 2, .queue_logs = 1, .hook = &hook});
+    pp_func *f = pp_func_new("streaming", 9);
+    int n = 0;
+    if (e == NULL || !CHECK(f != NULL)) {
+      pp_engine_free(e);
+      pp_func_unref(f);
+      return;
+    }
+    for (int i = 0; i < N; i++)
+      if ((js[n] = submit(e, f, "echo:s", 0)) != NULL)
+        n++;
+    /* wait for the first results, then pull the plug mid-stream */
+    CHECK(pp_engine_wait_generation(e, 0, T_WAIT) == PP_OK);
+    pp_engine_shutdown(e);
+    int bad = 0;
+    for (int i = 0; i < n; i++)
+      if (!pp_job_done(js[i]) ||
+          !((js[i]->status == PP_JOB_OK && result_is(js[i], "s")) ||
+            js[i]->status == PP_JOB_DESTROYED))
+        bad++;
+    CHECKF(bad == 0, "%d of %d jobs neither OK nor DESTROYED", bad, n);
+    CHECKF(atomic_load(&hook.calls) == n, "hook called %d times for %d jobs",
+           atomic_load(&hook.calls), n);
+    malformed += drain_logs(e, "malformed");
+    unref_all(js, (size_t)n);
+    pp_engine_free(e);
+    pp_func_unref(f);
+  }
+  CHECKF(malformed == 0,
+         "%d 'malformed frame' errors logged while shutting down", malformed);
 }
 
 /* pp_engine_free alone (no explicit shutdown) with work in flight. */
@@ -1003,6 +1092,7 @@ int main(int argc, char **argv) {
       {"new_invalid", test_new_invalid},
       {"echo_many", test_echo_many},
       {"groups_and_payloads", test_groups_and_payloads},
+      {"func_cache_reset", test_func_cache_reset},
       {"exit_lost_retries0", t_exit0},
       {"exit_lost_retries2", t_exit2},
       {"segv", test_segv},
@@ -1012,6 +1102,7 @@ int main(int argc, char **argv) {
       {"cancel", test_cancel},
       {"resize", test_resize},
       {"shutdown", test_shutdown},
+      {"shutdown_streaming", test_shutdown_streaming},
       {"free_busy", test_free_busy},
       {"callback", test_callback},
       {"env_cwd", test_env_cwd},

@@ -340,7 +340,7 @@ static void test_byte_at_a_time(void) {
   enum { NF = 12 };
   pp_buf stream, in;
   size_t lens[NF];
-  uint8_t payload[6000];
+  uint8_t payload[6000 + NF];
   pp_buf_init(&stream);
   for (size_t i = 0; i < sizeof payload; i++)
     payload[i] = (uint8_t)(i ^ (i >> 8));
