@@ -77,7 +77,7 @@ ctests: $(CTESTS) $(CHELPERS)
 test-c: ctests
 	@set -e; for t in $(CTESTS); do echo "== $$t"; $$t; done
 
-test-py: ext
+test-py: ext $(PPSERVER)
 	$(PYTEST) -q -p no:cacheprovider tests/py
 
 test: deps

@@ -1,0 +1,32 @@
+/* server.h — ppserver's network side: a libuv loop in the main thread that
+ * accepts TCP clients, authenticates them (auth.h, server role), reads their
+ * sealed FUNC/JOB frames, feeds jobs to a pp engine (its own thread and
+ * worker pool) fairly across clients, and writes sealed RESULT frames back.
+ * docs/protocol.md section 7 describes the conversation. */
+#ifndef PPSRV_SERVER_H
+#define PPSRV_SERVER_H
+
+#include "config.h"
+
+/* Connection limits. */
+#define PPSRV_HANDSHAKE_TIMEOUT_MS 5000u /* accept -> authenticated (also <= -k) */
+#define PPSRV_CLOSE_GRACE_MS 2000u       /* flushing a closing connection */
+#define PPSRV_MAX_FUNCS 65536u           /* FUNC keys remembered per connection */
+#define PPSRV_PING_MAX 64u               /* PING payload limit */
+/* Reading from a client pauses while it has this much waiting (queued jobs
+ * not yet handed to the engine, or results not yet written), and resumes
+ * below half of it. */
+#define PPSRV_QUEUE_MAX_JOBS 100000u
+#define PPSRV_QUEUE_MAX_BYTES (256u * 1024u * 1024u)
+#define PPSRV_WRITE_MAX_BYTES (64u * 1024u * 1024u)
+
+/* ppsrv_run: start the engine and its workers, listen on cfg's interface and
+ * port, write the pid file, and serve until SIGTERM/SIGINT or the -t idle
+ * timeout; then say BYE to every client, close every connection, shut the
+ * engine down (workers killed and reaped) and remove the pid file.
+ * Returns the process exit status: 0 after a clean stop, 1 when the server
+ * could not start (address in use, engine failure, pid file). Main thread;
+ * cfg is borrowed for the duration. */
+int ppsrv_run(const ppsrv_config *cfg);
+
+#endif

@@ -1,0 +1,295 @@
+"""ppwire — a small pure-Python client for pp's TCP protocol (docs/protocol.md
+sections 1, 6 and 7), used by the ppserver tests.
+
+It implements the framing, the mutual HMAC-SHA256 handshake (client role),
+sealed frames (HMAC-SHA256-128 over an implicit sequence number, header and
+payload, per-direction keys from HKDF-SHA256), and helpers to ship a function
+descriptor (FUNC) and a job (JOB) and read the RESULT. Only the standard
+library is used (hmac, hashlib, socket, struct, pickle).
+"""
+import hashlib
+import hmac
+import os
+import pickle
+import socket
+import struct
+import time
+
+MAGIC = 0x7070
+VERSION = 1
+HDR = struct.Struct("<HBBIIIQ")  # magic, version, type, flags, length, attempt, id
+HDR_LEN = HDR.size  # 24
+MAC_LEN = 16
+
+HELLO, FUNC, JOB, RESULT, BYE, PING, PONG = 1, 2, 3, 4, 5, 6, 7
+AUTH_HELLO, AUTH_CHALLENGE, AUTH_PROOF, AUTH_FAIL = 16, 17, 18, 19
+
+RES_OK, RES_EXC, RES_SERIAL, RES_LOST, RES_FAILED = 0, 1, 2, 3, 4
+FUNCF_RESET = 1
+JOBF_CHUNK = 1
+
+
+class ProtocolError(Exception):
+    """The peer sent something this client does not accept."""
+
+
+class AuthError(ProtocolError):
+    """The handshake failed (wrong secret, FAIL frame, bad proof)."""
+
+
+class Closed(ProtocolError):
+    """The peer closed the connection."""
+
+
+def header(ftype, length, flags=0, attempt=0, fid=0, magic=MAGIC, version=VERSION):
+    """The 24-byte frame header."""
+    return HDR.pack(magic, version, ftype, flags, length, attempt, fid)
+
+
+def frame(ftype, payload=b"", flags=0, attempt=0, fid=0):
+    """An unsealed frame (handshake frames)."""
+    return header(ftype, len(payload), flags, attempt, fid) + payload
+
+
+def hkdf_extract(salt, ikm):
+    return hmac.new(salt, ikm, hashlib.sha256).digest()
+
+
+def hkdf_expand(prk, info, length=32):
+    out, block, i = b"", b"", 1
+    while len(out) < length:
+        block = hmac.new(prk, block + info + bytes([i]), hashlib.sha256).digest()
+        out += block
+        i += 1
+    return out[:length]
+
+
+def derive(secret, nonce_c, nonce_s):
+    """The per-connection keys: (K_cp, K_sp, K_c2s, K_s2c)."""
+    k0 = hkdf_extract(b"pp-auth-v1", secret)
+    prk = hkdf_extract(nonce_c + nonce_s, k0)
+    return tuple(hkdf_expand(prk, info) for info in (
+        b"pp-auth-v1 client proof", b"pp-auth-v1 server proof",
+        b"pp-auth-v1 mac client->server", b"pp-auth-v1 mac server->client"))
+
+
+def mac(key, seq, hdr, payload):
+    return hmac.new(key, struct.pack("<Q", seq) + hdr + payload,
+                    hashlib.sha256).digest()[:MAC_LEN]
+
+
+def func_key(desc):
+    return hashlib.sha256(desc).digest()
+
+
+def ref_descriptor(module, qualname):
+    """A descriptor as python/pp/_ship.py makes it for importable functions."""
+    return pickle.dumps(("ref", module, qualname), 4)
+
+
+class Client:
+    """One authenticated connection to a ppserver.
+
+    Client(host, port, secret) connects and runs the handshake; `node_pid` and
+    `node_workers` come from the node's HELLO. Every wait is bounded by
+    `timeout` seconds (socket timeout)."""
+
+    def __init__(self, host, port, secret, timeout=10.0, record=None, connect=True):
+        if isinstance(secret, str):
+            secret = secret.encode()
+        self.secret = secret
+        self.timeout = timeout
+        self.sock = None
+        self.rbuf = bytearray()
+        self.send_seq = 0
+        self.recv_seq = 0
+        self.record = record  # list: every byte sent during the handshake
+        self.known = set()
+        self.next_id = 1
+        self.node_pid = None
+        self.node_workers = None
+        if connect:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.handshake()
+            self.read_hello()
+
+    # -- raw bytes -------------------------------------------------------
+    def send_raw(self, data):
+        if self.record is not None:
+            self.record.append(data)
+        self.sock.sendall(data)
+
+    def _read_exact(self, n):
+        deadline = time.monotonic() + self.timeout
+        while len(self.rbuf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("timed out waiting for %d bytes" % n)
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(max(65536, n - len(self.rbuf)))
+            if not chunk:
+                raise Closed("connection closed by the node")
+            self.rbuf += chunk
+        data = bytes(self.rbuf[:n])
+        del self.rbuf[:n]
+        return data
+
+    def read_plain(self):
+        """One unsealed frame: (type, flags, attempt, id, payload, raw bytes)."""
+        hdr = self._read_exact(HDR_LEN)
+        magic, version, ftype, flags, length, attempt, fid = HDR.unpack(hdr)
+        if magic != MAGIC:
+            raise ProtocolError("bad magic")
+        if length > 256:
+            raise ProtocolError("handshake frame too long")
+        payload = self._read_exact(length)
+        return ftype, flags, attempt, fid, payload, hdr + payload
+
+    # -- handshake -------------------------------------------------------
+    def handshake(self):
+        nonce_c = os.urandom(32)
+        hello = frame(AUTH_HELLO, struct.pack("<I", 1) + nonce_c)
+        self.send_raw(hello)
+        ftype, _, _, _, payload, raw = self.read_plain()
+        if ftype == AUTH_FAIL:
+            raise AuthError("node refused the handshake: %r" % (struct.unpack("<II", payload),))
+        if ftype != AUTH_CHALLENGE or len(payload) != 36:
+            raise ProtocolError("expected CHALLENGE, got type %d" % ftype)
+        if struct.unpack("<I", payload[:4])[0] != 1:
+            raise ProtocolError("challenge of another version")
+        nonce_s = payload[4:]
+        if nonce_s == nonce_c:
+            raise AuthError("reflected nonce")
+        k_cp, k_sp, self.k_c2s, self.k_s2c = derive(self.secret, nonce_c, nonce_s)
+        transcript = hello + raw
+        proof_c = hmac.new(k_cp, b"client" + transcript, hashlib.sha256).digest()
+        self.send_raw(frame(AUTH_PROOF, proof_c))
+        try:
+            ftype, _, _, _, payload, raw = self.read_plain()
+        except Closed:
+            raise AuthError("node closed the connection after our proof")
+        if ftype == AUTH_FAIL:
+            raise AuthError("node rejected our proof: %r" % (struct.unpack("<II", payload),))
+        if ftype != AUTH_PROOF or len(payload) != 32:
+            raise ProtocolError("expected PROOF, got type %d" % ftype)
+        want = hmac.new(k_sp, b"server" + transcript + proof_c, hashlib.sha256).digest()
+        if not hmac.compare_digest(want, payload):
+            self.send_raw(frame(AUTH_FAIL, struct.pack("<II", 2, 1)))
+            raise AuthError("node did not prove the secret")
+
+    def read_hello(self):
+        ftype, flags, attempt, fid, payload = self.recv()
+        if ftype != HELLO or len(payload) != 8:
+            raise ProtocolError("expected sealed HELLO, got type %d" % ftype)
+        self.node_pid, self.node_workers = struct.unpack("<II", payload)
+
+    # -- sealed frames ---------------------------------------------------
+    def seal(self, ftype, payload=b"", flags=0, attempt=0, fid=0):
+        """The bytes of one sealed frame (advances the send sequence)."""
+        hdr = header(ftype, len(payload), flags, attempt, fid)
+        m = mac(self.k_c2s, self.send_seq, hdr, payload)
+        self.send_seq += 1
+        return hdr + payload + m
+
+    def send(self, ftype, payload=b"", flags=0, attempt=0, fid=0):
+        self.send_raw(self.seal(ftype, payload, flags, attempt, fid))
+
+    def recv(self):
+        """One sealed frame: (type, flags, attempt, id, payload)."""
+        hdr = self._read_exact(HDR_LEN)
+        magic, version, ftype, flags, length, attempt, fid = HDR.unpack(hdr)
+        if magic != MAGIC or version != VERSION:
+            raise ProtocolError("bad header")
+        payload = self._read_exact(length)
+        m = self._read_exact(MAC_LEN)
+        if not hmac.compare_digest(m, mac(self.k_s2c, self.recv_seq, hdr, payload)):
+            raise ProtocolError("bad MAC from the node")
+        self.recv_seq += 1
+        return ftype, flags, attempt, fid, payload
+
+    # -- requests --------------------------------------------------------
+    def ping(self, payload=b"ping"):
+        self.send(PING, payload)
+        while True:
+            ftype, _, _, _, p = self.recv()
+            if ftype == PONG:
+                return p
+
+    def define(self, desc):
+        """Send FUNC for desc once; return its key."""
+        key = func_key(desc)
+        if key not in self.known:
+            self.send(FUNC, key + desc)
+            self.known.add(key)
+        return key
+
+    def submit(self, desc, args, flags=0, attempt=1, jid=None):
+        """Send FUNC (if new) and JOB; return the job id."""
+        key = self.define(desc)
+        if jid is None:
+            jid = self.next_id
+            self.next_id += 1
+        self.send(JOB, key + pickle.dumps(tuple(args)), flags=flags, attempt=attempt, fid=jid)
+        return jid
+
+    def result(self):
+        """Read frames until a RESULT: (id, attempt, status, runtime_ns, data)."""
+        while True:
+            ftype, flags, attempt, fid, p = self.recv()
+            if ftype == RESULT:
+                status = flags & 0xFF
+                runtime = struct.unpack("<Q", p[:8])[0]
+                return fid, attempt, status, runtime, p[8:]
+            if ftype == BYE:
+                raise Closed("node said BYE")
+            if ftype != PONG:
+                raise ProtocolError("unexpected frame type %d" % ftype)
+
+    def call(self, module, qualname, *args):
+        """Run module.qualname(*args) on the node; return (status, value).
+        value is the unpickled result for OK, the unpickled exception info
+        tuple for EXC/SERIAL, and the raw bytes otherwise."""
+        self.submit(ref_descriptor(module, qualname), args)
+        _, _, status, _, data = self.result()
+        if status in (RES_OK, RES_EXC, RES_SERIAL):
+            return status, pickle.loads(data)
+        return status, data
+
+    def bye(self):
+        try:
+            self.send(BYE)
+        except OSError:
+            pass
+        self.close()
+
+    def close(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            finally:
+                self.sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def connection_closed(sock, timeout):
+    """Wait up to timeout s for the peer to close sock (reading and dropping
+    whatever it sends). True if it closed (EOF or reset), False on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        sock.settimeout(left)
+        try:
+            if not sock.recv(65536):
+                return True
+        except socket.timeout:
+            return False
+        except ConnectionError:
+            return True

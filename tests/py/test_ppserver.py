@@ -1,0 +1,743 @@
+"""Tests of bin/ppserver, the standalone node: command line and secret rules,
+real jobs over the authenticated protocol (through tests/py/ppwire.py), fair
+sharing between clients, signals, idle exit, restart mode, and hostile input
+(each followed by a check that the node still serves a real client, and for
+the heavier ones that its memory did not grow).
+
+Run with:
+    cd <repo> && make bin/ppserver && \
+    PYTHONPATH=python:/usr/lib/python3/dist-packages python3 -m pytest -q tests/py/test_ppserver.py
+Another build (e.g. with AddressSanitizer) can be tested with PPSERVER_BIN=path
+and PPSERVER_RSS_SLACK_KB=65536.
+"""
+import os
+import pickle
+import re
+import resource
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ppwire  # noqa: E402
+from conftest import descendants, pid_state, wait_pids_gone  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+PPSERVER = Path(os.environ.get("PPSERVER_BIN", REPO / "bin" / "ppserver"))  # override: e.g. an ASan build
+SECRET = "test-secret-0123456789"
+# allowed RSS growth of the node across a hostile-input test; sanitizer builds
+# keep freed memory in quarantine, so raise it for them (e.g. 65536)
+RSS_SLACK_KB = int(os.environ.get("PPSERVER_RSS_SLACK_KB", 8 * 1024))
+
+pytestmark = pytest.mark.skipif(not PPSERVER.exists(),
+                                reason="bin/ppserver not built (make bin/ppserver)")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_env(secret=SECRET):
+    env = dict(os.environ)
+    env.pop("PP_SECRET", None)
+    if secret is not None:
+        env["PP_SECRET"] = secret
+    env["PYTHONPATH"] = str(REPO / "python")
+    return env
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Node:
+    """A running bin/ppserver on 127.0.0.1, its stderr collected in a thread."""
+
+    count = 0
+
+    def __init__(self, tmp_path, *args, secret=SECRET, workers=2, env=None, ready=True,
+                 ready_workers=None):
+        Node.count += 1
+        self.port = None
+        self.pid_file = Path(tmp_path) / f"ppserver-{Node.count}.pid"
+        # port 0: the node picks a free port and logs it (no race with others)
+        argv = [str(PPSERVER), "-i", "127.0.0.1", "-p", "0",
+                "-w", str(workers), "-P", str(self.pid_file)] + list(args)
+        self.proc = subprocess.Popen(argv, env=env or node_env(secret),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, errors="replace")
+        self.pid = self.proc.pid
+        self.lines = []
+        self.cond = threading.Condition()
+        self.reader = threading.Thread(target=self._pump, daemon=True)
+        self.reader.start()
+        self.workers_seen = set()
+        if ready:
+            line = self.wait_log(r"listening on \S+:\d+ ", timeout=10)
+            self.port = int(re.search(r"listening on \S+:(\d+) ", line).group(1))
+            self.wait_workers(workers if ready_workers is None else ready_workers)
+
+    def _pump(self):
+        for line in self.proc.stderr:
+            with self.cond:
+                self.lines.append(line.rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.lines.append(None)
+            self.cond.notify_all()
+
+    def log(self):
+        with self.cond:
+            return "\n".join(l for l in self.lines if l is not None)
+
+    def wait_log(self, pattern, timeout=10, start=0):
+        """Wait for a log line matching the regex; return it."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            i = start
+            while True:
+                while i < len(self.lines):
+                    line = self.lines[i]
+                    if line is None:
+                        pytest.fail(f"ppserver exited (rc={self.proc.poll()}) before "
+                                    f"logging {pattern!r}:\n{self.log()}")
+                    if rx.search(line):
+                        return line
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    pytest.fail(f"no log line matching {pattern!r} within {timeout} s:\n"
+                                f"{self.log()}")
+                self.cond.wait(left)
+
+    def mark(self):
+        with self.cond:
+            return len(self.lines)
+
+    def wait_workers(self, n, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            kids = self.worker_pids()
+            if len(kids) >= n:
+                return kids
+            time.sleep(0.05)
+        pytest.fail(f"ppserver did not start {n} workers:\n{self.log()}")
+
+    def worker_pids(self):
+        return [p for p in descendants(self.pid) if pid_state(p) == "alive"]
+
+    def client(self, secret=SECRET, host="127.0.0.1", **kw):
+        return ppwire.Client(host, self.port, secret, **kw)
+
+    def rss(self):
+        return rss_kb(self.pid)
+
+    def assert_serves(self):
+        """A fresh authenticated client gets math.sqrt(16) == 4.0."""
+        with self.client() as c:
+            assert c.call("math", "sqrt", 16) == (ppwire.RES_OK, 4.0)
+            c.bye()
+        assert self.proc.poll() is None, self.log()
+
+    def wait_exit(self, timeout=10):
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"ppserver did not exit within {timeout} s:\n{self.log()}")
+        self.reader.join(timeout=5)  # the last log lines
+        return rc
+
+    def kill(self):
+        kids = descendants(self.pid) if self.proc.poll() is None else []
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        for p in kids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.reader.join(timeout=5)
+
+
+@pytest.fixture
+def start_node(tmp_path):
+    nodes = []
+
+    def start(*args, **kw):
+        n = Node(tmp_path, *args, **kw)
+        nodes.append(n)
+        return n
+
+    yield start
+    for n in nodes:
+        n.kill()
+
+
+@pytest.fixture(scope="module")
+def shared_node(tmp_path_factory):
+    """One node for the many bad-input tests (each leaves it serving)."""
+    n = Node(tmp_path_factory.mktemp("shared"), "-d")
+    yield n
+    n.kill()
+
+
+def run_ppserver(args, env, timeout=10):
+    return subprocess.run([str(PPSERVER)] + args, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------
+# command line, config, secret
+
+def test_refuses_to_start_without_secret(tmp_path):
+    r = run_ppserver(["-p", str(free_port())], node_env(secret=None))
+    assert r.returncode == 2
+    assert "PP_SECRET" in r.stderr and "--secret-file" in r.stderr, r.stderr
+    # an empty secret is no secret either
+    r = run_ppserver(["-p", str(free_port())], node_env(secret=""))
+    assert r.returncode == 2 and "empty" in r.stderr
+
+
+def test_bad_flags_and_config_exit_2(tmp_path):
+    env = node_env()
+    for args in (["-x"], ["-p", "http"], ["-p", "70000"], ["-w", "0"], ["-n", "9"],
+                 ["-k", "0"], ["-f", "%(nosuch)s"], ["stray"], ["-c", str(tmp_path / "missing")]):
+        r = run_ppserver(args, env)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "error" in r.stderr, (args, r.stderr)
+    bad = tmp_path / "bad.conf"
+    bad.write_text("port = 1\nnonsense_key = 3\n")
+    r = run_ppserver(["-c", str(bad)], env)
+    assert r.returncode == 2 and "nonsense_key" in r.stderr and ":2:" in r.stderr
+    r = run_ppserver(["-h"], env)
+    assert r.returncode == 0 and "--secret-file" in r.stdout and "key = value" in r.stdout
+
+
+def test_secret_from_config_file_and_precedence(tmp_path, start_node):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("file-secret\n")
+    secret_file.chmod(0o600)
+    conf = tmp_path / "pp.conf"
+    conf.write_text(f"# a comment\nworkers = 1\nsecret_file = {secret_file}\n"
+                    "socket_timeout = 20\nlog_format = \"CONF %(levelname)s %(message)s\"\n")
+    conf.chmod(0o600)
+    # no PP_SECRET: the config file's secret_file is used; -w 2 beats workers = 1
+    n = start_node("-c", str(conf), secret=None)
+    assert "CONF INFO" in n.log()
+    with n.client(secret="file-secret") as c:
+        assert c.node_workers == 2
+        assert c.call("math", "sqrt", 9.0) == (0, 3.0)
+    # PP_SECRET beats the config file
+    n2 = start_node("-c", str(conf), secret="env-secret")
+    with pytest.raises(ppwire.AuthError):
+        n2.client(secret="file-secret")
+    with n2.client(secret="env-secret") as c:
+        assert c.call("math", "sqrt", 4.0) == (0, 2.0)
+
+
+def test_warns_on_secret_in_argv(start_node):
+    n = start_node("-s", "argv-secret-xyz", "-t", "30", secret=None)
+    line = n.wait_log("WARNING.*visible", timeout=5)
+    assert "ps" in line
+    with open(f"/proc/{n.pid}/cmdline", "rb") as f:
+        assert b"argv-secret-xyz" not in f.read()
+    with n.client(secret="argv-secret-xyz") as c:
+        assert c.call("math", "sqrt", 25) == (0, 5.0)
+
+
+def test_autodiscovery_flag_warns_and_serves(start_node):
+    n = start_node("-a", "-b", "255.255.255.255")
+    n.wait_log("WARNING.*discovery.*not available", timeout=5)
+    n.assert_serves()
+
+
+# ---------------------------------------------------------------------------
+# jobs
+
+def test_job_round_trip(start_node):
+    n = start_node()
+    with n.client() as c:
+        assert c.node_pid == n.pid and c.node_workers == 2
+        status, value = c.call("math", "sqrt", 16)
+        assert status == ppwire.RES_OK and value == 4.0
+        status, info = c.call("builtins", "int", "not a number")
+        assert status == ppwire.RES_EXC
+        tname, msg, tb, exc = info
+        assert tname == "builtins.ValueError" and "not a number" in msg
+        assert isinstance(pickle.loads(exc), ValueError)
+        # id and attempt come back as sent
+        jid = c.submit(ppwire.ref_descriptor("operator", "add"), (2, 3), attempt=7, jid=12345)
+        rid, attempt, status, runtime, data = c.result()
+        assert (rid, attempt, status, pickle.loads(data)) == (12345, 7, 0, 5)
+        assert jid == 12345
+        # a chunk job (Server.map): list of argument tuples -> list of results
+        key = c.define(ppwire.ref_descriptor("operator", "mul"))
+        c.send(ppwire.JOB, key + pickle.dumps([(2, 3), (4, 5)]), flags=ppwire.JOBF_CHUNK,
+               attempt=1, fid=99)
+        rid, _, status, _, data = c.result()
+        assert (rid, status, pickle.loads(data)) == (99, 0, [6, 20])
+        c.bye()
+
+
+def test_ping_pong(start_node):
+    n = start_node()
+    with n.client() as c:
+        assert c.ping(b"") == b""
+        assert c.ping(b"x" * 64) == b"x" * 64
+        c.send(ppwire.PING, b"y" * 65)  # over the limit: protocol error
+        assert ppwire.connection_closed(c.sock, 5)
+    n.wait_log("PING payload longer")
+    n.assert_serves()
+
+
+def test_two_clients_share_fairly(start_node):
+    n = start_node()
+    njobs = 120
+    sleep = ppwire.ref_descriptor("time", "sleep")
+    a, b = n.client(), n.client()
+    order, lock = [], threading.Lock()
+    for i in range(njobs):
+        a.submit(sleep, (0.005,))
+    for i in range(njobs):
+        b.submit(sleep, (0.005,))
+
+    def collect(name, c):
+        for _ in range(njobs):
+            _, _, status, _, _ = c.result()
+            assert status == 0
+            with lock:
+                order.append(name)
+
+    ta = threading.Thread(target=collect, args=("a", a), daemon=True)
+    tb = threading.Thread(target=collect, args=("b", b), daemon=True)
+    ta.start(), tb.start()
+    ta.join(30), tb.join(30)
+    assert not ta.is_alive() and not tb.is_alive(), "results missing"
+    assert order.count("a") == njobs and order.count("b") == njobs
+    first_half = order[:njobs]
+    # b submitted after all of a's jobs, yet progresses alongside a
+    assert first_half.count("b") >= njobs // 4, "".join(order)
+    a.bye(), b.bye()
+
+
+def test_worker_crash_gives_lost(start_node):
+    n = start_node()
+    with n.client() as c:
+        c.submit(ppwire.ref_descriptor("os", "_exit"), (3,), jid=5)
+        rid, _, status, runtime, data = c.result()
+        assert (rid, status, runtime) == (5, ppwire.RES_LOST, 0)
+        exitstatus, termsignal = struct.unpack("<ii", data[:8])
+        assert (exitstatus, termsignal) == (3, 0)
+        assert "exit status 3" in data[8:].decode()
+        c.submit(ppwire.ref_descriptor("os", "abort"), ())
+        _, _, status, _, data = c.result()
+        assert status == ppwire.RES_LOST
+        assert struct.unpack("<ii", data[:8])[1] == signal.SIGABRT
+        assert c.call("math", "sqrt", 36) == (0, 6.0)  # replaced workers serve
+
+
+def test_workers_that_cannot_start_give_failed(start_node):
+    n = start_node("--python", "/bin/false", ready_workers=0)
+    with n.client(timeout=20) as c:
+        c.submit(ppwire.ref_descriptor("math", "sqrt"), (4,), jid=8)
+        rid, _, status, runtime, data = c.result()
+        assert (rid, status, runtime) == (8, ppwire.RES_FAILED, 0)
+        assert "no worker process could be started" in data.decode()
+
+
+def test_python_not_found_exits_2():
+    r = run_ppserver(["--python", "/nonexistent/python3"], node_env())
+    assert r.returncode == 2 and "--python" in r.stderr
+
+
+def test_pickle_protocol_and_ipv6(start_node):
+    n = start_node("-n", "2", "-i", "::")
+    try:
+        c = n.client(host="::1")
+    except OSError:
+        c = n.client()  # no IPv6 loopback here: the dual-stack socket still serves IPv4
+    with c:
+        c.submit(ppwire.ref_descriptor("math", "sqrt"), (4,))
+        data = c.result()[4]
+        assert data[:2] == b"\x80\x02" and pickle.loads(data) == 2.0
+
+
+def test_restart_mode_gives_fresh_workers(start_node):
+    n = start_node("-r")
+    getpid = ppwire.ref_descriptor("os", "getpid")
+    with n.client() as c:
+        pids = []
+        for _ in range(5):
+            c.submit(getpid, ())
+            _, _, status, _, data = c.result()
+            assert status == 0
+            pids.append(pickle.loads(data))
+    assert len(set(pids)) == 5, pids
+    assert n.pid not in pids
+
+
+def test_client_disconnect_mid_job(start_node):
+    n = start_node()
+    workers = set(n.worker_pids())
+    sleep = ppwire.ref_descriptor("time", "sleep")
+    c = n.client()
+    for _ in range(20):
+        c.submit(sleep, (1.0,))
+    time.sleep(0.3)  # two are running, the rest queued
+    c.close()
+    t0 = time.monotonic()
+    n.assert_serves()  # cancelled jobs do not hold the workers
+    assert time.monotonic() - t0 < 3.0
+    time.sleep(0.2)
+    kids = descendants(n.pid)
+    assert not [p for p in kids if pid_state(p) == "zombie"]
+    assert set(n.worker_pids()) == workers  # nobody was killed or restarted
+
+
+# ---------------------------------------------------------------------------
+# signals, idle exit
+
+def test_sigusr1_logs_stats(start_node):
+    n = start_node()
+    with n.client() as c:
+        assert c.call("math", "sqrt", 1)[0] == 0
+        m = n.mark()
+        os.kill(n.pid, signal.SIGUSR1)
+        n.wait_log(r"stats: 1 clients connected", start=m)
+        n.wait_log(r"stats: workers 2 live of 2", start=m)
+        n.wait_log(r"stats: client 127\.0\.0\.1:\d+: jobs done 1", start=m)
+
+
+def test_sigterm_stops_cleanly(start_node):
+    n = start_node()
+    assert n.pid_file.read_text().strip() == str(n.pid)
+    workers = n.worker_pids()
+    assert len(workers) == 2
+    c = n.client()
+    c.submit(ppwire.ref_descriptor("time", "sleep"), (30,))
+    time.sleep(0.2)
+    os.kill(n.pid, signal.SIGTERM)
+    # the client is told BYE, then the connection closes
+    with pytest.raises(ppwire.Closed, match="BYE"):
+        c.result()
+    assert ppwire.connection_closed(c.sock, 5)
+    c.close()
+    assert n.wait_exit(10) == 0
+    assert not n.pid_file.exists()
+    assert wait_pids_gone(workers, 5) == []
+    assert "ppserver stopped" in n.log()
+
+
+def test_idle_timeout_exits(start_node):
+    n = start_node("-t", "1")
+    t0 = time.monotonic()
+    workers = n.worker_pids()
+    assert n.wait_exit(10) == 0
+    assert time.monotonic() - t0 < 5
+    assert not n.pid_file.exists()
+    assert wait_pids_gone(workers, 5) == []
+
+
+def test_idle_timeout_waits_for_clients(start_node):
+    n = start_node("-t", "1")
+    with n.client() as c:
+        time.sleep(1.5)
+        assert c.ping(b"still here") == b"still here"
+        assert n.proc.poll() is None
+    assert n.wait_exit(10) == 0
+
+
+# ---------------------------------------------------------------------------
+# hostile input (shared node)
+
+def mkdir_job(client, path):
+    """Submit os.mkdir(path) (an observable side effect) on client."""
+    return client.submit(ppwire.ref_descriptor("os", "mkdir"), (str(path),))
+
+
+def test_wrong_secret_rejected(shared_node, tmp_path):
+    n = shared_node
+    m = n.mark()
+    target = tmp_path / "wrong-secret-ran"
+    c = ppwire.Client("127.0.0.1", n.port, "not the secret", connect=False)
+    c.sock = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+    # run the handshake by hand so we can push jobs right behind our proof
+    nonce_c = os.urandom(32)
+    hello = ppwire.frame(ppwire.AUTH_HELLO, struct.pack("<I", 1) + nonce_c)
+    c.send_raw(hello)
+    _, _, _, _, payload, raw = c.read_plain()
+    k_cp, _, c.k_c2s, c.k_s2c = ppwire.derive(c.secret, nonce_c, payload[4:])
+    import hashlib
+    import hmac
+    proof = hmac.new(k_cp, b"client" + hello + raw, hashlib.sha256).digest()
+    c.send_raw(ppwire.frame(ppwire.AUTH_PROOF, proof) + b"".join([
+        c.seal(ppwire.FUNC, ppwire.func_key(d := ppwire.ref_descriptor("os", "mkdir")) + d),
+        c.seal(ppwire.JOB, ppwire.func_key(d) + pickle.dumps((str(target),)), attempt=1, fid=1)]))
+    ftype, _, _, _, payload, _ = c.read_plain()
+    assert ftype == ppwire.AUTH_FAIL and struct.unpack("<II", payload)[0] == 2
+    assert ppwire.connection_closed(c.sock, 5)
+    c.close()
+    line = n.wait_log(r"127\.0\.0\.1:\d+: handshake failed: authentication failed", start=m)
+    assert "WARNING" in line
+    # the ordinary client API reports it too
+    with pytest.raises(ppwire.AuthError):
+        n.client(secret=SECRET + "x")
+    n.assert_serves()
+    time.sleep(0.2)
+    assert not target.exists()
+
+
+def test_replayed_handshake_rejected(shared_node, tmp_path):
+    n = shared_node
+    target = tmp_path / "replayed"
+    rec = []
+    c = ppwire.Client("127.0.0.1", n.port, SECRET, record=rec)
+    mkdir_job(c, target)
+    assert c.result()[2] == 0
+    c.close()
+    assert target.is_dir()
+    target.rmdir()
+    m = n.mark()
+    s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+    s.sendall(b"".join(rec))  # HELLO, PROOF, FUNC, JOB as recorded
+    assert ppwire.connection_closed(s, 5)
+    s.close()
+    n.wait_log(r"handshake failed: authentication failed", start=m)
+    n.assert_serves()
+    time.sleep(0.2)
+    assert not target.exists()
+
+
+def test_altered_frame_after_auth(shared_node):
+    n = shared_node
+    m = n.mark()
+    with n.client() as c:
+        desc = ppwire.ref_descriptor("math", "sqrt")
+        data = bytearray(c.seal(ppwire.FUNC, ppwire.func_key(desc) + desc))
+        data[ppwire.HDR_LEN + 40] ^= 0x01  # one bit of the descriptor
+        c.send_raw(bytes(data))
+        assert ppwire.connection_closed(c.sock, 5)
+    n.wait_log(r"client 127\.0\.0\.1:\d+: bad frame: authentication failed", start=m)
+    # a replayed sealed frame (old sequence number) is also rejected
+    with n.client() as c:
+        frame = c.seal(ppwire.PING, b"once")
+        c.send_raw(frame)
+        assert c.recv()[0] == ppwire.PONG
+        c.send_raw(frame)
+        assert ppwire.connection_closed(c.sock, 5)
+    n.assert_serves()
+
+
+@pytest.mark.parametrize("what", ["unknown-key", "bad-func-key", "result", "auth-type",
+                                  "bad-flags"])
+def test_protocol_errors_after_auth(shared_node, what):
+    n = shared_node
+    m = n.mark()
+    with n.client() as c:
+        desc = ppwire.ref_descriptor("math", "sqrt")
+        if what == "unknown-key":
+            c.send(ppwire.JOB, b"\x01" * 32 + pickle.dumps((1,)), fid=1)
+            reason = "protocol error: JOB names a function key never sent"
+        elif what == "bad-func-key":
+            c.send(ppwire.FUNC, b"\x02" * 32 + desc)
+            reason = "protocol error: FUNC key is not the SHA-256"
+        elif what == "result":
+            c.send(ppwire.RESULT, b"\0" * 8)
+            reason = "protocol error: unexpected frame type 4"
+        elif what == "auth-type":
+            c.send(ppwire.AUTH_HELLO, struct.pack("<I", 1) + b"\0" * 32)
+            reason = "bad frame: protocol error"  # handshake type, sealed
+        else:
+            c.send(ppwire.JOB, ppwire.func_key(desc) + pickle.dumps((1,)), flags=0x80)
+            reason = "protocol error: JOB frame with unknown flags"
+        assert ppwire.connection_closed(c.sock, 5)
+    n.wait_log(r"client 127\.0\.0\.1:\d+: " + reason, start=m)
+    n.assert_serves()
+
+
+def test_random_garbage(shared_node):
+    n = shared_node
+    before = n.rss()
+    m = n.mark()
+    rnd = os.urandom(1 << 20)
+    for i in range(20):
+        s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+        try:
+            s.sendall(rnd[i * 50000:(i + 1) * 50000])
+        except OSError:
+            pass  # closed under us: fine
+        assert ppwire.connection_closed(s, 5)
+        s.close()
+    n.wait_log(r"connection 127\.0\.0\.1:\d+: bad handshake frame: bad frame magic", start=m)
+    # garbage behind a valid magic, and garbage after authentication
+    s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+    s.sendall(b"pp" + rnd[:300])
+    assert ppwire.connection_closed(s, 5)
+    s.close()
+    with n.client() as c:
+        c.send_raw(rnd[:100000])
+        assert ppwire.connection_closed(c.sock, 5)
+    n.assert_serves()
+    assert n.rss() - before < RSS_SLACK_KB, (before, n.rss())
+
+
+def test_huge_length_prefixes(shared_node):
+    n = shared_node
+    before = n.rss()
+    m = n.mark()
+    # 2**31 and 2**32-1 in the u32 length field, before authentication
+    for length in (2 ** 31, 2 ** 32 - 1, 257):
+        s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+        s.sendall(ppwire.header(ppwire.AUTH_HELLO, length))
+        assert ppwire.connection_closed(s, 5), length
+        s.close()
+    n.wait_log("bad handshake frame: frame payload too large", start=m)
+    # 2**63 does not fit the field: its 8 bytes where the header starts
+    s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+    s.sendall(struct.pack("<Q", 2 ** 63) + b"\0" * 16)
+    assert ppwire.connection_closed(s, 5)
+    s.close()
+    s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+    s.sendall(struct.pack(">Q", 2 ** 63) + b"\0" * 16)
+    assert ppwire.connection_closed(s, 5)
+    s.close()
+    # after authentication: above the 1 GiB limit, rejected on the header alone
+    m = n.mark()
+    for length in (2 ** 31, 2 ** 32 - 1, 2 ** 30 + 1):
+        with n.client() as c:
+            c.send_raw(ppwire.header(ppwire.JOB, length))
+            assert ppwire.connection_closed(c.sock, 5), length
+    n.wait_log(r"client 127\.0\.0\.1:\d+: bad frame: frame payload too large", start=m)
+    n.assert_serves()
+    assert n.rss() - before < RSS_SLACK_KB, (before, n.rss())
+
+
+def test_slow_and_truncated_handshakes_hit_the_deadline(shared_node):
+    """A truncated frame followed by silence, and one byte per second: both
+    closed at the 5 s handshake deadline (run side by side)."""
+    n = shared_node
+    results = {}
+    hello = ppwire.frame(ppwire.AUTH_HELLO, struct.pack("<I", 1) + os.urandom(32))
+
+    def truncated():
+        s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+        t0 = time.monotonic()
+        s.sendall(hello[:30])
+        closed = ppwire.connection_closed(s, 9)
+        results["truncated"] = (closed, time.monotonic() - t0)
+        s.close()
+
+    def trickle():
+        s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+        t0 = time.monotonic()
+        closed = False
+        for i in range(len(hello)):
+            try:
+                s.sendall(hello[i:i + 1])
+            except OSError:
+                closed = True
+                break
+            if ppwire.connection_closed(s, 1.0):
+                closed = True
+                break
+        results["trickle"] = (closed, time.monotonic() - t0)
+        s.close()
+
+    m = n.mark()
+    threads = [threading.Thread(target=f, daemon=True) for f in (truncated, trickle)]
+    for t in threads:
+        t.start()
+    n.assert_serves()  # serving while they dawdle
+    for t in threads:
+        t.join(15)
+    for name in ("truncated", "trickle"):
+        closed, took = results[name]
+        assert closed and 4.0 <= took <= 8.0, (name, results)
+    n.wait_log("handshake not completed in time", start=m)
+    n.assert_serves()
+
+
+def test_thousand_idle_connections(shared_node):
+    n = shared_node
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    before = n.rss()
+    socks = []
+    try:
+        for _ in range(1000):
+            socks.append(socket.create_connection(("127.0.0.1", n.port), timeout=10))
+        n.assert_serves()
+        # they really are all open on the node
+        os.kill(n.pid, signal.SIGUSR1)
+        line = n.wait_log(r"stats: .* connections open")
+        assert int(re.search(r"(\d+) connections open", line).group(1)) >= 1000
+    finally:
+        for s in socks:
+            s.close()
+    n.assert_serves()
+    assert n.rss() - before < RSS_SLACK_KB, (before, n.rss())
+
+
+def test_client_not_reading_results(start_node):
+    """A client that sends jobs with big results but never reads them: the
+    node stops starting its jobs once 64 MiB of results wait, keeps its memory
+    bounded, and drops it after -k seconds without write progress although it
+    keeps pinging."""
+    n = start_node("-k", "3")
+    before = n.rss()
+    c = n.client()
+    for _ in range(60):
+        c.submit(ppwire.ref_descriptor("os", "urandom"), (4 << 20,))
+    peak, closed, t0 = 0, False, time.monotonic()
+    while time.monotonic() - t0 < 15:
+        peak = max(peak, n.rss())
+        try:
+            c.send(ppwire.PING, b"still here")
+        except OSError:
+            closed = True
+            break
+        time.sleep(0.25)
+    c.close()
+    n.wait_log("client 127.0.0.1:\\d+: client stopped reading its results")
+    assert closed or "stopped reading" in n.log()
+    # 64 MiB of unwritten results plus the few jobs in flight, not 240 MiB
+    assert peak - before < 160 * 1024 + RSS_SLACK_KB, (before, peak)
+    n.assert_serves()
+
+
+def test_socket_timeout_after_auth(start_node):
+    """-k: an authenticated client that goes silent mid-frame is dropped."""
+    n = start_node("-k", "2")
+    with n.client() as c:
+        t0 = time.monotonic()
+        c.send_raw(c.seal(ppwire.PING, b"abc")[:20])
+        assert ppwire.connection_closed(c.sock, 6)
+        assert 1.5 <= time.monotonic() - t0 <= 5
+    n.wait_log("socket timeout in the middle of a frame")
+    with n.client() as c:  # a client that pings stays
+        for _ in range(3):
+            time.sleep(0.9)
+            assert c.ping() == b"ping"
+    n.assert_serves()
