@@ -82,6 +82,9 @@ struct conn {
   funcmap funcs;
   uint64_t jobs_received, jobs_done;
   uv_shutdown_t shutdown_req;
+  pp_buf outq;        /* sealed frames waiting for the end of this batch */
+  conn *fnext;        /* the flush list */
+  int in_flush;
 };
 
 typedef struct wreq {
@@ -105,6 +108,9 @@ struct srv {
   size_t nconns, nclients;
   conn *rr_head, *rr_tail;
   size_t in_engine, max_in_engine;
+  uint64_t ema_ns;    /* mean job run time seen (0 = none yet) */
+  int batching;       /* conn_send queues instead of writing */
+  conn *flush_head;
   uint64_t hs_timeout_ms, idle_timeout_ms;
   uint64_t started_ms;
   uint64_t accepted, auth_ok, auth_failed, dropped, jobs_done;
@@ -120,6 +126,7 @@ static int write_backlogged(conn *c, size_t div);
 static void conn_resume(conn *c);
 static void feed_engine(srv *s);
 static void maybe_finish(srv *s);
+static int conn_write(conn *c, pp_buf *buf);
 
 /* ---- small lists ------------------------------------------------------ */
 
@@ -314,35 +321,63 @@ static int conn_write(conn *c, pp_buf *buf) {
 static int conn_send(conn *c, uint8_t type, uint32_t flags, uint64_t id,
                      uint32_t attempt, const void *p1, size_t n1,
                      const void *p2, size_t n2) {
-  pp_buf out;
-  pp_buf_init(&out);
+  pp_buf *out = &c->outq;
   size_t len = n1 + n2;
   if (len > UINT32_MAX) {
     conn_close(c, PP_LOG_ERROR, "result too large for one frame");
     return PP_ETOOBIG;
   }
-  int rc = pp_buf_reserve(&out, PP_FRAME_HDR + len + PP_AUTH_MAC_LEN);
+  size_t mark = out->len;
+  int rc = pp_buf_reserve(out, PP_FRAME_HDR + len + PP_AUTH_MAC_LEN);
   if (rc == PP_OK) {
+    mark = out->len; /* reserve may have compacted the buffer */
     pp_frame_hdr h = {PP_PROTO_VERSION, type, flags, (uint32_t)len, attempt,
                       id};
-    pp_frame_encode_hdr(out.data, &h);
-    out.len = PP_FRAME_HDR;
+    pp_frame_encode_hdr(out->data + out->len, &h);
+    out->len += PP_FRAME_HDR;
     if (n1)
-      memcpy(out.data + out.len, p1, n1);
-    out.len += n1;
+      memcpy(out->data + out->len, p1, n1);
+    out->len += n1;
     if (n2)
-      memcpy(out.data + out.len, p2, n2);
-    out.len += n2;
-    rc = pp_session_seal_tail(&c->sess, &out, PP_FRAME_HDR + len);
+      memcpy(out->data + out->len, p2, n2);
+    out->len += n2;
+    rc = pp_session_seal_tail(&c->sess, out, PP_FRAME_HDR + len);
+    if (rc != PP_OK)
+      out->len = mark;
   }
   if (rc != PP_OK) {
     char why[96];
-    pp_buf_free(&out);
     snprintf(why, sizeof why, "cannot seal a frame: %s", pp_auth_strerror(rc));
     conn_close(c, PP_LOG_ERROR, why);
     return rc;
   }
-  return conn_write(c, &out);
+  if (c->s->batching) { /* written once, at the end of the batch */
+    if (!c->in_flush) {
+      c->in_flush = 1;
+      c->fnext = c->s->flush_head;
+      c->s->flush_head = c;
+    }
+    return PP_OK;
+  }
+  return conn_write(c, out);
+}
+
+/* flush_batch: end a batch: write what conn_send queued, one write per
+ * connection still serving. Main thread. */
+static void flush_batch(srv *s) {
+  conn *c = s->flush_head;
+  s->flush_head = NULL;
+  s->batching = 0;
+  while (c != NULL) {
+    conn *next = c->fnext;
+    c->in_flush = 0;
+    c->fnext = NULL;
+    if (c->state == C_READY)
+      conn_write(c, &c->outq);
+    else
+      pp_buf_free(&c->outq);
+    c = next;
+  }
 }
 
 /* ---- reading and back-pressure --------------------------------------- */
@@ -673,6 +708,7 @@ static void on_conn_closed(uv_handle_t *h) {
   pp_buf_free(&c->rbuf);
   pp_auth_clear(&c->auth);
   pp_session_clear(&c->sess);
+  pp_buf_free(&c->outq);
   free(c);
   maybe_finish(s);
 }
@@ -870,9 +906,12 @@ static void drain_done(srv *s) {
   ticket *t = s->done_head;
   s->done_head = s->done_tail = NULL;
   uv_mutex_unlock(&s->done_mu);
+  s->batching = 1;
   while (t != NULL) {
     ticket *next = t->dnext;
     conn *c = t->c;
+    uint64_t rt = t->job->runtime_ns ? t->job->runtime_ns : 1;
+    s->ema_ns = s->ema_ns ? s->ema_ns - s->ema_ns / 8 + rt / 8 : rt;
     s->in_engine--;
     if (c != NULL) {
       tlist_remove(&c->engine, t);
@@ -884,18 +923,33 @@ static void drain_done(srv *s) {
     ticket_free(t);
     t = next;
   }
+  flush_batch(s);
   feed_engine(s); /* resumes connections whose queue drained */
+}
+
+/* engine_cap: how many jobs to keep inside the engine. Long jobs: two per
+ * worker, so a new client waits at most about one job. Short jobs (by the
+ * mean run time seen): up to 256 per worker, about 2 ms of work, so the
+ * engine can batch them to its workers. */
+static size_t engine_cap(const srv *s) {
+  size_t per = 2;
+  if (s->ema_ns > 0) {
+    uint64_t k = 2000000u / s->ema_ns;
+    per = k < 2 ? 2 : k > 256 ? 256 : (size_t)k;
+  }
+  return s->max_in_engine / 2 * per;
 }
 
 /* on_done_async: the engine completed jobs (on_job_complete woke us). */
 static void on_done_async(uv_async_t *a) { drain_done(a->data); }
 
 /* feed_engine: hand waiting tickets to the engine, one per connection in
- * turn, keeping at most max_in_engine jobs inside it. */
+ * turn, keeping at most engine_cap() jobs inside it. */
 static void feed_engine(srv *s) {
   if (s->stopping || s->engine == NULL)
     return;
-  while (s->in_engine < s->max_in_engine && s->rr_head != NULL) {
+  size_t cap = engine_cap(s);
+  while (s->in_engine < cap && s->rr_head != NULL) {
     conn *c = s->rr_head;
     rr_remove(s, c);
     if (write_backlogged(c, 1)) {
