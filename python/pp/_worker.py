@@ -2,12 +2,12 @@
 a callable (load) and an exception into bytes (excfmt). The loop itself is C
 (pp._core.worker_main); it calls these only for new functions and errors.
 
-Started by the engine as:
-    python -c "import pp._worker as w; w.main()" PARENT_PID PROTO RESTART
+Started by the engine as (see _server._WORKER_BOOT):
+    python -S -c "<register a bare pp package>; import pp._worker as w; w.main()" \
+        PARENT_PID PROTO RESTART
 with its frame pipe on file descriptor 3."""
 import builtins
 import importlib
-import linecache
 import os
 import pickle
 import signal
@@ -52,7 +52,7 @@ def load(blob):
         ns[bound] = _resolve(module, qualname)
     for i, src in enumerate(sources):
         filename = "<pp %s #%d>" % (name, i)
-        linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+        _sources[filename] = src  # for tracebacks, see _register_sources
         exec(compile(src, filename, "exec"), ns)
     if method is not None:
         fn = getattr(ns[method[0]], method[1])
@@ -61,9 +61,22 @@ def load(blob):
     return fn, mod
 
 
+_sources = {}  # filename -> source text of shipped code
+
+
+def _register_sources():
+    """Let tracebacks show the lines of shipped source. Done at the first
+    exception rather than at load: linecache costs milliseconds to import."""
+    import linecache
+    for filename, src in _sources.items():
+        linecache.cache.setdefault(
+            filename, (len(src), None, src.splitlines(True), filename))
+
+
 def excfmt(exc, serial):
     """Exception -> pickled (type name, message, traceback text, exc bytes)."""
     import traceback
+    _register_sources()
     if exc is None:
         return pickle.dumps(("builtins.SystemError", "unknown error", "", None), _proto)
     try:
@@ -85,8 +98,31 @@ def excfmt(exc, serial):
     return pickle.dumps((tname, msg, tb, excb), _proto)
 
 
+def lazy_package():
+    """Make the bare `pp` package the bootstrap registered load its real
+    __init__ the first time a job touches one of its names."""
+    pkg = sys.modules.get("pp")
+    if pkg is None or hasattr(pkg, "__getattr__") or hasattr(pkg, "Server"):
+        return
+
+    def __getattr__(name):
+        del pkg.__getattr__
+        init = os.path.join(pkg.__path__[0], "__init__.py")
+        with open(init) as f:
+            code = compile(f.read(), init, "exec")
+        pkg.__file__ = init
+        exec(code, pkg.__dict__)
+        try:
+            return pkg.__dict__[name]
+        except KeyError:
+            raise AttributeError("module 'pp' has no attribute %r" % name) from None
+
+    pkg.__getattr__ = __getattr__
+
+
 def main():
     global _proto
+    lazy_package()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's
     parent, proto, restart = (int(a) for a in sys.argv[1:4])
     _proto = proto
