@@ -22,6 +22,9 @@ Every system uses 2 local workers.  Workloads (pp targets in brackets):
   W5   server creation to first result of a trivial job, then destroy; ms (no target)
   MEM  1,000,000 trivial jobs (100,000 with --quick) submitted and collected in batches
        of 10,000 after one warm-up batch; growth of the client's VmRSS [<= 50 MB]
+  W6   pp only, through bin/ppserver on 127.0.0.1: remote-only W1 with a 2-worker
+       node [>= 100,000 jobs/s], remote-only W2 [<= 60 us], and W3 with 1 local
+       worker + a 1-worker node [efficiency >= 0.95]
 
 Isolation and noise: each (workload, system, repeat) runs in a fresh child process
 (this same file, started with --child), in its own session, with a time limit; a child
@@ -97,12 +100,14 @@ W4_JOBS = 200
 W4_SIZE = MiB
 MEM_BATCH = 10_000
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "MEM")
+W6_SECRET = "pp-bench-loopback-secret"
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "MEM", "W6")
 SYSTEMS = ("pp", "pool", "ppe")
 SYSTEM_LABEL = {"pp": "pp", "pool": "Pool", "ppe": "PPE"}
 
 # per-child time limits in seconds (before --timeout-scale)
-TIMEOUTS = {"W1": 120, "W2": 90, "W3": 120, "W4": 120, "W5": 120, "MEM": 900}
+TIMEOUTS = {"W1": 120, "W2": 90, "W3": 120, "W4": 120, "W5": 120, "MEM": 900,
+            "W6": 180}
 
 
 def rss_mib():
@@ -289,6 +294,95 @@ def child_w4(name, p):
     return samples
 
 
+def start_node(workers):
+    """A bin/ppserver on 127.0.0.1 for W6; returns (Popen, "host:port")."""
+    import pp
+    import socket
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(pp.__file__))))
+    exe = os.path.join(root, "bin", "ppserver")
+    if not os.path.exists(exe):
+        raise RuntimeError("bin/ppserver is not built (run make)")
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    env = dict(os.environ, PP_SECRET=W6_SECRET, PYTHONPATH=os.path.join(root, "python"))
+    proc = subprocess.Popen([exe, "-i", "127.0.0.1", "-p", str(port), "-w", str(workers),
+                             "--python", sys.executable], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc, "127.0.0.1:%d" % port
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("ppserver did not start")
+            time.sleep(0.05)
+
+
+def child_w6(name, p):
+    """pp only: through a ppserver on loopback. Remote-only W1 and W2 with a
+    2-worker node; W3 with 1 local worker + a 1-worker node."""
+    import pp
+    out = {}
+    node, addr = start_node(2)
+    try:
+        s = pp.Server(0, ppservers=(addr,), secret=W6_SECRET)
+        try:
+            for x in range(300):                                       # warm-up
+                s.submit(inc, (x,))()
+            n = p["w1_jobs"]
+            gc.collect()
+            t0 = perf_counter()
+            jobs = [s.submit(inc, (x,)) for x in range(n)]
+            res = [j() for j in jobs]
+            out["remote_jobs_per_s"] = n / (perf_counter() - t0)
+            if res != list(range(1, n + 1)):
+                raise AssertionError("W6 W1 wrong result")
+            times = []
+            for x in range(p["w2_trips"]):
+                t0 = perf_counter()
+                if s.submit(inc, (x,))() != x + 1:
+                    raise AssertionError("W6 W2 wrong result")
+                times.append(perf_counter() - t0)
+            out["remote_median_us"] = statistics.median(times) * 1e6
+        finally:
+            s.destroy()
+    finally:
+        node.kill()
+        node.wait()
+    sum_primes(1000)
+    t0 = perf_counter()
+    ref = [sum_primes(n) for n in W3_INPUTS]
+    serial = perf_counter() - t0
+    node, addr = start_node(1)
+    try:
+        s = pp.Server(1, ppservers=(addr,), secret=W6_SECRET)
+        try:
+            deadline = time.monotonic() + 10
+            while addr not in s.get_active_nodes() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            run_batch("pp", s, sum_primes, [(1000,), (1001,)], (isprime,), ("math",))
+            t0 = perf_counter()
+            res, _ = run_batch("pp", s, sum_primes, [(n,) for n in W3_INPUTS],
+                               (isprime,), ("math",))
+            wall = perf_counter() - t0
+            st = s.get_stats()
+            out["mixed_split"] = "%d local / %d node" % (st["local"].njobs, st[addr].njobs)
+        finally:
+            s.destroy()
+    finally:
+        node.kill()
+        node.wait()
+    if res != ref:
+        raise AssertionError("W6 W3 wrong result")
+    out["mixed_efficiency"] = serial / (2 * wall)
+    out["mixed_wall_s"] = wall
+    return [out]
+
+
 def child_w5(name, p):
     tries = p["w5_tries"]
     samples = []                     # try 0 is an untimed warm-up (imports, caches)
@@ -344,7 +438,7 @@ def child_mem(name, p):
 
 
 CHILD_FUNCS = {"W1": child_w1, "W2": child_w2, "W3": child_w3, "W4": child_w4,
-               "W5": child_w5, "MEM": child_mem}
+               "W5": child_w5, "MEM": child_mem, "W6": child_w6}
 
 
 def child_main(spec_json):
@@ -626,7 +720,7 @@ def main(argv=None):
         sys.stderr.flush()
 
     for wl in workloads:
-        if wl == "MEM" and not args.mem_anchors:
+        if (wl == "MEM" and not args.mem_anchors) or wl == "W6":
             wl_systems = [s for s in systems if s == "pp"]
         else:
             wl_systems = list(systems)
@@ -718,6 +812,13 @@ def main(argv=None):
                 lambda v, rp: v <= 50)
         add_row("MEM", "peak RSS growth MB", "peak_growth_mb", "f1", "-", None)
 
+    if "W6" in raw:
+        add_row("W6", "remote W1 jobs/s (higher)", "remote_jobs_per_s", "int",
+                ">=100,000", lambda v, rp: v >= 100_000)
+        add_row("W6", "remote W2 median us (lower)", "remote_median_us", "f1",
+                "<=60 us", lambda v, rp: v <= 60)
+        add_row("W6", "1 local+1 node W3 efficiency", "mixed_efficiency", "f3",
+                ">=0.95", lambda v, rp: v >= 0.95)
     print("Results (medians over repeats; pp/X = pp figure divided by X's figure; "
           "Pool = multiprocessing.Pool, PPE = ProcessPoolExecutor):")
     print()
@@ -727,7 +828,8 @@ def main(argv=None):
     # details: per-sample spread, errors
     detail_keys = {"W1": ("jobs_per_s", "int"), "W2": ("median_us", "f1"),
                    "W3": ("wall_s", "f3"), "W4": ("mib_per_s", "int"),
-                   "W5": ("first_result_ms", "f1"), "MEM": ("growth_mb", "f1")}
+                   "W5": ("first_result_ms", "f1"), "MEM": ("growth_mb", "f1"),
+                   "W6": ("remote_jobs_per_s", "int")}
     print("Details (all samples of the main figure, min / median / max):")
     problems = []
     for wl in raw:
@@ -755,6 +857,11 @@ def main(argv=None):
                 extra = "  (RSS %.1f -> %.1f MB over %s jobs, %s jobs/s)" % (
                     x["rss_before_mb"], x["rss_after_mb"], "{:,}".format(x["jobs"]),
                     fmt(x["jobs_per_s"], "int"))
+            if wl == "W6" and d["samples"]:
+                extra = "  (remote W2 us [%s]; mixed W3 efficiencies [%s]; split %s)" % (
+                    ", ".join(fmt(x["remote_median_us"], "f1") for x in d["samples"]),
+                    ", ".join(fmt(x["mixed_efficiency"], "f3") for x in d["samples"]),
+                    d["samples"][-1].get("mixed_split"))
             if xs:
                 print("  %-3s %-6s n=%-2d %s / %s / %s  [%s]%s" % (
                     wl, lbl, len(xs), fmt(min(xs), kind), fmt(med(xs), kind),
