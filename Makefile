@@ -18,7 +18,7 @@ CTESTS    = $(patsubst tests/c/%.c,tests/c/bin/%,$(wildcard tests/c/test_*.c))
 CHELPERS  = $(patsubst tests/c/%.c,tests/c/bin/%,$(filter-out tests/c/test_%.c,$(wildcard tests/c/*.c)))
 # binaries are rebuilt when SANITIZER changes
 MODE_STAMP = bin/.mode-$(STAMP)
-DEBS      = libuv1-dev libssl-dev python3-dev python3-pytest pkg-config
+DEBS      = libuv1-dev libssl-dev python3-dev python3-pytest python3-wheel pkg-config
 
 ifeq ($(SANITIZER),address)
   SANFLAGS   = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -98,8 +98,17 @@ run: ext
 bench: ext
 	PYTHONPATH=$(CURDIR)/python $(PYTHON) bench/bench.py
 
+# Offline: no build isolation. setuptools needs the `wheel` package for
+# bdist_wheel; when the interpreter lacks it, Debian's python3-wheel is put on
+# the build's path (that package alone, not the rest of dist-packages).
+# PIPFLAGS passes extra pip options (e.g. --target DIR).
 install: deps
-	$(PYTHON) -m pip install --no-build-isolation .
+	@unset PYTHONPATH; \
+	if ! $(PYTHON) -c "import wheel" 2>/dev/null; then \
+	  mkdir -p build/wheelpath; \
+	  for d in /usr/lib/python3/dist-packages/wheel*; do ln -sfn $$d build/wheelpath/; done; \
+	  export PYTHONPATH=$(CURDIR)/build/wheelpath; fi; \
+	$(PYTHON) -m pip install --no-build-isolation --no-deps $(PIPFLAGS) .
 
 valgrind: ctests
 	@set -e; for t in $(CTESTS); do echo "== valgrind $$t"; \
