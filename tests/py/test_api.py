@@ -289,34 +289,43 @@ def test_set_ncpus_while_jobs_queued(server, tmp_path):
     assert server.get_stats()["local"].njobs == n
 
 
+def _pids_until(server, want, secs, batch, tries=10):
+    """Submit batches of sleeping pid-returning jobs until `want` distinct pids were
+    seen (bounded); returns the set of pids seen."""
+    seen = set()
+    for _ in range(tries):
+        jobs = [server.submit(sleep_pid, (secs,)) for _ in range(batch)]
+        seen |= {j.result(timeout=60) for j in jobs}
+        if len(seen) >= want:
+            break
+    return seen
+
+
 def test_set_ncpus_changes_worker_processes(server):
     # both workers up and serving
-    warm = {j.result(timeout=30) for j in [server.submit(sleep_pid, (0.1,)) for _ in range(6)]}
-    assert len(warm) == 2
+    assert len(_pids_until(server, 2, 0.1, 4)) == 2
     # shrink to 1: a batch submitted after the shrink runs on a single process
     server.set_ncpus(1)
     assert server.get_ncpus() == 1
     server.wait()
     pids = {j.result(timeout=30) for j in [server.submit(sleep_pid, (0.03,)) for _ in range(10)]}
     assert len(pids) == 1
-    # grow to 3: sleeping jobs spread over three processes
+    # grow to 3: sleeping jobs spread over three processes (and never more)
     server.set_ncpus(3)
     assert server.get_ncpus() == 3
-    pids3 = {j.result(timeout=60) for j in [server.submit(sleep_pid, (0.1,)) for _ in range(30)]}
-    assert len(pids3) == 3
+    assert len(_pids_until(server, 4, 0.1, 9, tries=3)) == 3
     # back to 2
     server.set_ncpus(2)
     assert server.get_ncpus() == 2
     assert server.get_active_nodes() == {"local": 2}
     server.wait()
-    pids2 = {j.result(timeout=60) for j in [server.submit(sleep_pid, (0.1,)) for _ in range(12)]}
-    assert len(pids2) == 2
+    assert len(_pids_until(server, 3, 0.1, 6, tries=3)) == 2
 
 
 def test_shrink_right_after_creation():
     # set_ncpus(1) before the workers finished starting: afterwards only one process
     # may run jobs (checked a few times, the window is small)
-    for _ in range(6):
+    for _ in range(10):
         with pp.Server(2) as s:
             s.set_ncpus(1)
             assert s.get_ncpus() == 1

@@ -30,6 +30,13 @@ def touch(path):
     return "touched"
 
 
+def touch_then_sleep(path, value, secs):
+    with open(path, "w") as f:
+        f.write("started")
+    time.sleep(secs)
+    return value
+
+
 def raise_value_error(msg):
     raise ValueError(msg)
 
@@ -162,8 +169,13 @@ def test_add_done_callback_raising_does_not_break_others(server):
 
 def test_cancel_queued_job(server1, tmp_path):
     marker = tmp_path / "cancelled-job-ran"
-    busy = server1.submit(sleep_return, ("busy", 1.5))
-    time.sleep(0.3)                       # the only worker is now running `busy`
+    started = tmp_path / "busy-started"
+    busy = server1.submit(touch_then_sleep, (str(started), "busy", 1.5))
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert started.exists(), "busy job never started"
+    # the only worker is now running `busy`
     queued = server1.submit(touch, (str(marker),))
     ev = threading.Event()
     queued.add_done_callback(lambda j: ev.set())
