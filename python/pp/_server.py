@@ -300,9 +300,10 @@ class Server:
             hit, key = None, None
         if hit is not None:
             return hit[0], hit[1]
-        blob, is_method = _ship.describe(func, depfuncs, modules, globals, extra)
+        blob, is_method, cacheable = _ship.describe(func, depfuncs, modules,
+                                                    globals, extra)
         f = _core.Func(blob)
-        if key is not None and not blob.startswith(pickle.dumps(("cp",), 4)[:-2]):
+        if key is not None and cacheable:
             if len(self._fcache) >= _FCACHE_MAX:
                 self._fcache.pop(next(iter(self._fcache)))
             self._fcache[key] = (f, is_method, globals)

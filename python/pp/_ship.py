@@ -71,7 +71,7 @@ def _class_hierarchy(cls):
     return out
 
 
-def _code_names(code, seen=None):
+def _code_names(code):
     """Every global name a code object (and its nested code) may load."""
     names = set(code.co_names)
     for const in code.co_consts:
@@ -96,7 +96,7 @@ class _Collector:
         if spec not in self.imports:
             self.imports.append(spec)
 
-    def add_global(self, name, value, g):
+    def add_global(self, name, value):
         if isinstance(value, types.ModuleType):
             if self.modnames.get(name) != value.__name__:
                 self.modnames[name] = value.__name__
@@ -123,15 +123,13 @@ class _Collector:
             if src is None:
                 raise SerializationError(
                     "cannot find the source of class %r to ship it" % c.__qualname__)
-            g = sys.modules.get(c.__module__)
-            g = vars(g) if g is not None else {}
             for attr in vars(c).values():
                 fn = getattr(attr, "__func__", attr)
                 if isinstance(fn, types.FunctionType):
                     self.scan(fn.__code__, fn.__globals__)
             self.sources.append(src)
 
-    def add_function(self, fn, top=False):
+    def add_function(self, fn):
         if id(fn) in self.done:
             return
         if fn.__closure__ or "<" in fn.__qualname__:
@@ -147,7 +145,7 @@ class _Collector:
     def scan(self, code, g):
         for name in sorted(_code_names(code)):
             if name in g and not hasattr(builtins, name):
-                self.add_global(name, g[name], g)
+                self.add_global(name, g[name])
 
     def imports_for_worker(self):
         out = list(self.imports)
@@ -160,10 +158,12 @@ class _Collector:
 
 
 def describe(func, depfuncs=(), modules=(), globals=None, extra_classes=()):
-    """Return (descriptor_bytes, is_method) for func.
+    """Return (descriptor_bytes, is_method, cacheable) for func.
 
     is_method is True for bound methods: the caller prepends func.__self__ to
-    the arguments. Raises SerializationError when func cannot be shipped."""
+    the arguments. cacheable is False for cloudpickle descriptors, which
+    capture values that may change between submits. Raises
+    SerializationError when func cannot be shipped."""
     is_method = isinstance(func, types.MethodType) and not isinstance(
         func.__self__, types.ModuleType)
     target = func.__func__ if is_method else func
@@ -172,7 +172,7 @@ def describe(func, depfuncs=(), modules=(), globals=None, extra_classes=()):
     if simple and not is_method:
         ref = _importable(func)
         if ref is not None:
-            return pickle.dumps(("ref",) + ref + (_fallback(func),), 4), False
+            return pickle.dumps(("ref",) + ref + (_fallback(func),), 4), False, True
         if isinstance(func, types.BuiltinFunctionType):
             raise SerializationError("cannot ship builtin %r" % (func,))
 
@@ -180,8 +180,8 @@ def describe(func, depfuncs=(), modules=(), globals=None, extra_classes=()):
         if callable(target):
             ref = _importable(target)
             if ref is not None and not is_method:
-                return pickle.dumps(("ref",) + ref, 4), False
-        return _cloudpickle_desc(func, "it is not a plain function"), False
+                return pickle.dumps(("ref",) + ref, 4), False, True
+        return _cloudpickle_desc(func, "it is not a plain function"), False, False
 
     try:
         c = _Collector()
@@ -194,7 +194,7 @@ def describe(func, depfuncs=(), modules=(), globals=None, extra_classes=()):
                 if isinstance(value, types.ModuleType):
                     c.modnames[name] = value.__name__
                 elif isinstance(value, (types.FunctionType, type)):
-                    c.add_global(name, value, globals)
+                    c.add_global(name, value)
         for cls in extra_classes:
             c.add_class(cls)
         for dep in depfuncs:
@@ -214,17 +214,17 @@ def describe(func, depfuncs=(), modules=(), globals=None, extra_classes=()):
             c.add_class(cls)
             method = (cls.__name__, target.__name__)
         else:
-            c.add_function(target, top=True)
+            c.add_function(target)
             method = None
     except SerializationError as e:
         if str(e) in ("closure", "nosource"):
             why = ("it is a closure or nested function" if str(e) == "closure"
                    else "its source code is not available")
-            return _cloudpickle_desc(func, why), False
+            return _cloudpickle_desc(func, why), False, False
         raise
     desc = ("src", target.__name__, c.imports_for_worker(),
             sorted(c.refs.items()), c.sources, method)
-    return pickle.dumps(desc, 4), is_method
+    return pickle.dumps(desc, 4), is_method, True
 
 
 def _installed(modname):
@@ -266,7 +266,7 @@ def _fallback(func):
         return None
     try:
         c = _Collector()
-        c.add_function(func, top=True)
+        c.add_function(func)
     except Exception:
         return None
     return pickle.dumps(("src", func.__name__, c.imports_for_worker(),

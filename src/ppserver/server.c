@@ -107,7 +107,7 @@ struct srv {
   conn *conns;
   size_t nconns, nclients;
   conn *rr_head, *rr_tail;
-  size_t in_engine, max_in_engine;
+  size_t in_engine, nworkers;
   uint64_t ema_ns;    /* mean job run time seen (0 = none yet) */
   int batching;       /* conn_send queues instead of writing */
   conn *flush_head;
@@ -937,7 +937,7 @@ static size_t engine_cap(const srv *s) {
     uint64_t k = 2000000u / s->ema_ns;
     per = k < 2 ? 2 : k > 256 ? 256 : (size_t)k;
   }
-  return s->max_in_engine / 2 * per;
+  return s->nworkers * per;
 }
 
 /* on_done_async: the engine completed jobs (on_job_complete woke us). */
@@ -1269,7 +1269,7 @@ int ppsrv_run(const ppsrv_config *cfg) {
     return 1;
   }
   s->cfg = cfg;
-  s->max_in_engine = (size_t)cfg->nworkers * 2;
+  s->nworkers = (size_t)cfg->nworkers;
   s->idle_timeout_ms = (uint64_t)cfg->socket_timeout * 1000u;
   s->hs_timeout_ms = s->idle_timeout_ms < PPSRV_HANDSHAKE_TIMEOUT_MS
                          ? s->idle_timeout_ms
