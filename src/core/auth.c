@@ -529,6 +529,38 @@ int pp_session_next(pp_session *s, pp_buf *in, uint32_t max_len,
 
 void pp_session_clear(pp_session *s) { OPENSSL_cleanse(s, sizeof *s); }
 
+/* ---- keys for other purposes (discovery) ------------------------------- */
+
+int pp_auth_derive_key(const uint8_t *secret, size_t len, const char *label,
+                       uint8_t out[PP_AUTH_KEY_LEN]) {
+  uint8_t k0[PP_AUTH_KEY_LEN];
+  if (secret == NULL || len == 0 || len > PP_AUTH_SECRET_MAX || label == NULL)
+    return PP_EINVAL;
+  int rc = hkdf(EVP_KDF_HKDF_MODE_EXTRACT_ONLY, (const uint8_t *)salt_base,
+                sizeof salt_base - 1, secret, len, NULL, k0, sizeof k0);
+  if (rc == PP_OK)
+    rc = hkdf(EVP_KDF_HKDF_MODE_EXPAND_ONLY, NULL, 0, k0, sizeof k0, label, out,
+              PP_AUTH_KEY_LEN);
+  OPENSSL_cleanse(k0, sizeof k0);
+  return rc;
+}
+
+int pp_auth_hmac(const uint8_t key[PP_AUTH_KEY_LEN], const void *data,
+                 size_t len, uint8_t out[HMAC_LEN]) {
+  iov part = {data, len};
+  return hmac_sha256(key, PP_AUTH_KEY_LEN, &part, 1, out);
+}
+
+int pp_auth_equal(const void *a, const void *b, size_t n) {
+  return CRYPTO_memcmp(a, b, n) == 0;
+}
+
+void pp_auth_wipe(void *p, size_t n) { OPENSSL_cleanse(p, n); }
+
+int pp_auth_random(void *p, size_t n) {
+  return n > INT32_MAX || RAND_bytes(p, (int)n) != 1 ? PP_EIO : PP_OK;
+}
+
 const char *pp_auth_strerror(int err) {
   if (err == PP_EAUTH)
     return "authentication failed";

@@ -185,6 +185,27 @@ int pp_session_next(pp_session *s, pp_buf *in, uint32_t max_len,
 /* pp_session_clear: wipe every byte of *s (OPENSSL_cleanse). */
 void pp_session_clear(pp_session *s);
 
+/* pp_auth_derive_key: a 32-byte key for a purpose other than the TCP
+ * handshake: HKDF-Expand(K0, label) where K0 = HKDF-Extract("pp-auth-v1",
+ * secret) as in the handshake. Returns 0, PP_EINVAL (secret length not
+ * 1..PP_AUTH_SECRET_MAX, or no label) or PP_EIO. Any thread. */
+int pp_auth_derive_key(const uint8_t *secret, size_t len, const char *label,
+                       uint8_t out[PP_AUTH_KEY_LEN]);
+
+/* pp_auth_hmac: out = HMAC-SHA256(key[32], data[0..len)). 0 or PP_EIO. Any
+ * thread. */
+int pp_auth_hmac(const uint8_t key[PP_AUTH_KEY_LEN], const void *data,
+                 size_t len, uint8_t out[32]);
+
+/* pp_auth_equal: constant-time comparison of n bytes: 1 if equal, else 0. */
+int pp_auth_equal(const void *a, const void *b, size_t n);
+
+/* pp_auth_random: n bytes from the CSPRNG. 0 or PP_EIO. Any thread. */
+int pp_auth_random(void *p, size_t n);
+
+/* pp_auth_wipe: overwrite n bytes of key material (not optimised away). */
+void pp_auth_wipe(void *p, size_t n);
+
 /* pp_auth_strerror: pp_strerror() that also names PP_EAUTH. Static string. */
 const char *pp_auth_strerror(int err);
 
