@@ -188,8 +188,8 @@ class Server:
                  proto=pickle.HIGHEST_PROTOCOL, socket_timeout=3600,
                  max_retries=2, node_timeout=5.0, no_capacity_timeout=None):
         self._closed = True
-        nodes = self._check_nodes(ppservers)
-        if nodes:
+        nodes, ports = self._check_nodes(ppservers)
+        if nodes or ports:
             if secret is None:
                 raise ValueError(
                     "ppservers need a secret: pp.Server(..., secret='...') with "
@@ -224,9 +224,10 @@ class Server:
             str(os.getpid()), str(self._proto), "1" if restart else "0"]
         self._engine = _core.Engine(
             argv, _worker_env(), None, ncpus, bool(restart), max_retries, Job,
-            nodes or None, bytes(secret) if nodes else None, float(node_timeout),
-            float(no_capacity_timeout or 0))
-        self.ppservers = tuple(nodes)
+            nodes or None, bytes(secret) if nodes or ports else None,
+            float(node_timeout), float(no_capacity_timeout or 0), ports or None)
+        self.ppservers = tuple(nodes) + tuple(
+            "*" if p == Server.default_port else "*:%d" % p for p in ports)
         self._ncpus = ncpus
         self._restart = bool(restart)
         self._groups = {"default": 0}
@@ -242,18 +243,22 @@ class Server:
     # -- helpers ---------------------------------------------------------
     @staticmethod
     def _check_nodes(ppservers):
-        """Normalise ppservers entries to 'host:port' strings."""
+        """Split ppservers into 'host:port' strings and auto-discovery UDP
+        ports ("*" is the default port, "*:port" another)."""
         if isinstance(ppservers, str):
             ppservers = (ppservers,)
-        nodes = []
+        nodes, ports = [], []
         for entry in ppservers:
             if not isinstance(entry, str) or not entry:
-                raise ValueError("ppservers entries are 'host' or 'host:port', "
-                                 "not %r" % (entry,))
+                raise ValueError("ppservers entries are 'host', 'host:port', "
+                                 "'*' or '*:port', not %r" % (entry,))
             if entry == "*" or entry.startswith("*:"):
-                raise NotImplementedError(
-                    "ppservers=%r: auto-discovery is not supported by this build "
-                    "of pp yet; list the nodes as 'host:port'" % (entry,))
+                port = entry[2:] if entry != "*" else str(Server.default_port)
+                if not port.isdigit() or not 0 < int(port) < 65536:
+                    raise ValueError("bad port in ppservers entry %r" % (entry,))
+                if int(port) not in ports:
+                    ports.append(int(port))
+                continue
             host, sep, port = entry.rpartition(":")
             if entry.startswith("["):
                 if "]:" not in entry:
@@ -265,7 +270,7 @@ class Server:
                 raise ValueError("bad port in ppservers entry %r" % (entry,))
             if entry not in nodes:
                 nodes.append(entry)
-        return nodes
+        return nodes, ports
 
     @staticmethod
     def _check_ncpus(ncpus):

@@ -183,6 +183,7 @@ static void engine_free_config(pp_engine *e) {
     memset(e->secret, 0, e->secret_len);
     free(e->secret);
   }
+  free(e->disco_ports);
   strv_free(e->argv);
   strv_free(e->env);
   free(e->cwd);
@@ -211,16 +212,33 @@ int pp_engine_new(const pp_engine_opts *o, pp_engine **out) {
   e->node_timeout_ns =
       (uint64_t)(o->node_timeout_ms ? o->node_timeout_ms : 5000) * 1000000u;
   e->no_capacity_ns = (uint64_t)o->no_capacity_ms * 1000000u;
-  if (o->nodes != NULL && o->nodes[0] != NULL) {
+  int have_nodes = o->nodes != NULL && o->nodes[0] != NULL;
+  if (o->ndiscover < 0 || o->ndiscover > 64 ||
+      (o->ndiscover > 0 && o->discover_ports == NULL)) {
+    rc = PP_EINVAL;
+    goto fail_config;
+  }
+  if (have_nodes || o->ndiscover > 0) {
     rc = PP_EINVAL;
     if (o->secret == NULL || o->secret_len == 0 || o->secret_len > 4096)
       goto fail_config;
+    for (int i = 0; i < o->ndiscover; i++)
+      if (o->discover_ports[i] == 0)
+        goto fail_config;
     rc = PP_ENOMEM;
     e->secret = malloc(o->secret_len);
     if (e->secret == NULL)
       goto fail_config;
     memcpy(e->secret, o->secret, o->secret_len);
     e->secret_len = o->secret_len;
+    if (o->ndiscover > 0) {
+      e->disco_ports = malloc((size_t)o->ndiscover * sizeof *e->disco_ports);
+      if (e->disco_ports == NULL)
+        goto fail_config;
+      memcpy(e->disco_ports, o->discover_ports,
+             (size_t)o->ndiscover * sizeof *e->disco_ports);
+      e->ndisco = o->ndiscover;
+    }
     rc = pp__nodes_init(e, o->nodes);
     if (rc != PP_OK)
       goto fail_config;

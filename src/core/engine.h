@@ -37,6 +37,11 @@ typedef struct pp_engine_opts {
   uint32_t node_timeout_ms;  /* silence after which a node is dead; 0 = 5 s */
   uint32_t no_capacity_ms;   /* fail queued jobs after this long with no
                                 worker and no node; 0 = never */
+  /* Auto-discovery: listen for signed ppserver announcements on these UDP
+   * ports (copied; needs the secret) and use every node found like a
+   * configured one. NULL / 0 = off. */
+  const uint16_t *discover_ports;
+  int ndiscover;
 } pp_engine_opts;
 
 #define PP_DEFAULT_PORT 60000

@@ -67,8 +67,17 @@ typedef struct pp__node {
   uint64_t state_since_ns, last_rx_ns, last_ping_ns, next_attempt_ns;
   unsigned backoff_ms;
   int ever_ready;
+  /* auto-discovery (discover.c); all 0 for configured nodes */
+  int discovered;        /* the record was made from an announcement */
+  int dormant;           /* stopped announcing while not connected: no
+                            reconnect attempts until it announces again */
+  uint64_t announced_ns; /* last announcement accepted */
+  uint64_t announce_ms;  /* its timestamp: older or equal ones are replays */
+  uint64_t interval_ns;  /* the node's announce period */
   struct pp__node *next;
 } pp__node;
+
+#define PP__MAX_DISCOVERED 1024 /* node records made from announcements */
 
 typedef struct pp__logline {
   struct pp__logline *next;
@@ -87,6 +96,8 @@ struct pp_engine {
   size_t secret_len;
   uint64_t node_timeout_ns, no_capacity_ns;
   uint32_t max_frame;
+  uint16_t *disco_ports; /* auto-discovery UDP ports (ndisco of them) */
+  int ndisco;
 
   uv_loop_t loop;
   uv_async_t async;
@@ -125,7 +136,9 @@ struct pp_engine {
   int spawn_fails;     /* consecutive workers that died before HELLO */
   int respawn_due;     /* the backoff timer allows one spawn attempt */
   int stopping;
-  pp__node *nodes;
+  pp__node *nodes;       /* appended to under mu (node_stats reads it) */
+  int ndiscovered;
+  struct pp__disco *disco; /* NULL without auto-discovery */
   uint64_t starved_since_ns, starved_warned_ns;
 };
 
@@ -166,6 +179,25 @@ void pp__nodes_free(pp_engine *e);
 int pp__node_can_take(const pp__node *n);
 /* pp__node_send_jobs: seal and write every job of n->inflight from first. */
 void pp__node_send_jobs(pp__node *n, pp_job *first);
+
+/* pp__node_discovered: an authenticated announcement says a node listens
+ * on ip:port. Makes a node record the first time (and starts connecting),
+ * wakes a dormant one, ignores replays (time_ms not newer than the last).
+ * Engine thread. */
+void pp__node_discovered(pp_engine *e, const char *ip, unsigned port,
+                         uint32_t interval_ms, uint64_t time_ms);
+
+/* discover.c — engine thread only */
+/* pp__disco_start: open the discovery sockets and send the first queries.
+ * Returns 0 or a negative error after logging it (the engine runs on
+ * without discovery). */
+int pp__disco_start(pp_engine *e);
+/* pp__disco_tick: resend queries while the first seconds last. */
+void pp__disco_tick(pp_engine *e, uint64_t now);
+/* pp__disco_stop: close the sockets (engine stopping). */
+void pp__disco_stop(pp_engine *e);
+/* pp__disco_free: after the loop ended. */
+void pp__disco_free(pp_engine *e);
 
 /* sched.c — engine thread only */
 /* pp__dispatch: hand queued jobs to workers with room, round robin, then

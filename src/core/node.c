@@ -66,25 +66,38 @@ static int parse_spec(const char *spec, char **host, char **port) {
   return PP_OK;
 }
 
+/* node_new: a node record for host:port (both malloc'd, ownership moves to
+ * the record), not linked. NULL when out of memory (host, port freed). */
+static pp__node *node_new(pp_engine *e, char *host, char *port) {
+  pp__node *n = calloc(1, sizeof *n);
+  if (n == NULL) {
+    free(host);
+    free(port);
+    return NULL;
+  }
+  n->e = e;
+  n->host = host;
+  n->port = port;
+  if (strchr(n->host, ':'))
+    snprintf(n->st.name, sizeof n->st.name, "[%s]:%s", n->host, n->port);
+  else
+    snprintf(n->st.name, sizeof n->st.name, "%s:%s", n->host, n->port);
+  pp_buf_init(&n->rbuf);
+  pp_keyset_init(&n->known);
+  n->backoff_ms = BACKOFF_MIN_MS;
+  return n;
+}
+
 int pp__nodes_init(pp_engine *e, char *const *specs) {
   pp__node **tail = &e->nodes;
   for (size_t i = 0; specs && specs[i]; i++) {
-    pp__node *n = calloc(1, sizeof *n);
+    char *host, *port;
+    int rc = parse_spec(specs[i], &host, &port);
+    if (rc != PP_OK)
+      return rc;
+    pp__node *n = node_new(e, host, port);
     if (n == NULL)
       return PP_ENOMEM;
-    int rc = parse_spec(specs[i], &n->host, &n->port);
-    if (rc != PP_OK) {
-      free(n);
-      return rc;
-    }
-    n->e = e;
-    if (strchr(n->host, ':'))
-      snprintf(n->st.name, sizeof n->st.name, "[%s]:%s", n->host, n->port);
-    else
-      snprintf(n->st.name, sizeof n->st.name, "%s:%s", n->host, n->port);
-    pp_buf_init(&n->rbuf);
-    pp_keyset_init(&n->known);
-    n->backoff_ms = BACKOFF_MIN_MS;
     *tail = n;
     tail = &n->next;
   }
@@ -92,6 +105,7 @@ int pp__nodes_init(pp_engine *e, char *const *specs) {
 }
 
 void pp__nodes_free(pp_engine *e) {
+  pp__disco_free(e);
   while (e->nodes) {
     pp__node *n = e->nodes;
     e->nodes = n->next;
@@ -643,7 +657,14 @@ static void on_tick(uv_timer_t *t) {
   for (pp__node *n = e->nodes; n; n = n->next) {
     switch (n->state) {
     case PP__NODE_IDLE:
-      if (now >= n->next_attempt_ns && !n->gai_busy)
+      if (n->discovered && !n->dormant &&
+          now - n->announced_ns > 3 * n->interval_ns) {
+        n->dormant = 1;
+        pp__log(e, PP_LOG_INFO,
+                "node %s stopped announcing itself; not reconnecting until it"
+                " announces again", n->st.name);
+      }
+      if (!n->dormant && now >= n->next_attempt_ns && !n->gai_busy)
         node_connect(n);
       break;
     case PP__NODE_RESOLVING:
@@ -663,6 +684,7 @@ static void on_tick(uv_timer_t *t) {
       break;
     }
   }
+  pp__disco_tick(e, now);
   check_capacity(e, now);
 }
 
@@ -670,10 +692,72 @@ void pp__nodes_start(pp_engine *e) {
   uv_timer_init(&e->loop, &e->tick);
   e->tick.data = e;
   uv_timer_start(&e->tick, on_tick, 0, TICK_MS);
+  if (e->ndisco > 0)
+    pp__disco_start(e);
+}
+
+/* ---- discovered nodes ------------------------------------------------------ */
+
+void pp__node_discovered(pp_engine *e, const char *ip, unsigned port,
+                         uint32_t interval_ms, uint64_t time_ms) {
+  char portstr[8];
+  uint64_t now = pp_now_ns();
+  pp__node *n, **tail = &e->nodes;
+  snprintf(portstr, sizeof portstr, "%u", port);
+  for (n = e->nodes; n; tail = &n->next, n = n->next)
+    if (strcmp(n->host, ip) == 0 && strcmp(n->port, portstr) == 0)
+      break;
+  if (interval_ms < 100)
+    interval_ms = 100;
+  if (n != NULL) {
+    if (!n->discovered)
+      return; /* configured explicitly: already looked after */
+    if (time_ms <= n->announce_ms)
+      return; /* a replay, or an old datagram overtaken by a newer one */
+    n->announce_ms = time_ms;
+    n->announced_ns = now;
+    n->interval_ns = (uint64_t)interval_ms * 1000000u;
+    if (n->dormant) {
+      n->dormant = 0;
+      n->backoff_ms = BACKOFF_MIN_MS;
+      pp__log(e, PP_LOG_INFO, "node %s announces itself again", n->st.name);
+    }
+    /* it says it is there: try now rather than at the end of a backoff */
+    if (n->state == PP__NODE_IDLE && !n->gai_busy)
+      n->next_attempt_ns = now;
+    return;
+  }
+  if (e->ndiscovered >= PP__MAX_DISCOVERED) {
+    if (e->ndiscovered++ == PP__MAX_DISCOVERED)
+      pp__log(e, PP_LOG_WARNING,
+              "discovery: %d nodes found already; ignoring more (first"
+              " ignored: %s:%u)", PP__MAX_DISCOVERED, ip, port);
+    return;
+  }
+  char *h = strdup(ip), *p = strdup(portstr);
+  if (h == NULL || p == NULL) {
+    free(h);
+    free(p);
+    return;
+  }
+  n = node_new(e, h, p);
+  if (n == NULL)
+    return;
+  n->discovered = 1;
+  n->announce_ms = time_ms;
+  n->announced_ns = now;
+  n->interval_ns = (uint64_t)interval_ms * 1000000u;
+  e->ndiscovered++;
+  uv_mutex_lock(&e->mu); /* pp_engine_node_stats walks the list */
+  *tail = n;
+  uv_mutex_unlock(&e->mu);
+  pp__log(e, PP_LOG_INFO, "discovered node %s", n->st.name);
+  node_connect(n);
 }
 
 void pp__nodes_stop(pp_engine *e) {
   pp_job *j;
+  pp__disco_stop(e);
   uv_timer_stop(&e->tick);
   uv_close((uv_handle_t *)&e->tick, NULL);
   uv_mutex_lock(&e->mu);

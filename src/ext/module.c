@@ -122,15 +122,49 @@ static int engine_init2(EngineObject *self, PyObject *argv, PyObject *env,
                         const char *cwd, int nworkers, int restart,
                         int max_retries, PyObject *jt, PyObject *nodes,
                         Py_buffer *secret, double node_timeout,
-                        double no_capacity);
+                        double no_capacity, const uint16_t *ports,
+                        int nports);
+
+/* parse_ports: a sequence of 1..64 UDP ports (ints 1..65535) into ports[].
+ * Returns the count (0 for None), or -1 with an exception. GIL held. */
+static int parse_ports(PyObject *seq, uint16_t ports[64]) {
+  if (seq == Py_None)
+    return 0;
+  PyObject *l = PySequence_List(seq);
+  if (l == NULL)
+    return -1;
+  Py_ssize_t n = PyList_GET_SIZE(l);
+  if (n > 64) {
+    Py_DECREF(l);
+    PyErr_SetString(PyExc_ValueError, "at most 64 discovery ports");
+    return -1;
+  }
+  for (Py_ssize_t i = 0; i < n; i++) {
+    long v = PyLong_AsLong(PyList_GET_ITEM(l, i));
+    if (v == -1 && PyErr_Occurred()) {
+      Py_DECREF(l);
+      return -1;
+    }
+    if (v < 1 || v > 65535) {
+      Py_DECREF(l);
+      PyErr_Format(PyExc_ValueError, "bad discovery port %ld", v);
+      return -1;
+    }
+    ports[i] = (uint16_t)v;
+  }
+  Py_DECREF(l);
+  return (int)n;
+}
 
 static int Engine_init(EngineObject *self, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"argv",  "env",          "cwd",
                            "nworkers", "restart",   "max_retries",
                            "job_type", "nodes",     "secret",
-                           "node_timeout", "no_capacity_timeout", NULL};
+                           "node_timeout", "no_capacity_timeout",
+                           "discover", NULL};
   PyObject *argv, *env = Py_None, *jt = (PyObject *)&JobType;
-  PyObject *nodes = Py_None;
+  PyObject *nodes = Py_None, *discover = Py_None;
+  uint16_t ports[64];
   Py_buffer secret = {0};
   const char *cwd = NULL;
   double node_timeout = 5.0, no_capacity = 0.0;
@@ -139,13 +173,19 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kw) {
     PyErr_SetString(PyExc_RuntimeError, "Engine already initialised");
     return -1;
   }
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OzipiOOz*dd", kwlist, &argv,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OzipiOOz*ddO", kwlist, &argv,
                                    &env, &cwd, &nworkers, &restart,
                                    &max_retries, &jt, &nodes, &secret,
-                                   &node_timeout, &no_capacity))
+                                   &node_timeout, &no_capacity, &discover))
     return -1;
+  int nports = parse_ports(discover, ports);
+  if (nports < 0) {
+    PyBuffer_Release(&secret);
+    return -1;
+  }
   int rc = engine_init2(self, argv, env, cwd, nworkers, restart, max_retries,
-                        jt, nodes, &secret, node_timeout, no_capacity);
+                        jt, nodes, &secret, node_timeout, no_capacity, ports,
+                        nports);
   PyBuffer_Release(&secret);
   return rc;
 }
@@ -156,7 +196,8 @@ static int engine_init2(EngineObject *self, PyObject *argv, PyObject *env,
                         const char *cwd, int nworkers, int restart,
                         int max_retries, PyObject *jt, PyObject *nodes,
                         Py_buffer *secret, double node_timeout,
-                        double no_capacity) {
+                        double no_capacity, const uint16_t *ports,
+                        int nports) {
   int err;
   if (node_timeout <= 0 || node_timeout > 86400 || no_capacity < 0 ||
       no_capacity > 4e6) {
@@ -197,7 +238,7 @@ static int engine_init2(EngineObject *self, PyObject *argv, PyObject *env,
                           0, 1, NULL, NULL, cnodes,
                           secret->buf, (size_t)secret->len,
                           (uint32_t)(node_timeout * 1000),
-                          (uint32_t)(no_capacity * 1000)};
+                          (uint32_t)(no_capacity * 1000), ports, nports};
       int erc = pp_engine_new(&o, &self->e);
       if (erc == PP_EINVAL)
         PyErr_SetString(PyExc_ValueError,

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -27,7 +28,7 @@
 enum opt_id {
   O_HELP, O_DEBUG, O_LOGFMT, O_AUTO, O_RESTART, O_PROTO, O_CONFIG, O_IFACE,
   O_BCAST, O_PORT, O_WORKERS, O_SECRET, O_SECRET_FILE, O_TIMEOUT, O_SOCKTO,
-  O_PIDFILE, O_PYTHON, O_COUNT
+  O_PIDFILE, O_PYTHON, O_ANNOUNCE, O_COUNT
 };
 
 /* One row per option: long name (also the config key, with '-' or '_'),
@@ -56,6 +57,7 @@ static const struct optdef {
     [O_SOCKTO] = {"socket-timeout", 'k', 1, 1},
     [O_PIDFILE] = {"pid-file", 'P', 1, 1},
     [O_PYTHON] = {"python", 0, 1, 1},
+    [O_ANNOUNCE] = {"announce-interval", 0, 1, 1},
 };
 
 /* A layer of settings as strings, with where each came from. */
@@ -144,13 +146,19 @@ static const char usage_text[] =
     "  -f, --log-format FORMAT    log line format (Python logging style; fields\n"
     "                             asctime levelname message name process levelno)\n"
     "                             default \"%(asctime)s %(levelname)s %(message)s\"\n"
-    "  -a, --autodiscovery        enable the auto-discovery service (not available\n"
-    "                             in this build: a warning is logged)\n"
+    "  -a, --autodiscovery        announce this node by UDP broadcast (signed with\n"
+    "                             the secret) so clients with ppservers=(\"*\",)\n"
+    "                             find it, and answer their queries at once\n"
     "  -r, --restart              restart the worker process after each job\n"
     "  -n, --proto PROTO          pickle protocol the workers use (0-5, default 4)\n"
     "  -c, --config PATH          read settings from a config file (see below)\n"
     "  -i, --interface ADDR       address to listen on (default 0.0.0.0; :: for IPv6)\n"
-    "  -b, --broadcast ADDR       broadcast address for auto-discovery\n"
+    "  -b, --broadcast ADDR       where to send announcements (an IPv4 broadcast\n"
+    "                             or unicast address; default: the broadcast\n"
+    "                             address of the -i interface, or of every\n"
+    "                             interface when listening on 0.0.0.0)\n"
+    "      --announce-interval SECONDS\n"
+    "                             time between announcements (default 2)\n"
     "  -p, --port PORT            port to listen on (default 60000)\n"
     "  -w, --workers N            number of workers (default: number of cores)\n"
     "  -s, --secret SECRET        shared secret (visible in ps: prefer the others)\n"
@@ -170,7 +178,8 @@ static const char usage_text[] =
     "blank lines are ignored; a value may be wrapped in double quotes. Keys are\n"
     "the long option names (`-` or `_`): debug, log_format, autodiscovery, restart,\n"
     "proto, interface, broadcast, port, workers, secret, secret_file, timeout,\n"
-    "socket_timeout, pid_file, python. Flags take true/false, yes/no, on/off, 1/0.\n"
+    "socket_timeout, pid_file, python, announce_interval. Flags take true/false,\n"
+    "yes/no, on/off, 1/0.\n"
     "Options given on the command line override the file. Example:\n"
     "    # /etc/ppserver.conf  (chmod 600 if it holds the secret)\n"
     "    port = 35000\n"
@@ -404,7 +413,7 @@ static int parse_config_file(ppsrv_config *cfg, layer *file, const char *path,
       set_err(err, errlen, "%s:%d: unknown key '%s' (keys: debug, log_format,"
               " autodiscovery, restart, proto, interface, broadcast, port,"
               " workers, secret, secret_file, timeout, socket_timeout,"
-              " pid_file, python)", path, lineno, key);
+              " pid_file, python, announce_interval)", path, lineno, key);
       goto out;
     }
     if (!optdefs[id].has_arg) {
@@ -437,6 +446,25 @@ out:
 }
 
 /* ---- conversion ------------------------------------------------------- */
+
+/* to_ms: parse seconds (a decimal number) in [lo_ms, hi_ms] milliseconds.
+ * Returns 0 or 2 with err. */
+static int to_ms(const layer *l, int id, int lo_ms, int hi_ms, int *out,
+                 char *err, size_t errlen) {
+  const char *v = l->val[id];
+  char *end;
+  errno = 0;
+  double x = strtod(v, &end);
+  if (*v == '\0' || *end != '\0' || errno != 0 || !(x * 1000 >= lo_ms) ||
+      !(x * 1000 <= hi_ms)) {
+    set_err(err, errlen, "%s: %s must be a number of seconds from %g to %g,"
+            " not '%s'", l->origin[id], optdefs[id].name, lo_ms / 1000.0,
+            hi_ms / 1000.0, v);
+    return 2;
+  }
+  *out = (int)(x * 1000 + 0.5);
+  return 0;
+}
 
 /* to_int: parse a decimal integer in [lo, hi]. Returns 0 or 2 with err. */
 static int to_int(const layer *l, int id, long lo, long hi, int *out,
@@ -571,6 +599,10 @@ int ppsrv_config_load(ppsrv_config *cfg, int argc, char **argv, char *err,
   if (m.val[O_SOCKTO] &&
       to_int(&m, O_SOCKTO, 1, 100000000, &cfg->socket_timeout, err, errlen))
     goto out;
+  cfg->announce_ms = PPSRV_DEFAULT_ANNOUNCE_MS;
+  if (m.val[O_ANNOUNCE] &&
+      to_ms(&m, O_ANNOUNCE, 100, 3600000, &cfg->announce_ms, err, errlen))
+    goto out;
   cfg->log_format = dup_or(m.val[O_LOGFMT], PPSRV_DEFAULT_LOG_FORMAT);
   cfg->interface = dup_or(m.val[O_IFACE], PPSRV_DEFAULT_INTERFACE);
   cfg->python = dup_or(m.val[O_PYTHON], PPSRV_DEFAULT_PYTHON);
@@ -587,6 +619,16 @@ int ppsrv_config_load(ppsrv_config *cfg, int argc, char **argv, char *err,
   if (cfg->python[0] == '\0' || cfg->interface[0] == '\0') {
     set_err(err, errlen, "--python and --interface must not be empty");
     goto out;
+  }
+  if (cfg->broadcast != NULL) {
+    struct in_addr a;
+    if (inet_pton(AF_INET, cfg->broadcast, &a) != 1) {
+      set_err(err, errlen, "%s: broadcast must be an IPv4 address, not '%s'",
+              m.origin[O_BCAST], cfg->broadcast);
+      goto out;
+    }
+    if (!cfg->autodiscovery)
+      add_warning(cfg, "-b/--broadcast has no effect without -a");
   }
   if (cfg->pid_file != NULL && cfg->pid_file[0] == '\0') {
     set_err(err, errlen, "--pid-file must not be empty");

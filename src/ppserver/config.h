@@ -12,6 +12,7 @@
 #define PPSRV_DEFAULT_INTERFACE "0.0.0.0"
 #define PPSRV_DEFAULT_SOCKET_TIMEOUT 30
 #define PPSRV_DEFAULT_PYTHON "python3"
+#define PPSRV_DEFAULT_ANNOUNCE_MS 2000
 #define PPSRV_DEFAULT_LOG_FORMAT "%(asctime)s %(levelname)s %(message)s"
 
 /* Where the secret came from (for the log and for the ps(1) warning). */
@@ -27,8 +28,9 @@ enum ppsrv_secret_source {
 typedef struct ppsrv_config {
   int debug;            /* -d: log DEBUG lines */
   char *log_format;     /* -f: owned */
-  int autodiscovery;    /* -a: accepted, not available in this build */
-  char *broadcast;      /* -b: owned, may be NULL */
+  int autodiscovery;    /* -a: announce by UDP (announce.c) */
+  char *broadcast;      /* -b: owned, may be NULL (an IPv4 address) */
+  int announce_ms;      /* --announce-interval, in ms */
   int restart;          /* -r: one job per worker process */
   int proto;            /* -n: pickle protocol for workers; -1 = default */
   char *config_path;    /* -c: owned, may be NULL */

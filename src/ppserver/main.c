@@ -102,10 +102,6 @@ int main(int argc, char **argv) {
   else
     pp_log(PP_LOG_DEBUG, "secret from %s (%s)",
            ppsrv_secret_source_name(cfg.secret_source), cfg.secret_origin);
-  if (cfg.autodiscovery || cfg.broadcast != NULL)
-    pp_log(PP_LOG_WARNING,
-           "auto-discovery (-a/-b) is not available in this build: not"
-           " announcing this node; clients must name it as host:port");
   if (cfg.config_path != NULL)
     pp_log(PP_LOG_DEBUG, "read config file %s", cfg.config_path);
   raise_nofile();

@@ -17,6 +17,7 @@
  */
 #include "server.h"
 
+#include "announce.h"
 #include "auth.h"
 #include "engine.h"
 #include "frame.h"
@@ -118,6 +119,8 @@ struct srv {
   int exit_code;
   int pidfile_written;
   char listen_name[96];
+  struct sockaddr_storage bound; /* the listener's address */
+  ppsrv_announcer *announcer;    /* -a; NULL otherwise */
 };
 
 static void conn_close(conn *c, int level, const char *why);
@@ -1045,6 +1048,8 @@ static void server_stop(srv *s, const char *why) {
     return;
   pp_log(PP_LOG_INFO, "stopping: %s", why);
   s->stopping = 1;
+  ppsrv_announce_stop(s->announcer);
+  s->announcer = NULL;
   for (conn *c = s->conns, *next; c; c = next) {
     next = c->next;
     if (c->state == C_READY)
@@ -1199,6 +1204,7 @@ static int start_listening(srv *s) {
   }
   int len = sizeof ss;
   uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len);
+  s->bound = ss;
   char host[64] = "?";
   if (ss.ss_family == AF_INET) {
     uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof host);
@@ -1297,6 +1303,13 @@ int ppsrv_run(const ppsrv_config *cfg) {
     goto stop;
   if (write_pid_file(s) != 0)
     goto stop;
+  if (cfg->autodiscovery) {
+    int port = s->bound.ss_family == AF_INET
+                   ? ntohs(((struct sockaddr_in *)&s->bound)->sin_port)
+                   : ntohs(((struct sockaddr_in6 *)&s->bound)->sin6_port);
+    s->announcer = ppsrv_announce_start(&s->loop, cfg,
+                                        (struct sockaddr *)&s->bound, port);
+  }
   uv_signal_start(&s->sig_term, on_signal, SIGTERM);
   uv_signal_start(&s->sig_int, on_signal, SIGINT);
   uv_signal_start(&s->sig_usr1, on_signal, SIGUSR1);

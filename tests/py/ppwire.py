@@ -293,3 +293,43 @@ def connection_closed(sock, timeout):
             return False
         except ConnectionError:
             return True
+
+
+# ---------------------------------------------------------------------------
+# auto-discovery datagrams (docs/protocol.md section 8)
+
+DISCO = struct.Struct("<4sBBH4sIIQ8s")  # magic .. nonce; then mac[16]
+DISCO_LEN = DISCO.size + 16  # 52
+DISCO_ANNOUNCE = 1
+DISCO_QUERY = 2
+
+
+def disco_key(secret):
+    if isinstance(secret, str):
+        secret = secret.encode()
+    return hkdf_expand(hkdf_extract(b"pp-auth-v1", secret), b"pp-discovery-v1")
+
+
+def disco_datagram(secret, kind, port=0, addr="0.0.0.0", interval_ms=0,
+                   nworkers=0, time_ms=None, nonce=None, magic=b"ppDI", version=1):
+    """A signed discovery datagram, built independently of the C code."""
+    if time_ms is None:
+        time_ms = int(time.time() * 1000)
+    body = DISCO.pack(magic, version, kind, port, socket.inet_aton(addr),
+                      interval_ms, nworkers, time_ms, nonce or os.urandom(8))
+    return body + hmac.new(disco_key(secret), body, hashlib.sha256).digest()[:16]
+
+
+def disco_parse(secret, data):
+    """(kind, port, addr, interval_ms, nworkers, time_ms) of a datagram whose
+    MAC verifies under secret; None otherwise."""
+    if len(data) != DISCO_LEN:
+        return None
+    body, tag = data[:DISCO.size], data[DISCO.size:]
+    want = hmac.new(disco_key(secret), body, hashlib.sha256).digest()[:16]
+    if not hmac.compare_digest(tag, want):
+        return None
+    magic, version, kind, port, addr, interval, nworkers, t, _ = DISCO.unpack(body)
+    if magic != b"ppDI" or version != 1:
+        return None
+    return kind, port, socket.inet_ntoa(addr), interval, nworkers, t

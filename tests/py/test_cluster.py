@@ -238,5 +238,5 @@ def test_ppservers_need_a_secret_and_valid_entries():
         pp.Server(0, ppservers=("127.0.0.1:1",))
     with pytest.raises(ValueError):
         pp.Server(0, ppservers=("127.0.0.1:notaport",), secret="x")
-    with pytest.raises(NotImplementedError):
-        pp.Server(0, ppservers=("*",), secret="x")
+    with pytest.raises(ValueError, match="secret"):
+        pp.Server(0, ppservers=("*",))

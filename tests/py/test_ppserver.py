@@ -266,10 +266,49 @@ def test_warns_on_secret_in_argv(start_node):
         assert c.call("math", "sqrt", 25) == (0, 5.0)
 
 
-def test_autodiscovery_flag_warns_and_serves(start_node):
-    n = start_node("-a", "-b", "255.255.255.255")
-    n.wait_log("WARNING.*discovery.*not available", timeout=5)
+def query_node(port, secret, datagram=None, timeout=1.0):
+    """Send one discovery query to 127.0.0.1:port from an ephemeral socket;
+    return the parsed answer (verified under `secret`), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.bind(("127.0.0.1", 0))
+        u.settimeout(timeout)
+        u.sendto(datagram or ppwire.disco_datagram(secret, ppwire.DISCO_QUERY),
+                 ("127.0.0.1", port))
+        try:
+            data, _ = u.recvfrom(256)
+        except socket.timeout:
+            return None
+        return ppwire.disco_parse(secret, data)
+
+
+def test_autodiscovery_answers_signed_queries_only(start_node):
+    n = start_node("-a", "-b", "127.0.0.1", "--announce-interval", "0.5", workers=1)
+    n.wait_log("discovery: announcing port %d to 127.0.0.1" % n.port, timeout=5)
+    ans = query_node(n.port, SECRET)
+    assert ans is not None, n.log()
+    kind, port, addr, interval, nworkers, t = ans
+    assert (kind, port, addr, interval, nworkers) == (
+        ppwire.DISCO_ANNOUNCE, n.port, "127.0.0.1", 500, 1)
+    assert abs(t - time.time() * 1000) < 5000
+    # another secret, a stale timestamp, a truncated datagram: no answer
+    assert query_node(n.port, SECRET, ppwire.disco_datagram(
+        "other", ppwire.DISCO_QUERY), timeout=0.5) is None
+    n.wait_log("WARNING.*discovery: ignored 1 datagram.*bad signature", timeout=5)
+    assert query_node(n.port, SECRET, ppwire.disco_datagram(
+        SECRET, ppwire.DISCO_QUERY, time_ms=int(time.time() * 1000) - 60000),
+        timeout=0.5) is None
+    assert query_node(n.port, SECRET, ppwire.disco_datagram(
+        SECRET, ppwire.DISCO_QUERY)[:40], timeout=0.5) is None
+    assert query_node(n.port, SECRET) is not None
     n.assert_serves()
+
+
+def test_discovery_flags_are_checked(tmp_path):
+    for args, msg in ((["-a", "-b", "not-an-address"], "broadcast"),
+                      (["-a", "--announce-interval", "0"], "announce-interval"),
+                      (["-a", "--announce-interval", "x"], "announce-interval")):
+        r = run_ppserver(["-p", "0"] + args, node_env())
+        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
 
 
 # ---------------------------------------------------------------------------

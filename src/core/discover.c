@@ -1,0 +1,225 @@
+/* discover.c — the client half of auto-discovery (pp.Server(ppservers=
+ * ("*",))): UDP sockets bound to each discovery port receive the nodes'
+ * announcements; a separate socket sends signed queries to every local
+ * broadcast address at start-up, so nodes answer at once instead of at
+ * their next announcement. Every datagram is checked (disco.h: MAC under
+ * the secret-derived key, 30 s window) before node.c hears of it, and even
+ * then an announcement only makes node.c try the full handshake.
+ * Everything here runs on the engine thread. */
+#include "disco.h"
+#include "engine_int.h"
+#include "netif.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define BAD_LOG_NS 30000000000ull /* at most one "ignored" warning per 30 s */
+#define MAX_BCAST 32
+
+/* when (ms after start) the start-up queries go out; UDP may lose one */
+static const unsigned query_at_ms[] = {0, 300, 1000, 3000};
+#define NQUERIES (sizeof query_at_ms / sizeof query_at_ms[0])
+
+typedef struct dsock {
+  uv_udp_t h;
+  int open;
+  uint16_t port; /* bound port (0: ephemeral, the query socket) */
+} dsock;
+
+typedef struct pp__disco {
+  pp_engine *e;
+  uint8_t key[PP_AUTH_KEY_LEN];
+  dsock *listen; /* one per discovery port */
+  int nlisten;
+  dsock query;
+  unsigned queries_sent;
+  uint64_t start_ns;
+  uint64_t nbad, bad_logged_ns;
+  uint8_t rbuf[128]; /* a datagram longer than this is not ours anyway */
+} pp__disco;
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  pp__disco *d = h->data;
+  PP_UNUSED(hint);
+  *buf = uv_buf_init((char *)d->rbuf, sizeof d->rbuf);
+}
+
+/* note_bad: count a refused datagram; warn at most every 30 s. */
+static void note_bad(pp__disco *d, const char *from, int verdict) {
+  uint64_t now = pp_now_ns();
+  d->nbad++;
+  if (verdict == PP_DISCO_EFORMAT) {
+    pp__log(d->e, PP_LOG_DEBUG, "discovery: ignored a datagram from %s: %s",
+            from, pp_disco_strerror(verdict));
+    return;
+  }
+  if (d->bad_logged_ns != 0 && now - d->bad_logged_ns < BAD_LOG_NS)
+    return;
+  pp__log(d->e, PP_LOG_WARNING,
+          "discovery: ignored %llu announcement(s); the last from %s: %s",
+          (unsigned long long)d->nbad, from, pp_disco_strerror(verdict));
+  d->nbad = 0;
+  d->bad_logged_ns = now;
+}
+
+static void on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
+                    const struct sockaddr *addr, unsigned flags) {
+  pp__disco *d = h->data;
+  pp_disco_msg m;
+  char from[INET_ADDRSTRLEN] = "?";
+  if (nread <= 0 || addr == NULL || d->e->stopping)
+    return;
+  if (addr->sa_family != AF_INET)
+    return; /* discovery is IPv4 broadcast */
+  uv_ip4_name((const struct sockaddr_in *)addr, from, sizeof from);
+  int v = (flags & UV_UDP_PARTIAL)
+              ? PP_DISCO_EFORMAT
+              : pp_disco_open(d->key, (const uint8_t *)buf->base,
+                              (size_t)nread, pp_wall_ms(), &m);
+  if (v != PP_OK) {
+    note_bad(d, from, v);
+    return;
+  }
+  if (m.kind != PP_DISCO_ANNOUNCE)
+    return; /* a query: ours, or another client's */
+  char ip[INET_ADDRSTRLEN];
+  if (m.addr[0] | m.addr[1] | m.addr[2] | m.addr[3]) {
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    memcpy(&sa.sin_addr, m.addr, 4);
+    uv_ip4_name(&sa, ip, sizeof ip);
+  } else {
+    memcpy(ip, from, sizeof ip);
+  }
+  pp__node_discovered(d->e, ip, m.port, m.interval_ms, m.time_ms);
+}
+
+/* send_queries: one signed query to every broadcast address (and to this
+ * host) on every discovery port. Failures only log: UDP is best effort. */
+static void send_queries(pp__disco *d) {
+  struct in_addr b[MAX_BCAST + 2];
+  uint8_t dg[PP_DISCO_LEN];
+  pp_disco_msg m;
+  int nb = pp_netif_broadcasts(NULL, b, MAX_BCAST);
+  if (nb < 0)
+    nb = 0;
+  if (nb == 0)
+    b[nb++].s_addr = htonl(INADDR_BROADCAST);
+  b[nb++].s_addr = htonl(INADDR_LOOPBACK);
+  memset(&m, 0, sizeof m);
+  m.kind = PP_DISCO_QUERY;
+  m.time_ms = pp_wall_ms();
+  if (!d->query.open || pp_disco_seal(d->key, &m, dg) != PP_OK)
+    return;
+  for (int p = 0; p < d->nlisten; p++)
+    for (int i = 0; i < nb; i++) {
+      struct sockaddr_in to;
+      memset(&to, 0, sizeof to);
+      to.sin_family = AF_INET;
+      to.sin_port = htons(d->listen[p].port);
+      to.sin_addr = b[i];
+      uv_buf_t ub = uv_buf_init((char *)dg, sizeof dg);
+      int rc = uv_udp_try_send(&d->query.h, &ub, 1, (struct sockaddr *)&to);
+      if (rc < 0) {
+        char t[INET_ADDRSTRLEN];
+        uv_ip4_name(&to, t, sizeof t);
+        pp__log(d->e, PP_LOG_DEBUG, "discovery: query to %s:%u: %s", t,
+                d->listen[p].port, uv_strerror(rc));
+      }
+    }
+}
+
+/* open_sock: bind s to 0.0.0.0:port (shared with other programs on this
+ * host that bind the same port) and start receiving. 0 or a libuv error. */
+static int open_sock(pp__disco *d, dsock *s, uint16_t port) {
+  struct sockaddr_in a;
+  int rc = uv_udp_init(&d->e->loop, &s->h);
+  if (rc != 0)
+    return rc;
+  s->open = 1;
+  s->h.data = d;
+  uv_ip4_addr("0.0.0.0", port, &a);
+  rc = uv_udp_bind(&s->h, (struct sockaddr *)&a, port ? UV_UDP_REUSEADDR : 0);
+  if (rc == 0)
+    rc = uv_udp_set_broadcast(&s->h, 1);
+  if (rc == 0)
+    rc = uv_udp_recv_start(&s->h, on_alloc, on_recv);
+  s->port = port;
+  return rc;
+}
+
+int pp__disco_start(pp_engine *e) {
+  pp__disco *d = calloc(1, sizeof *d);
+  if (d == NULL)
+    return PP_ENOMEM;
+  d->e = e;
+  e->disco = d;
+  d->listen = calloc((size_t)e->ndisco, sizeof *d->listen);
+  if (d->listen == NULL)
+    return PP_ENOMEM;
+  int rc = pp_disco_key(e->secret, e->secret_len, d->key);
+  if (rc != PP_OK) {
+    pp__log(e, PP_LOG_ERROR, "discovery: cannot derive the key: %s",
+            pp_strerror(rc));
+    return rc;
+  }
+  for (int i = 0; i < e->ndisco; i++) {
+    dsock *s = &d->listen[d->nlisten];
+    rc = open_sock(d, s, e->disco_ports[i]);
+    if (rc != 0) {
+      pp__log(e, PP_LOG_WARNING,
+              "discovery: cannot listen on UDP port %u: %s (nodes announcing"
+              " there will not be found)", e->disco_ports[i], uv_strerror(rc));
+      if (s->open)
+        uv_close((uv_handle_t *)&s->h, NULL);
+      s->open = 0;
+      continue;
+    }
+    d->nlisten++;
+    pp__log(e, PP_LOG_DEBUG, "discovery: listening on UDP port %u",
+            e->disco_ports[i]);
+  }
+  rc = open_sock(d, &d->query, 0);
+  if (rc != 0) {
+    pp__log(e, PP_LOG_WARNING, "discovery: cannot open the query socket: %s",
+            uv_strerror(rc));
+    if (d->query.open)
+      uv_close((uv_handle_t *)&d->query.h, NULL);
+    d->query.open = 0;
+  }
+  d->start_ns = pp_now_ns();
+  pp__disco_tick(e, d->start_ns);
+  return PP_OK;
+}
+
+void pp__disco_tick(pp_engine *e, uint64_t now) {
+  pp__disco *d = e->disco;
+  if (d == NULL || d->queries_sent >= NQUERIES)
+    return;
+  if (now - d->start_ns >= (uint64_t)query_at_ms[d->queries_sent] * 1000000u) {
+    d->queries_sent++;
+    send_queries(d);
+  }
+}
+
+void pp__disco_stop(pp_engine *e) {
+  pp__disco *d = e->disco;
+  if (d == NULL)
+    return;
+  for (int i = 0; i < d->nlisten; i++)
+    if (d->listen[i].open && !uv_is_closing((uv_handle_t *)&d->listen[i].h))
+      uv_close((uv_handle_t *)&d->listen[i].h, NULL);
+  if (d->query.open && !uv_is_closing((uv_handle_t *)&d->query.h))
+    uv_close((uv_handle_t *)&d->query.h, NULL);
+}
+
+void pp__disco_free(pp_engine *e) {
+  pp__disco *d = e->disco;
+  if (d == NULL)
+    return;
+  pp_auth_wipe(d->key, sizeof d->key);
+  free(d->listen);
+  free(d);
+  e->disco = NULL;
+}

@@ -1,0 +1,192 @@
+"""Auto-discovery on one host, from the client's side: pp.Server(ppservers=
+("*:port",)) fed with announcement datagrams that the test signs itself (so
+every field, the secret and the clock can be chosen), against real
+bin/ppserver nodes on 127.0.0.1. Multi-host discovery with ppserver -a
+broadcasting across network namespaces is in test_netns_cluster.py."""
+import io
+import logging
+import socket
+import time
+
+import pytest
+
+import pp
+import ppwire
+from test_cluster import PPSERVER, SECRET, Node, square
+
+pytestmark = pytest.mark.skipif(not PPSERVER.exists(),
+                                reason="bin/ppserver not built (make)")
+
+
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Announcer:
+    """Sends signed announcements to the client's discovery port."""
+
+    def __init__(self, port):
+        self.port = port
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def send(self, datagram):
+        self.sock.sendto(datagram, ("127.0.0.1", self.port))
+
+    def announce(self, tcp_port, secret=SECRET, **kw):
+        kw.setdefault("interval_ms", 200)
+        d = ppwire.disco_datagram(secret, ppwire.DISCO_ANNOUNCE, port=tcp_port, **kw)
+        self.send(d)
+        return d
+
+    def close(self):
+        self.sock.close()
+
+
+def wait_for(pred, timeout, every=None):
+    """Poll pred() until true; call every() between polls. Bounded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        if every:
+            every()
+        time.sleep(0.1)
+    return pred()
+
+
+@pytest.fixture
+def client():
+    """(server, log buffer, announcer) for a client discovering on a free port."""
+    made = []
+
+    def make(ncpus=0, **kw):
+        port = free_udp_port()
+        buf = io.StringIO()
+        s = pp.Server(ncpus, ppservers=("*:%d" % port,), secret=SECRET,
+                      logstream=buf, loglevel=logging.INFO, **kw)
+        a = Announcer(port)
+        made.append((s, a))
+        return s, buf, a
+    yield make
+    for s, a in made:
+        s.destroy()
+        a.close()
+
+
+@pytest.fixture
+def node():
+    made = []
+
+    def make(**kw):
+        n = Node(**kw)
+        made.append(n)
+        return n
+    yield make
+    for n in made:
+        n.stop()
+
+
+def test_star_entries_are_checked():
+    with pytest.raises(ValueError, match="secret"):
+        pp.Server(0, ppservers=("*",))
+    for bad in ("*:0", "*:x", "*:70000"):
+        with pytest.raises(ValueError, match="port"):
+            pp.Server(0, ppservers=(bad,), secret="s")
+    with pp.Server(0, ppservers=("*", "*:%d" % free_udp_port()), secret="s") as s:
+        assert s.ppservers[0] == "*" and s.ppservers[1].startswith("*:")
+        assert s.get_active_nodes() == {"local": 0}
+
+
+def test_announced_node_is_found_and_used(client, node):
+    n = node(workers=2)
+    s, buf, a = client()
+    name = "127.0.0.1:%d" % n.port
+    assert wait_for(lambda: name in s.get_active_nodes(), 10,
+                    lambda: a.announce(n.port)), buf.getvalue()
+    assert s.get_active_nodes()[name] == 2
+    jobs = [s.submit(square, (i,)) for i in range(50)]
+    assert [j() for j in jobs] == [i * i for i in range(50)]
+    assert s.get_stats()[name].njobs == 50
+    log = buf.getvalue()
+    assert "discovered node %s" % name in log
+    assert log.count("discovered node") == 1  # repeats update, not duplicate
+
+
+def test_announcement_address_field_wins_over_source(client, node):
+    n = node()
+    s, buf, a = client()
+    # sent from 127.0.0.1, but names 127.0.0.2 (also this host) as the node
+    name = "127.0.0.2:%d" % n.port
+    assert wait_for(lambda: any(k.startswith("127.0.0.2:") for k in s.get_stats()), 10,
+                    lambda: a.announce(n.port, addr="127.0.0.2")), buf.getvalue()
+    # the node listens on 127.0.0.1 only, so this is a failed connect
+    assert wait_for(lambda: "cannot use node %s" % name in buf.getvalue(), 10)
+
+
+def test_bad_announcements_are_ignored(client, node):
+    n = node()
+    s, buf, a = client()
+    now = int(time.time() * 1000)
+    bad = [ppwire.disco_datagram("another secret", ppwire.DISCO_ANNOUNCE, port=n.port),
+           ppwire.disco_datagram(SECRET, ppwire.DISCO_ANNOUNCE, port=n.port,
+                                 time_ms=now - 60000),
+           ppwire.disco_datagram(SECRET, ppwire.DISCO_ANNOUNCE, port=n.port,
+                                 time_ms=now + 60000),
+           ppwire.disco_datagram(SECRET, ppwire.DISCO_ANNOUNCE, port=n.port)[:-1],
+           ppwire.disco_datagram(SECRET, ppwire.DISCO_ANNOUNCE, port=n.port,
+                                 version=2),
+           ppwire.disco_datagram(SECRET, ppwire.DISCO_ANNOUNCE, port=0),
+           b"\x00" * 52, b"x" * 2000]
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        for d in bad:
+            a.send(d)
+        time.sleep(0.1)
+    assert s.get_active_nodes() == {"local": 0}
+    assert list(s.get_stats()) == ["local"]
+    log = buf.getvalue()
+    assert "discovery: ignored" in log and "bad signature" in log
+    assert "discovered" not in log
+    # the same node, announced properly, is found
+    name = "127.0.0.1:%d" % n.port
+    assert wait_for(lambda: name in s.get_active_nodes(), 10,
+                    lambda: a.announce(n.port))
+
+
+def test_forged_announcement_costs_one_failed_connect(client):
+    """A validly signed announcement for an address where no node listens
+    (a replayed one, say): a logged failed connect, jobs run elsewhere, and
+    replaying the very same datagram changes nothing."""
+    s, buf, a = client(ncpus=1)
+    dead = free_udp_port()  # nothing listens on this TCP port
+    name = "127.0.0.1:%d" % dead
+    d = a.announce(dead)
+    assert wait_for(lambda: "cannot use node %s" % name in buf.getvalue(), 10,
+                    lambda: a.send(d)), buf.getvalue()
+    jobs = [s.submit(square, (i,)) for i in range(20)]
+    assert [j() for j in jobs] == [i * i for i in range(20)]
+    assert s.get_stats()[name].njobs == 0
+    assert name not in s.get_active_nodes()
+    for _ in range(5):
+        a.send(d)  # a replay: not newer than what was seen
+    time.sleep(0.5)
+    assert buf.getvalue().count("discovered node") == 1
+    # it stops announcing: the client stops trying after 3 intervals
+    assert wait_for(lambda: "node %s stopped announcing" % name in buf.getvalue(), 10)
+    time.sleep(1.0)
+    tries = buf.getvalue().count("cannot use node %s" % name)
+    time.sleep(1.5)
+    assert buf.getvalue().count("cannot use node %s" % name) == tries
+
+
+def test_node_announced_later_is_used_mid_run(client, node):
+    """Jobs queued with no capacity start once a node is announced."""
+    n = node(workers=1)
+    s, buf, a = client()
+    jobs = [s.submit(square, (i,)) for i in range(10)]
+    time.sleep(0.5)
+    assert not any(j.done() for j in jobs)
+    a.announce(n.port)
+    assert [j.result(timeout=30) for j in jobs] == [i * i for i in range(10)]
