@@ -18,7 +18,7 @@ CTESTS    = $(patsubst tests/c/%.c,tests/c/bin/%,$(wildcard tests/c/test_*.c))
 CHELPERS  = $(patsubst tests/c/%.c,tests/c/bin/%,$(filter-out tests/c/test_%.c,$(wildcard tests/c/*.c)))
 # binaries are rebuilt when SANITIZER changes
 MODE_STAMP = bin/.mode-$(STAMP)
-DEBS      = libuv1-dev libssl-dev python3-dev python3-pytest python3-wheel pkg-config
+DEBS      = libuv1-dev libssl-dev python3-dev python3-pytest python3-wheel pkg-config iproute2
 
 ifeq ($(SANITIZER),address)
   SANFLAGS   = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -95,8 +95,9 @@ run: ext
 	runpy.run_path('examples/sum_primes.py', run_name='__main__'); \
 	[print('Jobs run by each local worker process (pid: jobs):', x.get_worker_stats()) for x in list(s._servers)]"
 
-bench: ext
+bench: ext $(PPSERVER)
 	PYTHONPATH=$(CURDIR)/python $(PYTHON) bench/bench.py
+	$(PYTHON) bench/scale.py
 
 # Offline: no build isolation. setuptools needs the `wheel` package for
 # bdist_wheel; when the interpreter lacks it, Debian's python3-wheel is put on

@@ -240,3 +240,21 @@ def test_ppservers_need_a_secret_and_valid_entries():
         pp.Server(0, ppservers=("127.0.0.1:notaport",), secret="x")
     with pytest.raises(ValueError, match="secret"):
         pp.Server(0, ppservers=("*",))
+
+
+def test_thirty_two_configured_nodes(nodes):
+    """Scale: 32 ppservers (1 worker each) named by one client; every job
+    correct and every node used."""
+    ns = [nodes(workers=1) for _ in range(32)]
+    with pp.Server(0, ppservers=tuple(n.addr for n in ns), secret=SECRET) as s:
+        deadline = time.monotonic() + 60
+        while len(s.get_active_nodes()) < 33 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(s.get_active_nodes()) == 33, s.get_active_nodes()
+        jobs = [s.submit(square, (i,)) for i in range(6400)]
+        assert [j.result(timeout=60) for j in jobs] == [i * i for i in range(6400)]
+        slow = [s.submit(slow_square, (i, 0.05)) for i in range(64)]
+        assert [j.result(timeout=60) for j in slow] == [i * i for i in range(64)]
+        st = s.get_stats()
+        assert sum(st[n.addr].njobs for n in ns) == 6464
+        assert all(st[n.addr].njobs > 0 for n in ns)
