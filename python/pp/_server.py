@@ -178,7 +178,8 @@ def _worker_env():
 
 class Server:
     """Parallel Python execution server: a pool of local worker processes
-    (and, in later versions, remote ppserver nodes) fed from one queue."""
+    and remote ppserver nodes (named, or found with ppservers=("*",)), fed
+    from one queue."""
 
     default_port = 60000
     default_secret = None
