@@ -8,10 +8,12 @@ Commands, one per line on stdin; each answer is one JSON line on stdout:
     wait_node NAME TIMEOUT     wait until host:port NAME is connected
     submit N SECS              queue N jobs (sleep SECS, return (i*i, node))
     collect TIMEOUT            wait for the queued jobs; check every result
-    stats                      {node: njobs} and the connected nodes
+    stats                      {node: njobs}, and print_stats()'s table
     quit
 Every answer carries "t" (seconds since the client started) and "active".
 The log of the pp Server goes to stderr."""
+import contextlib
+import io
 import json
 import logging
 import sys
@@ -76,7 +78,10 @@ def main():
             batch = []
         elif cmd[0] == "stats":
             st = s.get_stats()
-            reply(stats={k: v.njobs for k, v in st.items()})
+            table = io.StringIO()
+            with contextlib.redirect_stdout(table):
+                s.print_stats()
+            reply(stats={k: v.njobs for k, v in st.items()}, table=table.getvalue())
         elif cmd[0] == "quit":
             break
     s.destroy()
