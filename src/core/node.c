@@ -4,7 +4,10 @@
  * whole timeout means the node is dead, which also catches a SIGSTOPped
  * node), requeueing a lost node's jobs at the front of the queue, reconnects
  * with exponential backoff, and the "no capacity" warning and deadline.
- * Everything here runs on the engine thread. */
+ * Node records come from the configuration at start, or from discovery
+ * announcements at run time (pp__node_discovered); discovered ones that stop
+ * announcing while disconnected go dormant. Everything here runs on the
+ * engine thread. */
 #include "auth.h"
 #include "engine_int.h"
 
@@ -707,8 +710,10 @@ void pp__node_discovered(pp_engine *e, const char *ip, unsigned port,
   for (n = e->nodes; n; tail = &n->next, n = n->next)
     if (strcmp(n->host, ip) == 0 && strcmp(n->port, portstr) == 0)
       break;
-  if (interval_ms < 100)
+  if (interval_ms < 100) /* ppserver accepts 0.1 s .. 1 h */
     interval_ms = 100;
+  if (interval_ms > 3600000)
+    interval_ms = 3600000;
   if (n != NULL) {
     if (!n->discovered)
       return; /* configured explicitly: already looked after */
