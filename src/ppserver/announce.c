@@ -73,12 +73,12 @@ static void announce(ppsrv_announcer *a) {
     off += (size_t)snprintf(list + off, sizeof list - off, "%s%s",
                             i ? ", " : "", name);
   }
-  if (!a->targets_logged || n == 0) {
+  if (!a->targets_logged) { /* the first round's targets, once */
     if (n > 0)
       pp_log(PP_LOG_INFO,
              "discovery: announcing port %u to %s (UDP port %u) every %.1f s",
              a->msg.port, list, a->msg.port, a->cfg->announce_ms / 1000.0);
-    else if (!a->targets_logged)
+    else
       pp_log(PP_LOG_WARNING,
              "discovery: no broadcast address for interface %s (give one"
              " with -b); only answering queries",
