@@ -561,8 +561,4 @@ int pp_auth_random(void *p, size_t n) {
   return n > INT32_MAX || RAND_bytes(p, (int)n) != 1 ? PP_EIO : PP_OK;
 }
 
-const char *pp_auth_strerror(int err) {
-  if (err == PP_EAUTH)
-    return "authentication failed";
-  return pp_strerror(err);
-}
+const char *pp_auth_strerror(int err) { return pp_strerror(err); }

@@ -62,7 +62,7 @@ enum pp_auth_fail_reason {
 #define PP_AUTH_PROOF_LEN 32u  /* full HMAC-SHA256 */
 #define PP_AUTH_KEY_LEN 32u
 #define PP_AUTH_MAC_LEN 16u    /* per-frame tag: HMAC-SHA256 truncated to 128 bits */
-#define PP_AUTH_SECRET_MAX 4096u
+#define PP_AUTH_SECRET_MAX PP_SECRET_MAX
 /* Largest payload a receiver accepts before the handshake has completed.
  * Every handshake payload is at most 36 bytes. */
 #define PP_AUTH_MAX_PREAUTH_FRAME 256u

@@ -78,13 +78,7 @@ int pp_disco_open(const uint8_t key[PP_AUTH_KEY_LEN], const uint8_t *data,
 }
 
 const char *pp_disco_strerror(int verdict) {
-  switch (verdict) {
-  case PP_OK: return "ok";
-  case PP_DISCO_EFORMAT: return "not a pp discovery datagram of this version";
-  case PP_DISCO_EMAC: return "bad signature (another secret, or forged)";
-  case PP_DISCO_ESTALE: return "timestamp outside the 30 s window (replayed, or clocks differ)";
-  default: return pp_strerror(verdict);
-  }
+  return verdict == PP_OK ? "ok" : pp_strerror(verdict);
 }
 
 uint64_t pp_wall_ms(void) {

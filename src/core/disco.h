@@ -39,10 +39,12 @@ typedef struct pp_disco_msg {
 } pp_disco_msg;
 
 /* Verdicts of pp_disco_open, besides PP_OK. */
+/* Verdicts of pp_disco_open are codes of the one error table (pp_common.h);
+ * these names are kept for readability. */
 enum {
-  PP_DISCO_EFORMAT = 1, /* not a pp discovery datagram of our version */
-  PP_DISCO_EMAC = 2,    /* the MAC does not verify: another secret, forged */
-  PP_DISCO_ESTALE = 3   /* timestamp outside the window: replayed or skewed */
+  PP_DISCO_EFORMAT = PP_EDISCOFMT, /* not a pp discovery datagram of ours */
+  PP_DISCO_EMAC = PP_EDISCOMAC,    /* MAC does not verify: another secret */
+  PP_DISCO_ESTALE = PP_EDISCOSTALE /* outside the window: replayed, skewed */
 };
 
 /* pp_disco_key: the discovery key for a secret (1..PP_AUTH_SECRET_MAX

@@ -221,7 +221,7 @@ int pp_engine_new(const pp_engine_opts *o, pp_engine **out) {
   }
   if (have_nodes || o->ndiscover > 0) {
     rc = PP_EINVAL;
-    if (o->secret == NULL || o->secret_len == 0 || o->secret_len > 4096)
+    if (o->secret == NULL || o->secret_len == 0 || o->secret_len > PP_SECRET_MAX)
       goto fail_config;
     for (int i = 0; i < o->ndiscover; i++)
       if (o->discover_ports[i] == 0)

@@ -44,8 +44,6 @@ typedef struct pp_engine_opts {
   int ndiscover;
 } pp_engine_opts;
 
-#define PP_DEFAULT_PORT 60000
-
 /* Per-node statistics (see pp_engine_node_stats). */
 typedef struct pp_node_stats {
   char name[280];    /* "host:port" */

@@ -54,8 +54,9 @@ int pp_frame_next(pp_buf *b, uint32_t max_len, pp_frame_hdr *h,
   return 1;
 }
 
-int pp_frame_append(pp_buf *out, uint8_t type, uint32_t flags, uint64_t id,
-                    uint32_t attempt, const void *payload, size_t len) {
+int pp_frame_build(pp_buf *out, uint8_t type, uint32_t flags, uint64_t id,
+                   uint32_t attempt, const pp_part *parts, size_t n) {
+  size_t len = pp_frame_parts_len(parts, n);
   if (len > UINT32_MAX)
     return PP_ETOOBIG;
   int rc = pp_buf_reserve(out, PP_FRAME_HDR + len);
@@ -64,8 +65,16 @@ int pp_frame_append(pp_buf *out, uint8_t type, uint32_t flags, uint64_t id,
   pp_frame_hdr h = {PP_PROTO_VERSION, type, flags, (uint32_t)len, attempt, id};
   pp_frame_encode_hdr(out->data + out->len, &h);
   out->len += PP_FRAME_HDR;
-  if (len > 0)
-    memcpy(out->data + out->len, payload, len);
-  out->len += len;
+  for (size_t i = 0; i < n; i++) {
+    if (parts[i].len > 0)
+      memcpy(out->data + out->len, parts[i].p, parts[i].len);
+    out->len += parts[i].len;
+  }
   return PP_OK;
+}
+
+int pp_frame_append(pp_buf *out, uint8_t type, uint32_t flags, uint64_t id,
+                    uint32_t attempt, const void *payload, size_t len) {
+  pp_part part = {payload, len};
+  return pp_frame_build(out, type, flags, id, attempt, &part, 1);
 }

@@ -80,8 +80,29 @@ int pp_frame_decode_hdr(const uint8_t in[PP_FRAME_HDR], uint32_t max_len,
 int pp_frame_next(pp_buf *b, uint32_t max_len, pp_frame_hdr *h,
                   const uint8_t **payload);
 
-/* pp_frame_append: append a header for (type, flags, id, attempt) and a
- * payload of len bytes to out. Returns 0, PP_ETOOBIG or PP_ENOMEM. */
+/* One piece of a frame's payload: the payload of a frame is the
+ * concatenation of its parts (e.g. a function key, then pickled bytes). */
+typedef struct pp_part {
+  const void *p;
+  size_t len;
+} pp_part;
+
+/* pp_frame_parts_len: the total length of n parts. */
+static inline size_t pp_frame_parts_len(const pp_part *parts, size_t n) {
+  size_t len = 0;
+  for (size_t i = 0; i < n; i++)
+    len += parts[i].len;
+  return len;
+}
+
+/* pp_frame_build: THE frame builder. Append one frame for (type, flags, id,
+ * attempt) whose payload is parts[0..n) concatenated to out; the header's
+ * length is their total. Returns 0, PP_ETOOBIG (total above UINT32_MAX) or
+ * PP_ENOMEM; on error out is unchanged. Any thread (out is the caller's). */
+int pp_frame_build(pp_buf *out, uint8_t type, uint32_t flags, uint64_t id,
+                   uint32_t attempt, const pp_part *parts, size_t n);
+
+/* pp_frame_append: pp_frame_build with a single part. */
 int pp_frame_append(pp_buf *out, uint8_t type, uint32_t flags, uint64_t id,
                     uint32_t attempt, const void *payload, size_t len);
 

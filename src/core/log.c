@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <time.h>
+#include <uv.h>
 
 static pp_log_fn log_fn;
 static void *log_ctx;
@@ -13,21 +14,39 @@ static int log_level = PP_LOG_WARNING;
 const char *pp_strerror(int err) {
   switch (err) {
   case PP_OK: return "success";
-  case PP_ENOMEM: return "out of memory";
-  case PP_EINVAL: return "invalid argument";
-  case PP_EMAGIC: return "bad frame magic";
-  case PP_EVERSION: return "unsupported protocol version";
-  case PP_ETYPE: return "unknown frame type";
-  case PP_ETOOBIG: return "frame payload too large";
-  case PP_EPROTO: return "protocol error";
-  case PP_ETIMEDOUT: return "timed out";
-  case PP_ECLOSED: return "engine closed";
-  case PP_ESPAWN: return "cannot start worker process";
-  case PP_ESTATE: return "invalid state";
-  case PP_EIO: return "input/output error";
-  case PP_EAGAIN: return "try again";
-  case PP_EAUTH: return "authentication failed";
+#define PP__ERR_MSG(name, val, msg) case PP_##name: return msg;
+  PP_ERRNO_MAP(PP__ERR_MSG)
+#undef PP__ERR_MSG
   default: return "unknown error";
+  }
+}
+
+const char *pp_err_name(int err) {
+  switch (err) {
+#define PP__ERR_NAME(name, val, msg) case PP_##name: return #name;
+  PP_ERRNO_MAP(PP__ERR_NAME)
+#undef PP__ERR_NAME
+  default: return NULL;
+  }
+}
+
+int pp_err_from_uv(int uvrc) {
+  if (uvrc >= 0)
+    return uvrc;
+  if (uvrc >= PP_ERR_MIN && uvrc <= PP_ERR_MAX)
+    return uvrc;
+  switch (uvrc) {
+  case UV_ENOMEM: case UV_ENOBUFS: return PP_ENOMEM;
+  case UV_EINVAL: return PP_EINVAL;
+  case UV_ETIMEDOUT: return PP_ETIMEDOUT;
+  case UV_EAGAIN: return PP_EAGAIN;
+  case UV_ECANCELED: return PP_ECLOSED;
+  case UV_EOF: case UV_ECONNRESET: case UV_EPIPE: return PP_EPEER;
+  case UV_ECONNREFUSED: return PP_ECONNREFUSED;
+  case UV_EADDRINUSE: case UV_EADDRNOTAVAIL: return PP_EADDRINUSE;
+  case UV_EAI_NONAME: case UV_EAI_NODATA: case UV_EAI_AGAIN: return PP_ENOTFOUND;
+  case UV_ENOENT: case UV_EACCES: return PP_ESPAWN;
+  default: return PP_EIO;
   }
 }
 

@@ -7,27 +7,63 @@
 #include <stdint.h>
 
 /* Error codes: 0 is success, every failure is a negative number from this
- * table (libuv style). pp_strerror() names them. */
+ * one table (libuv style: the enum, the names and the messages are all
+ * generated from PP_ERRNO_MAP). pp's codes live in [-5999, -5001], apart
+ * from libuv's and errno's [-4095, -1], so a raw libuv result can never be
+ * mistaken for a pp code: convert libuv results with pp_err_from_uv() where
+ * they are received. XX(name, value, message). */
+#define PP_ERRNO_MAP(XX)                                                       \
+  XX(ENOMEM, -5001, "out of memory")                                          \
+  XX(EINVAL, -5002, "invalid argument")                                       \
+  XX(EMAGIC, -5003, "bad frame magic")                                        \
+  XX(EVERSION, -5004, "unsupported protocol version")                         \
+  XX(ETYPE, -5005, "unknown frame type")                                      \
+  XX(ETOOBIG, -5006, "frame payload too large")                               \
+  XX(EPROTO, -5007, "protocol error")                                         \
+  XX(ETIMEDOUT, -5008, "timed out")                                           \
+  XX(ECLOSED, -5009, "engine closed")                                         \
+  XX(ESPAWN, -5010, "cannot start worker process")                            \
+  XX(ESTATE, -5011, "invalid state")                                          \
+  XX(EIO, -5012, "input/output error")                                        \
+  XX(EAGAIN, -5013, "try again")                                              \
+  XX(EAUTH, -5020, "authentication failed")                                   \
+  XX(EPEER, -5021, "the peer closed the connection")                          \
+  XX(ECONNREFUSED, -5022, "connection refused")                               \
+  XX(EADDRINUSE, -5023, "address already in use")                             \
+  XX(ENOTFOUND, -5024, "host name not found")                                 \
+  XX(EDISCOFMT, -5030, "not a pp discovery datagram of this version")         \
+  XX(EDISCOMAC, -5031, "bad signature (another secret, or forged)")           \
+  XX(EDISCOSTALE, -5032,                                                      \
+     "timestamp outside the 30 s window (replayed, or clocks differ)")
+
 enum {
   PP_OK = 0,
-  PP_ENOMEM = -1,     /* allocation failed */
-  PP_EINVAL = -2,     /* bad argument */
-  PP_EMAGIC = -3,     /* frame does not start with the pp magic */
-  PP_EVERSION = -4,   /* frame carries a protocol version we do not speak */
-  PP_ETYPE = -5,      /* unknown frame type */
-  PP_ETOOBIG = -6,    /* declared payload length above the limit */
-  PP_EPROTO = -7,     /* frame well formed but wrong in this context */
-  PP_ETIMEDOUT = -8,  /* a wait ran out of time */
-  PP_ECLOSED = -9,    /* the engine is shutting down or gone */
-  PP_ESPAWN = -10,    /* a worker process could not be started */
-  PP_ESTATE = -11,    /* operation not valid in the object's current state */
-  PP_EIO = -12,       /* read or write failed */
-  PP_EAGAIN = -13,    /* nothing to do yet; call again */
-  PP_EAUTH = -20      /* the peer did not prove the secret / a MAC failed */
+#define PP__ERR_ENUM(name, val, msg) PP_##name = (val),
+  PP_ERRNO_MAP(PP__ERR_ENUM)
+#undef PP__ERR_ENUM
+  PP_ERR_MIN = -5999, /* every pp code is in [PP_ERR_MIN, PP_ERR_MAX] */
+  PP_ERR_MAX = -5001
 };
 
-/* pp_strerror: a static, human-readable name for an error code. */
+/* pp_strerror: a static, human-readable message for a pp code ("success"
+ * for 0, "unknown error" for anything not in the table). Any thread. */
 const char *pp_strerror(int err);
+
+/* pp_err_name: the code's name without the prefix ("ENOMEM"), or NULL for a
+ * code not in the table. Static string. Any thread. */
+const char *pp_err_name(int err);
+
+/* pp_err_from_uv: the pp code for a libuv (or negated errno) result: 0
+ * stays 0, well-known causes keep their meaning (UV_ENOMEM -> PP_ENOMEM,
+ * UV_ETIMEDOUT -> PP_ETIMEDOUT, UV_EOF -> PP_EPEER, ...), anything else is
+ * PP_EIO. A value already in pp's range is returned unchanged. */
+int pp_err_from_uv(int uvrc);
+
+/* Facts every layer shares, kept here once (the extension exports them to
+ * Python as pp._core.DEFAULT_PORT and pp._core.SECRET_MAX; ppserver uses
+ * them for its defaults and checks). */
+#define PP_DEFAULT_PORT 60000 /* ppserver's TCP port, and discovery's UDP port */
+#define PP_SECRET_MAX 4096u   /* longest shared secret, in bytes */
 
 /* Log levels, numerically equal to Python's logging levels so the extension
  * can forward them unchanged. */

@@ -5,10 +5,12 @@
 #ifndef PPSRV_CONFIG_H
 #define PPSRV_CONFIG_H
 
+#include "pp_common.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
-#define PPSRV_DEFAULT_PORT 60000
+#define PPSRV_DEFAULT_PORT PP_DEFAULT_PORT
 #define PPSRV_DEFAULT_INTERFACE "0.0.0.0"
 #define PPSRV_DEFAULT_SOCKET_TIMEOUT 30
 #define PPSRV_DEFAULT_PYTHON "python3"

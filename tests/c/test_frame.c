@@ -3,6 +3,8 @@
  * fed one byte at a time. */
 #include "check.h"
 
+#include <uv.h>
+
 #include "buf.h"
 #include "frame.h"
 #include "pp_common.h"
@@ -382,11 +384,51 @@ static void test_byte_at_a_time(void) {
 }
 
 static void test_strerror(void) {
-  for (int e = PP_EAGAIN; e <= PP_OK; e++) {
-    const char *s = pp_strerror(e);
+  /* every code of the table has a message and a name, all distinct, and
+   * none collides with libuv's range */
+  static const int codes[] = {
+#define XX(name, val, msg) PP_##name,
+      PP_ERRNO_MAP(XX)
+#undef XX
+  };
+  size_t n = sizeof codes / sizeof codes[0];
+  for (size_t i = 0; i < n; i++) {
+    const char *s = pp_strerror(codes[i]);
     CHECK(s != NULL && strcmp(s, "unknown error") != 0);
+    CHECK(pp_err_name(codes[i]) != NULL);
+    CHECK(codes[i] >= PP_ERR_MIN && codes[i] <= PP_ERR_MAX);
+    CHECK(codes[i] < -4095);
+    for (size_t k = 0; k < i; k++)
+      CHECK(codes[k] != codes[i]);
   }
+  CHECK(strcmp(pp_strerror(PP_OK), "success") == 0);
   CHECK(strcmp(pp_strerror(12345), "unknown error") == 0);
+  CHECK(pp_err_name(UV_EPERM) == NULL);
+  /* libuv results become pp codes where they are received */
+  CHECK(pp_err_from_uv(0) == PP_OK);
+  CHECK(pp_err_from_uv(UV_ENOMEM) == PP_ENOMEM);
+  CHECK(pp_err_from_uv(UV_EOF) == PP_EPEER);
+  CHECK(pp_err_from_uv(UV_ECONNREFUSED) == PP_ECONNREFUSED);
+  CHECK(pp_err_from_uv(UV_EADDRINUSE) == PP_EADDRINUSE);
+  CHECK(pp_err_from_uv(UV_EPERM) == PP_EIO);
+  CHECK(pp_err_from_uv(PP_EAUTH) == PP_EAUTH);
+}
+
+static void test_build_parts(void) {
+  pp_buf b;
+  pp_frame_hdr h;
+  const uint8_t *p;
+  pp_buf_init(&b);
+  pp_part parts[3] = {{"ab", 2}, {NULL, 0}, {"cde", 3}};
+  CHECK(pp_frame_build(&b, PP_MSG_JOB, 7, 99, 3, parts, 3) == PP_OK);
+  CHECK(pp_frame_next(&b, 1024, &h, &p) == 1);
+  CHECK(h.type == PP_MSG_JOB && h.flags == 7 && h.id == 99 && h.attempt == 3);
+  CHECK(h.length == 5 && memcmp(p, "abcde", 5) == 0);
+  pp_part huge = {"x", (size_t)UINT32_MAX + 1};
+  size_t before = b.len;
+  CHECK(pp_frame_build(&b, PP_MSG_JOB, 0, 1, 1, &huge, 1) == PP_ETOOBIG);
+  CHECK(b.len == before);
+  pp_buf_free(&b);
 }
 
 int main(void) {
@@ -399,5 +441,6 @@ int main(void) {
   test_append();
   test_byte_at_a_time();
   test_strerror();
+  test_build_parts();
   return check_summary();
 }
