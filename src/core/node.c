@@ -10,6 +10,7 @@
  * engine thread. */
 #include "auth.h"
 #include "engine_int.h"
+#include "spec.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,53 +22,6 @@
 #define STARVED_WARN_NS 5000000000ull
 
 /* ---- setup ---------------------------------------------------------------- */
-
-/* parse_spec: "host", "host:port" or "[v6]:port" -> malloc'd host and port
- * strings. 0 or PP_EINVAL / PP_ENOMEM. */
-static int parse_spec(const char *spec, char **host, char **port) {
-  const char *h = spec, *p = NULL;
-  size_t hl;
-  if (spec[0] == '[') {
-    const char *end = strchr(spec, ']');
-    if (end == NULL)
-      return PP_EINVAL;
-    h = spec + 1;
-    hl = (size_t)(end - h);
-    if (end[1] == ':')
-      p = end + 2;
-    else if (end[1] != '\0')
-      return PP_EINVAL;
-  } else {
-    const char *c = strrchr(spec, ':');
-    if (c != NULL && strchr(spec, ':') == c) {
-      hl = (size_t)(c - spec);
-      p = c + 1;
-    } else {
-      hl = strlen(spec); /* no port, or a bare IPv6 address */
-    }
-  }
-  if (hl == 0 || hl > 255)
-    return PP_EINVAL;
-  if (p != NULL) {
-    char *endp;
-    long v = strtol(p, &endp, 10);
-    if (*p == '\0' || *endp != '\0' || v < 1 || v > 65535)
-      return PP_EINVAL;
-  }
-  *host = strndup(h, hl);
-  *port = p ? strdup(p) : NULL;
-  if (*port == NULL && p == NULL) {
-    char buf[16];
-    snprintf(buf, sizeof buf, "%d", PP_DEFAULT_PORT);
-    *port = strdup(buf);
-  }
-  if (*host == NULL || *port == NULL) {
-    free(*host);
-    free(*port);
-    return PP_ENOMEM;
-  }
-  return PP_OK;
-}
 
 /* node_new: a node record for host:port (both malloc'd, ownership moves to
  * the record), not linked. NULL when out of memory (host, port freed). */
@@ -95,7 +49,7 @@ int pp__nodes_init(pp_engine *e, char *const *specs) {
   pp__node **tail = &e->nodes;
   for (size_t i = 0; specs && specs[i]; i++) {
     char *host, *port;
-    int rc = parse_spec(specs[i], &host, &port);
+    int rc = pp_node_spec_parse(specs[i], &host, &port);
     if (rc != PP_OK)
       return rc;
     pp__node *n = node_new(e, host, port);

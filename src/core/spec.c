@@ -1,0 +1,79 @@
+/* spec.c — parsing node specifications ("host", "host:port", "[v6]:port",
+ * "*", "*:port"), the one place that knows their syntax: the engine, the
+ * extension (for pp.Server's ppservers argument) and ppserver all call it.
+ * Pure functions; any thread. */
+#include "spec.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int pp_node_spec_parse(const char *spec, char **host, char **port) {
+  const char *h = spec, *p = NULL;
+  size_t hl;
+  if (spec[0] == '[') {
+    const char *end = strchr(spec, ']');
+    if (end == NULL)
+      return PP_EINVAL;
+    h = spec + 1;
+    hl = (size_t)(end - h);
+    if (end[1] == ':')
+      p = end + 2;
+    else if (end[1] != '\0')
+      return PP_EINVAL;
+  } else {
+    const char *c = strrchr(spec, ':');
+    if (c != NULL && strchr(spec, ':') == c) {
+      hl = (size_t)(c - spec);
+      p = c + 1;
+    } else {
+      hl = strlen(spec); /* no port, or a bare IPv6 address */
+    }
+  }
+  if (hl == 0 || hl > 255)
+    return PP_EINVAL;
+  if (p != NULL) {
+    char *endp;
+    long v = strtol(p, &endp, 10);
+    if (*p == '\0' || *endp != '\0' || v < 1 || v > 65535)
+      return PP_EINVAL;
+  }
+  *host = strndup(h, hl);
+  *port = p ? strdup(p) : NULL;
+  if (*port == NULL && p == NULL) {
+    char buf[16];
+    snprintf(buf, sizeof buf, "%d", PP_DEFAULT_PORT);
+    *port = strdup(buf);
+  }
+  if (*host == NULL || *port == NULL) {
+    free(*host);
+    free(*port);
+    return PP_ENOMEM;
+  }
+  return PP_OK;
+}
+
+
+int pp_spec_classify(const char *spec, char **host, char **port,
+                     unsigned *disco_port) {
+  *host = *port = NULL;
+  *disco_port = 0;
+  if (spec == NULL || spec[0] == '\0')
+    return PP_EINVAL;
+  if (spec[0] == '*') {
+    if (spec[1] == '\0') {
+      *disco_port = PP_DEFAULT_PORT;
+      return PP_SPEC_DISCOVER;
+    }
+    if (spec[1] != ':' || spec[2] == '\0')
+      return PP_EINVAL;
+    char *endp;
+    long v = strtol(spec + 2, &endp, 10);
+    if (*endp != '\0' || v < 1 || v > 65535)
+      return PP_EINVAL;
+    *disco_port = (unsigned)v;
+    return PP_SPEC_DISCOVER;
+  }
+  int rc = pp_node_spec_parse(spec, host, port);
+  return rc == PP_OK ? PP_SPEC_NODE : rc;
+}
