@@ -1,0 +1,675 @@
+/* conn.c — ppserver's client connections and the protocol they speak
+ * (docs/protocol.md section 7): accepting, reading with bounded buffers,
+ * the handshake (auth.h, server role), sealed frames in (FUNC, JOB, PING,
+ * BYE) and out (HELLO, PONG, RESULT, BYE), writing and batching,
+ * back-pressure, liveness deadlines and closing. Jobs go to feed.c; see
+ * ppsrv_int.h for the objects. Main thread only. */
+#include "ppsrv_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+typedef struct wreq {
+  uv_write_t req;
+  pp_buf buf;
+} wreq;
+
+static void conn_close_handle(conn *c);
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
+
+/* ---- function map ----------------------------------------------------- */
+
+static size_t fm_slot(const funcmap *m, const uint8_t *key) {
+  uint64_t h = pp_get_u64(key); /* SHA-256 bytes: already uniform */
+  return (size_t)h & (m->cap - 1);
+}
+
+/* fm_get: the function with this key, borrowed, or NULL. */
+static pp_func *fm_get(const funcmap *m, const uint8_t *key) {
+  if (m->cap == 0)
+    return NULL;
+  for (size_t i = fm_slot(m, key);; i = (i + 1) & (m->cap - 1)) {
+    pp_func *f = m->slots[i];
+    if (f == NULL)
+      return NULL;
+    if (memcmp(f->key, key, PP_KEY_LEN) == 0)
+      return f;
+  }
+}
+
+/* fm_put: insert f (taking the caller's reference). The key must not be
+ * present. Returns 0 or PP_ENOMEM (nothing taken). */
+static int fm_put(funcmap *m, pp_func *f) {
+  if ((m->len + 1) * 2 > m->cap) {
+    size_t ncap = m->cap ? m->cap * 2 : 16;
+    pp_func **ns = calloc(ncap, sizeof *ns);
+    if (ns == NULL)
+      return PP_ENOMEM;
+    funcmap nm = {ns, ncap, 0};
+    for (size_t i = 0; i < m->cap; i++)
+      if (m->slots[i] != NULL) {
+        size_t k = fm_slot(&nm, m->slots[i]->key);
+        while (ns[k] != NULL)
+          k = (k + 1) & (ncap - 1);
+        ns[k] = m->slots[i];
+        nm.len++;
+      }
+    free(m->slots);
+    *m = nm;
+  }
+  size_t k = fm_slot(m, f->key);
+  while (m->slots[k] != NULL)
+    k = (k + 1) & (m->cap - 1);
+  m->slots[k] = f;
+  m->len++;
+  return PP_OK;
+}
+
+/* fm_clear: drop every function (jobs keep their own references). */
+static void fm_clear(funcmap *m) {
+  for (size_t i = 0; i < m->cap; i++)
+    if (m->slots[i] != NULL)
+      pp_func_unref(m->slots[i]);
+  free(m->slots);
+  memset(m, 0, sizeof *m);
+}
+
+/* ---- writing ---------------------------------------------------------- */
+
+/* on_write: libuv's write callback: a write finished (or was cancelled by
+ * a close). Frees the request and its bytes (the request owned them); a
+ * failed write closes the connection; progress is liveness for the sweep
+ * and may end a starvation or a back-pressure pause. Main thread. */
+static void on_write(uv_write_t *req, int status) {
+  wreq *w = (wreq *)req;
+  conn *c = req->handle->data;
+  pp_buf_free(&w->buf);
+  free(w);
+  if (status < 0) {
+    if (status != UV_ECANCELED && c->state != C_CLOSING) {
+      char why[96];
+      snprintf(why, sizeof why, "write failed: %s", uv_strerror(status));
+      ppsrv__conn_close(c, PP_LOG_INFO, why);
+    }
+    return;
+  }
+  c->write_ms = uv_now(&c->s->loop);
+  if (c->state != C_READY)
+    return;
+  ppsrv__feed_write_progress(c);
+  ppsrv__conn_maybe_resume(c);
+}
+
+/* conn_write: write the bytes of *buf. Its storage moves into the write
+ * request and *buf is left empty, also on failure (the bytes are sealed
+ * frames of this session: nobody can send them again). Returns 0, or a
+ * negative pp error after which the connection is closing. */
+static int conn_write(conn *c, pp_buf *buf) {
+  if (pp_buf_avail(buf) == 0) {
+    pp_buf_free(buf);
+    return PP_OK;
+  }
+  wreq *w = calloc(1, sizeof *w);
+  if (w == NULL) {
+    pp_buf_free(buf);
+    ppsrv__conn_close(c, PP_LOG_ERROR, "out of memory");
+    return PP_ENOMEM;
+  }
+  w->buf = *buf;
+  pp_buf_init(buf);
+  if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) == 0)
+    c->write_ms = uv_now(&c->s->loop); /* a stall is timed from now */
+  uv_buf_t b = uv_buf_init((char *)w->buf.data + w->buf.off,
+                           (unsigned)pp_buf_avail(&w->buf));
+  int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+  if (rc != 0) {
+    char why[96];
+    pp_buf_free(&w->buf);
+    free(w);
+    snprintf(why, sizeof why, "write failed: %s", uv_strerror(rc));
+    ppsrv__conn_close(c, PP_LOG_INFO, why);
+    return pp_err_from_uv(rc);
+  }
+  return PP_OK;
+}
+
+int ppsrv__conn_send(conn *c, uint8_t type, uint32_t flags, uint64_t id,
+                     uint32_t attempt, const pp_part *parts, size_t n) {
+  pp_buf *out = &c->outq;
+  size_t len = pp_frame_parts_len(parts, n);
+  size_t mark = out->len;
+  /* room for the MAC too, so sealing never moves a large frame again */
+  int rc = len > UINT32_MAX
+               ? PP_ETOOBIG
+               : pp_buf_reserve(out, PP_FRAME_HDR + len + PP_AUTH_MAC_LEN);
+  if (rc == PP_OK) {
+    mark = out->len; /* reserve may have compacted the buffer */
+    rc = pp_frame_build(out, type, flags, id, attempt, parts, n);
+  }
+  if (rc == PP_OK) {
+    rc = pp_session_seal_tail(&c->sess, out, PP_FRAME_HDR + len);
+    if (rc != PP_OK)
+      out->len = mark; /* drop the unsealed frame */
+  }
+  if (rc != PP_OK) {
+    char why[96];
+    if (rc == PP_ETOOBIG)
+      snprintf(why, sizeof why, "result too large for one frame");
+    else
+      snprintf(why, sizeof why, "cannot seal a frame: %s",
+               pp_auth_strerror(rc));
+    ppsrv__conn_close(c, PP_LOG_ERROR, why);
+    return rc;
+  }
+  if (c->s->batching) { /* written once, at the end of the batch */
+    if (!c->in_flush) {
+      c->in_flush = 1;
+      c->fnext = c->s->flush_head;
+      c->s->flush_head = c;
+    }
+    return PP_OK;
+  }
+  return conn_write(c, out);
+}
+
+void ppsrv__flush_batch(srv *s) {
+  conn *c = s->flush_head;
+  s->flush_head = NULL;
+  s->batching = 0;
+  while (c != NULL) {
+    conn *next = c->fnext;
+    c->in_flush = 0;
+    c->fnext = NULL;
+    if (c->state == C_READY)
+      conn_write(c, &c->outq);
+    else
+      pp_buf_free(&c->outq);
+    c = next;
+  }
+}
+
+/* ---- reading and back-pressure --------------------------------------- */
+
+int ppsrv__conn_backlogged(conn *c, size_t div) {
+  return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) >=
+         PPSRV_WRITE_MAX_BYTES / div;
+}
+
+/* conn_overloaded: whether c has so much waiting that we stop reading. */
+static int conn_overloaded(conn *c) {
+  return c->queued.len >= PPSRV_QUEUE_MAX_JOBS ||
+         c->queued_bytes >= PPSRV_QUEUE_MAX_BYTES ||
+         uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) >=
+             PPSRV_WRITE_MAX_BYTES;
+}
+
+/* conn_relaxed: whether a paused c has drained enough (below half of every
+ * limit) to read again; the gap avoids pausing at every other frame. */
+static int conn_relaxed(conn *c) {
+  return c->queued.len < PPSRV_QUEUE_MAX_JOBS / 2 &&
+         c->queued_bytes < PPSRV_QUEUE_MAX_BYTES / 2 &&
+         uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) <
+             PPSRV_WRITE_MAX_BYTES / 2;
+}
+
+/* conn_pause: stop reading from c until its queues drain (back-pressure).
+ * The socket timeout does not run while paused; see on_sweep. */
+static void conn_pause(conn *c) {
+  if (c->paused || c->state == C_CLOSING)
+    return;
+  c->paused = 1;
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  pp_log(PP_LOG_DEBUG, "%s: pausing reads (%zu jobs queued, %zu bytes)",
+         c->peer, c->queued.len, c->queued_bytes);
+}
+
+/* conn_resume: start reading again after a pause; the silence deadline
+ * starts again from now. A failure closes c. */
+static void conn_resume(conn *c) {
+  if (!c->paused || c->state != C_READY)
+    return;
+  c->paused = 0;
+  c->last_rx_ms = uv_now(&c->s->loop);
+  if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
+    ppsrv__conn_close(c, PP_LOG_INFO, "cannot resume reading");
+  else
+    pp_log(PP_LOG_DEBUG, "%s: reading again", c->peer);
+}
+
+void ppsrv__conn_maybe_resume(conn *c) {
+  if (c->paused && conn_relaxed(c))
+    conn_resume(c);
+}
+
+/* on_alloc: libuv's allocation callback: room for the next read, at the
+ * end of c->rbuf (c owns it). Before authentication the buffer never
+ * holds more than two maximal handshake frames. Afterwards it holds at most
+ * the frame being received (whose header has been validated) plus 64 KiB,
+ * growing with the bytes that actually arrive, never in one jump to the
+ * size a header announces. */
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  conn *c = h->data;
+  size_t avail = pp_buf_avail(&c->rbuf);
+  size_t room;
+  PP_UNUSED(hint);
+  if (c->state == C_HANDSHAKE) {
+    size_t lim = 2 * (PP_FRAME_HDR + PP_AUTH_MAX_PREAUTH_FRAME);
+    room = avail < lim ? lim - avail : 0;
+  } else {
+    room = 65536;
+    if (avail >= PP_FRAME_HDR) {
+      /* pp_session_next already validated this header */
+      size_t need = PP_FRAME_HDR + pp_get_u32(c->rbuf.data + c->rbuf.off + 8) +
+                    PP_AUTH_MAC_LEN;
+      if (need > avail + room) {
+        room = need - avail;
+        if (room > 16u * 1024 * 1024)
+          room = 16u * 1024 * 1024;
+      }
+    }
+  }
+  if (room == 0 || pp_buf_reserve(&c->rbuf, room) != PP_OK) {
+    *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS to on_read */
+    return;
+  }
+  *buf = uv_buf_init((char *)c->rbuf.data + c->rbuf.len, (unsigned)room);
+}
+
+/* ---- frames from an authenticated client ------------------------------ */
+
+/* proto_error: a well-formed frame that is wrong here. */
+static int proto_error(conn *c, const char *what) {
+  char why[160];
+  snprintf(why, sizeof why, "protocol error: %s", what);
+  ppsrv__conn_close(c, PP_LOG_WARNING, why);
+  return PP_EPROTO;
+}
+
+/* handle_func: FUNC = key[32] + descriptor. Verifies the key is the
+ * descriptor's SHA-256 and remembers the function for this connection (RESET
+ * forgets the others first). Returns 0, or an error after which c is
+ * closing. */
+static int handle_func(conn *c, const pp_frame_hdr *h, const uint8_t *p) {
+  if (h->length < PP_KEY_LEN)
+    return proto_error(c, "FUNC frame shorter than its key");
+  if (h->flags & ~PP_FUNCF_RESET)
+    return proto_error(c, "FUNC frame with unknown flags");
+  if (h->flags & PP_FUNCF_RESET)
+    fm_clear(&c->funcs);
+  if (fm_get(&c->funcs, p) != NULL)
+    return PP_OK; /* already known: identical by construction */
+  if (c->funcs.len >= PPSRV_MAX_FUNCS)
+    return proto_error(c, "too many functions (send FUNC with RESET)");
+  pp_func *f = pp_func_new(p + PP_KEY_LEN, h->length - PP_KEY_LEN);
+  if (f == NULL) {
+    ppsrv__conn_close(c, PP_LOG_ERROR, "out of memory");
+    return PP_ENOMEM;
+  }
+  if (CRYPTO_memcmp(f->key, p, PP_KEY_LEN) != 0) {
+    pp_func_unref(f);
+    return proto_error(c, "FUNC key is not the SHA-256 of its descriptor");
+  }
+  if (fm_put(&c->funcs, f) != PP_OK) {
+    pp_func_unref(f);
+    ppsrv__conn_close(c, PP_LOG_ERROR, "out of memory");
+    return PP_ENOMEM;
+  }
+  return PP_OK;
+}
+
+/* handle_job: JOB = key[32] + pickled arguments, for a function this
+ * connection defined. Validates it and queues it on c (ppsrv__feed_job
+ * copies the arguments); ppsrv__feed hands it to the engine later. Returns
+ * 0, or an error after which c is closing. */
+static int handle_job(conn *c, const pp_frame_hdr *h, const uint8_t *p) {
+  if (h->length < PP_KEY_LEN)
+    return proto_error(c, "JOB frame shorter than its key");
+  if (h->flags & ~PP_JOBF_CHUNK)
+    return proto_error(c, "JOB frame with unknown flags");
+  pp_func *f = fm_get(&c->funcs, p);
+  if (f == NULL)
+    return proto_error(c, "JOB names a function key never sent in a FUNC");
+  if (ppsrv__feed_job(c, f, h->flags & PP_JOBF_CHUNK, h->id, h->attempt,
+                      p + PP_KEY_LEN, h->length - PP_KEY_LEN) != PP_OK) {
+    ppsrv__conn_close(c, PP_LOG_ERROR, "out of memory");
+    return PP_ENOMEM;
+  }
+  return PP_OK;
+}
+
+/* handle_frame: act on one opened frame. Returns 0, or a negative error
+ * after which the connection is closing. */
+static int handle_frame(conn *c, const pp_frame_hdr *h, const uint8_t *p) {
+  switch (h->type) {
+  case PP_MSG_FUNC:
+    return handle_func(c, h, p);
+  case PP_MSG_JOB:
+    return handle_job(c, h, p);
+  case PP_MSG_PING: {
+    if (h->length > PPSRV_PING_MAX)
+      return proto_error(c, "PING payload longer than 64 bytes");
+    pp_part echo = {p, h->length};
+    return ppsrv__conn_send(c, PP_MSG_PONG, 0, h->id, h->attempt, &echo, 1);
+  }
+  case PP_MSG_PONG:
+    return PP_OK; /* we send no PINGs; a stray PONG is harmless */
+  case PP_MSG_BYE:
+    ppsrv__conn_close(c, PP_LOG_INFO, "client said BYE");
+    return PP_ECLOSED;
+  default: {
+    char what[64];
+    snprintf(what, sizeof what, "unexpected frame type %u", h->type);
+    return proto_error(c, what);
+  }
+  }
+}
+
+/* process_session: open and handle every complete sealed frame in c->rbuf
+ * (a bad one closes c), then feed the engine and pause reading when c's
+ * queues are full. Main thread, from on_read. */
+static void process_session(conn *c) {
+  pp_frame_hdr h;
+  const uint8_t *p;
+  int rc = 0;
+  while (c->state == C_READY &&
+         (rc = pp_session_next(&c->sess, &c->rbuf, PP_FRAME_MAX_DEFAULT, &h,
+                               &p)) == 1) {
+    if (handle_frame(c, &h, p) != PP_OK)
+      return;
+    pp_buf_consume(&c->rbuf, PP_SESSION_FRAME_SIZE(&h));
+  }
+  if (c->state != C_READY)
+    return;
+  if (rc < 0) {
+    char why[128];
+    snprintf(why, sizeof why, "bad frame: %s", pp_auth_strerror(rc));
+    ppsrv__conn_close(c, PP_LOG_WARNING, why);
+    return;
+  }
+  if (pp_buf_avail(&c->rbuf) == 0 && c->rbuf.cap > (1u << 20))
+    pp_buf_free(&c->rbuf); /* do not keep a huge frame's buffer */
+  if (c->in_rr)
+    ppsrv__feed(c->s);
+  if (c->state == C_READY && conn_overloaded(c))
+    conn_pause(c);
+}
+
+/* ---- the handshake ---------------------------------------------------- */
+
+/* authenticated: the handshake finished: switch c to its session (the
+ * handshake's key material is wiped), count the client, stop the idle-exit
+ * timer and greet with a sealed HELLO (pid, worker count). */
+static void authenticated(conn *c) {
+  srv *s = c->s;
+  int rc = pp_auth_session(&c->auth, &c->sess);
+  pp_auth_clear(&c->auth);
+  if (rc != PP_OK) {
+    ppsrv__conn_close(c, PP_LOG_ERROR, "no session keys after the handshake");
+    return;
+  }
+  c->state = C_READY;
+  s->auth_ok++;
+  s->nclients++;
+  if (s->nclients == 1 && s->cfg->timeout > 0)
+    uv_timer_stop(&s->idle_exit);
+  pp_log(PP_LOG_INFO, "client %s authenticated (%zu connected)", c->peer,
+         s->nclients);
+  uint8_t hello[8];
+  pp_put_u32(hello, (uint32_t)getpid());
+  pp_put_u32(hello + 4, (uint32_t)s->cfg->nworkers);
+  pp_part part = {hello, sizeof hello};
+  ppsrv__conn_send(c, PP_MSG_HELLO, 0, 0, 0, &part, 1);
+}
+
+/* process_handshake: feed complete handshake frames in c->rbuf to the
+ * auth machine and write its answers; a failure closes c; on success the
+ * bytes after the last handshake frame are processed as sealed frames. */
+static void process_handshake(conn *c) {
+  pp_frame_hdr h;
+  const uint8_t *p;
+  int rc = 0;
+  while (c->state == C_HANDSHAKE &&
+         (rc = pp_auth_next(&c->rbuf, &h, &p)) == 1) {
+    pp_buf out;
+    pp_buf_init(&out);
+    rc = pp_auth_feed(&c->auth, &h, p, &out);
+    pp_buf_consume(&c->rbuf, PP_FRAME_HDR + h.length);
+    if (conn_write(c, &out) != PP_OK)
+      return;
+    if (rc < 0) {
+      char why[128];
+      c->s->auth_failed++;
+      snprintf(why, sizeof why, "handshake failed: %s", pp_auth_strerror(rc));
+      ppsrv__conn_close(c, PP_LOG_WARNING, why);
+      return;
+    }
+    if (rc == 1) {
+      authenticated(c);
+      if (c->state == C_READY)
+        process_session(c); /* bytes after the handshake are sealed frames */
+      return;
+    }
+  }
+  if (c->state == C_HANDSHAKE && rc < 0) {
+    char why[128];
+    c->s->auth_failed++;
+    snprintf(why, sizeof why, "bad handshake frame: %s", pp_auth_strerror(rc));
+    ppsrv__conn_close(c, PP_LOG_WARNING, why);
+  }
+}
+
+/* on_read: libuv's read callback: nread bytes arrived at the end of
+ * c->rbuf (see on_alloc), or EOF / an error, which close the connection.
+ * Arrival is liveness for the sweep. Main thread. */
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+  conn *c = st->data;
+  PP_UNUSED(buf);
+  if (c->state == C_CLOSING)
+    return;
+  if (nread > 0) {
+    c->rbuf.len += (size_t)nread;
+    c->last_rx_ms = uv_now(&c->s->loop);
+    if (c->state == C_HANDSHAKE)
+      process_handshake(c);
+    else
+      process_session(c);
+  } else if (nread == UV_EOF) {
+    int mid = pp_buf_avail(&c->rbuf) > 0;
+    ppsrv__conn_close(c, mid ? PP_LOG_WARNING : PP_LOG_INFO,
+                      mid ? "peer closed the connection mid-frame"
+                      : c->state == C_READY
+                          ? "peer closed the connection"
+                          : "peer closed the connection before"
+                            " authenticating");
+  } else if (nread == UV_ENOBUFS) {
+    ppsrv__conn_close(c, PP_LOG_ERROR, "out of memory for the read buffer");
+  } else if (nread < 0) {
+    char why[96];
+    snprintf(why, sizeof why, "read failed: %s", uv_strerror((int)nread));
+    ppsrv__conn_close(c, PP_LOG_INFO, why);
+  }
+}
+
+/* ---- connection lifetime ---------------------------------------------- */
+
+/* on_conn_closed: libuv's close callback, the one place c is freed: unlink
+ * c and free it with everything it still owns (its jobs were detached in
+ * ppsrv__conn_close). Ends the loop when stopping and it was the last.
+ * Main thread. */
+static void on_conn_closed(uv_handle_t *h) {
+  conn *c = h->data;
+  srv *s = c->s;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    s->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  s->nconns--;
+  pp_buf_free(&c->rbuf);
+  pp_auth_clear(&c->auth);
+  pp_session_clear(&c->sess);
+  pp_buf_free(&c->outq);
+  free(c);
+  ppsrv__maybe_finish(s);
+}
+
+/* conn_close_handle: close c's socket now (once); pending writes are
+ * cancelled. */
+static void conn_close_handle(conn *c) {
+  if (c->handle_closing)
+    return;
+  c->handle_closing = 1;
+  uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+}
+
+/* on_shutdown: libuv's shutdown callback: pending writes are flushed (or
+ * failed, status ignored): close the socket. Main thread. */
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  PP_UNUSED(status);
+  conn_close_handle(req->handle->data);
+}
+
+/* ppsrv__conn_close (ppsrv_int.h): pending writes are flushed first,
+ * bounded by PPSRV_CLOSE_GRACE_MS (the sweep closes the socket then). */
+void ppsrv__conn_close(conn *c, int level, const char *why) {
+  srv *s = c->s;
+  if (c->state == C_CLOSING)
+    return;
+  pp_log(level, "%s %s: %s", c->state == C_READY ? "client" : "connection",
+         c->peer, why);
+  if (level >= PP_LOG_WARNING)
+    s->dropped++;
+  if (c->state == C_READY) {
+    s->nclients--;
+    if (s->nclients == 0 && s->cfg->timeout > 0 && !s->stopping)
+      uv_timer_again(&s->idle_exit);
+  }
+  c->state = C_CLOSING;
+  c->closing_ms = uv_now(&s->loop);
+  pp_auth_clear(&c->auth);
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  ppsrv__feed_detach(c);
+  fm_clear(&c->funcs);
+  pp_buf_free(&c->rbuf);
+  if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
+    conn_close_handle(c);
+}
+
+/* peer_name: "a.b.c.d:port" or "[v6]:port" of t's peer into out. */
+static void peer_name(uv_tcp_t *t, char *out, size_t n) {
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  char host[64] = "?";
+  int port = 0;
+  snprintf(out, n, "?");
+  if (uv_tcp_getpeername(t, (struct sockaddr *)&ss, &len) != 0)
+    return;
+  if (ss.ss_family == AF_INET) {
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    uv_ip4_name(a, host, sizeof host);
+    port = ntohs(a->sin_port);
+    snprintf(out, n, "%s:%d", host, port);
+  } else if (ss.ss_family == AF_INET6) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    uv_ip6_name(a, host, sizeof host);
+    port = ntohs(a->sin6_port);
+    snprintf(out, n, "[%s]:%d", host, port);
+  }
+}
+
+/* ppsrv__on_connection: the listener's callback: accept one client as a
+ * conn in the handshake state (TCP_NODELAY, keepalive), reading; the conn
+ * belongs to the server's list until its close callback. A failed accept
+ * (e.g. out of descriptors) is logged at most once a second. Main thread. */
+void ppsrv__on_connection(uv_stream_t *server, int status) {
+  srv *s = server->data;
+  static uint64_t last_warn_ms;
+  if (status < 0) {
+    uint64_t now = uv_now(&s->loop);
+    if (now - last_warn_ms > 1000) { /* e.g. EMFILE: do not flood the log */
+      last_warn_ms = now;
+      pp_log(PP_LOG_WARNING, "cannot accept a connection: %s",
+             uv_strerror(status));
+    }
+    return;
+  }
+  conn *c = calloc(1, sizeof *c);
+  if (c == NULL) {
+    pp_log(PP_LOG_ERROR, "out of memory accepting a connection");
+    return;
+  }
+  c->s = s;
+  uv_tcp_init(&s->loop, &c->tcp);
+  c->tcp.data = c;
+  pp_buf_init(&c->rbuf);
+  c->next = s->conns;
+  if (s->conns)
+    s->conns->prev = c;
+  s->conns = c;
+  s->nconns++;
+  c->accepted_ms = c->last_rx_ms = c->write_ms = uv_now(&s->loop);
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+    c->state = C_CLOSING;
+    conn_close_handle(c);
+    return;
+  }
+  s->accepted++;
+  peer_name(&c->tcp, c->peer, sizeof c->peer);
+  uv_tcp_nodelay(&c->tcp, 1);
+  uv_tcp_keepalive(&c->tcp, 1, 60);
+  int rc = pp_auth_init(&c->auth, PP_AUTH_SERVER, s->cfg->secret,
+                        s->cfg->secret_len);
+  if (rc == PP_OK)
+    rc = pp_err_from_uv(
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read));
+  if (rc != PP_OK) {
+    ppsrv__conn_close(c, PP_LOG_ERROR, "cannot set up the connection");
+    return;
+  }
+  pp_log(PP_LOG_DEBUG, "connection from %s (%zu open)", c->peer, s->nconns);
+}
+
+/* ---- deadlines -------------------------------------------------------- */
+
+/* ppsrv__conn_sweep: close connections past their deadline: the handshake
+ * deadline; the socket timeout (-k) since the last byte received (not while
+ * reading is paused for back-pressure); the socket timeout since the last
+ * write progress while results wait to be written (a client that does not
+ * read); and the grace period of a closing connection. */
+void ppsrv__conn_sweep(srv *s) {
+  uint64_t now = uv_now(&s->loop);
+  conn *next;
+  for (conn *c = s->conns; c; c = next) {
+    next = c->next;
+    if (c->state == C_HANDSHAKE) {
+      if (now - c->accepted_ms >= s->hs_timeout_ms)
+        ppsrv__conn_close(
+            c, PP_LOG_WARNING,
+            pp_buf_avail(&c->rbuf)
+                ? "handshake not completed in time (partial frame)"
+                : "handshake not completed in time");
+    } else if (c->state == C_READY) {
+      if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > 0 &&
+          now - c->write_ms >= s->idle_timeout_ms) {
+        ppsrv__conn_close(c, PP_LOG_WARNING,
+                          "client stopped reading its results");
+      } else if (c->paused) {
+        /* waiting for its own jobs to drain: not the client's silence */
+      } else if (now - c->last_rx_ms >= s->idle_timeout_ms) {
+        ppsrv__conn_close(c, PP_LOG_WARNING,
+                          pp_buf_avail(&c->rbuf)
+                              ? "socket timeout in the middle of a frame"
+                              : "socket timeout (no PING or other frame)");
+      }
+    } else if (!c->handle_closing &&
+               now - c->closing_ms >= PPSRV_CLOSE_GRACE_MS) {
+      conn_close_handle(c);
+    }
+  }
+}

@@ -1,0 +1,308 @@
+/* feed.c — ppserver feeding its engine: every client job becomes a ticket
+ * queued on its connection; tickets go to the engine round-robin across
+ * the connections that have jobs waiting, within each client's share of
+ * the engine (docs/protocol.md 7.4); completed jobs come back through a
+ * locked done list and go out as RESULT frames, one write per connection
+ * per batch. Also starts the engine and its workers. See ppsrv_int.h for
+ * the objects and threads. */
+#include "ppsrv_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- small lists ------------------------------------------------------ */
+
+/* tlist_push / tlist_remove / tlist_pop: a ticket list (queue or engine
+ * list; a ticket is on at most one). */
+static void tlist_push(tlist *l, ticket *t) {
+  t->next = NULL;
+  t->prev = l->tail;
+  if (l->tail)
+    l->tail->next = t;
+  else
+    l->head = t;
+  l->tail = t;
+  l->len++;
+}
+
+static void tlist_remove(tlist *l, ticket *t) {
+  if (t->prev)
+    t->prev->next = t->next;
+  else
+    l->head = t->next;
+  if (t->next)
+    t->next->prev = t->prev;
+  else
+    l->tail = t->prev;
+  t->next = t->prev = NULL;
+  l->len--;
+}
+
+static ticket *tlist_pop(tlist *l) {
+  ticket *t = l->head;
+  if (t)
+    tlist_remove(l, t);
+  return t;
+}
+
+/* ticket_free: drop our job reference and the ticket. */
+static void ticket_free(ticket *t) {
+  pp_job_unref(t->job);
+  free(t);
+}
+
+/* rr_add / rr_remove: the queue of connections with tickets waiting. */
+static void rr_add(srv *s, conn *c) {
+  if (c->in_rr)
+    return;
+  c->in_rr = 1;
+  c->rr_next = NULL;
+  c->rr_prev = s->rr_tail;
+  if (s->rr_tail)
+    s->rr_tail->rr_next = c;
+  else
+    s->rr_head = c;
+  s->rr_tail = c;
+}
+
+static void rr_remove(srv *s, conn *c) {
+  if (!c->in_rr)
+    return;
+  if (c->rr_prev)
+    c->rr_prev->rr_next = c->rr_next;
+  else
+    s->rr_head = c->rr_next;
+  if (c->rr_next)
+    c->rr_next->rr_prev = c->rr_prev;
+  else
+    s->rr_tail = c->rr_prev;
+  c->rr_next = c->rr_prev = NULL;
+  c->in_rr = 0;
+}
+
+/* ---- tickets in and out ---------------------------------------------- */
+
+int ppsrv__feed_job(conn *c, pp_func *f, uint32_t flags, uint64_t id,
+                    uint32_t attempt, const uint8_t *args, size_t n) {
+  uint8_t *copy = malloc(n ? n : 1);
+  ticket *t = calloc(1, sizeof *t);
+  pp_job *j = NULL;
+  if (copy != NULL && t != NULL) {
+    if (n)
+      memcpy(copy, args, n);
+    j = pp_job_new(f, copy, n, flags, 0); /* owns copy on success */
+  }
+  if (j == NULL) {
+    free(copy);
+    free(t);
+    return PP_ENOMEM;
+  }
+  t->job = j;
+  t->c = c;
+  t->client_id = id;
+  t->client_attempt = attempt;
+  j->udata = t;
+  tlist_push(&c->queued, t);
+  c->queued_bytes += n;
+  c->jobs_received++;
+  if (!c->starved)
+    rr_add(c->s, c);
+  return PP_OK;
+}
+
+void ppsrv__feed_detach(conn *c) {
+  srv *s = c->s;
+  ticket *t;
+  rr_remove(s, c);
+  while ((t = tlist_pop(&c->queued)) != NULL)
+    ticket_free(t);
+  c->queued_bytes = 0;
+  while ((t = tlist_pop(&c->engine)) != NULL) {
+    t->c = NULL;
+    /* On success the completion hook runs now, in this thread, and the
+     * ticket reaches the done list like any other. */
+    if (s->engine != NULL)
+      pp_engine_cancel(s->engine, t->job);
+  }
+}
+
+/* ---- the engine ------------------------------------------------------- */
+
+/* on_job_complete: the engine's completion hook (pp_engine_opts). Engine
+ * thread, or the main thread inside pp_engine_cancel/shutdown, with the
+ * engine mutex held: it must be quick and call no pp_engine_* function.
+ * Moves the ticket (still ours; j is borrowed) to the done list under
+ * done_mu and wakes the loop (on_done_async). */
+static void on_job_complete(void *ctx, pp_job *j) {
+  srv *s = ctx;
+  ticket *t = j->udata;
+  if (t == NULL)
+    return;
+  uv_mutex_lock(&s->done_mu);
+  t->dnext = NULL;
+  if (s->done_tail)
+    s->done_tail->dnext = t;
+  else
+    s->done_head = t;
+  s->done_tail = t;
+  uv_mutex_unlock(&s->done_mu);
+  uv_async_send(&s->done_async);
+}
+
+/* send_result: queue t's outcome to its client as a sealed RESULT (inside
+ * a batch: written by ppsrv__flush_batch). The result bytes are copied; t
+ * stays the caller's. A failure closes c. */
+static void send_result(conn *c, ticket *t) {
+  pp_job *j = t->job;
+  uint8_t pre[16];
+  const char *msg = j->errmsg ? j->errmsg : "";
+  uint32_t status;
+  pp_part parts[2] = {{pre, 8}, {msg, 0}};
+  switch (j->status) {
+  case PP_JOB_OK:
+  case PP_JOB_EXC:
+  case PP_JOB_SERIAL:
+    status = (uint32_t)j->status;
+    pp_put_u64(pre, j->runtime_ns);
+    parts[1] = (pp_part){j->result, j->result_len};
+    break;
+  case PP_JOB_LOST:
+    status = PP_RES_LOST;
+    pp_put_u64(pre, 0);
+    pp_put_u32(pre + 8, (uint32_t)(int32_t)j->exitstatus);
+    pp_put_u32(pre + 12, (uint32_t)(int32_t)j->termsignal);
+    parts[0].len = 16;
+    parts[1].len = strlen(msg);
+    break;
+  default: /* FAILED, DESTROYED, CANCELLED */
+    status = PP_RES_FAILED;
+    if (j->errmsg == NULL)
+      msg = j->status == PP_JOB_CANCELLED ? "the job was cancelled on the node"
+                                          : "the node could not run the job";
+    pp_put_u64(pre, 0);
+    parts[1] = (pp_part){msg, strlen(msg)};
+    break;
+  }
+  ppsrv__conn_send(c, PP_MSG_RESULT, status, t->client_id, t->client_attempt,
+                   parts, 2);
+}
+
+void ppsrv__drain_done(srv *s) {
+  uv_mutex_lock(&s->done_mu);
+  ticket *t = s->done_head;
+  s->done_head = s->done_tail = NULL;
+  uv_mutex_unlock(&s->done_mu);
+  s->batching = 1;
+  while (t != NULL) {
+    ticket *next = t->dnext;
+    conn *c = t->c;
+    uint64_t rt = t->job->runtime_ns ? t->job->runtime_ns : 1;
+    s->ema_ns = s->ema_ns ? s->ema_ns - s->ema_ns / 8 + rt / 8 : rt;
+    s->in_engine--;
+    if (c != NULL) {
+      tlist_remove(&c->engine, t);
+      c->jobs_done++;
+      s->jobs_done++;
+      if (c->state == C_READY)
+        send_result(c, t);
+    }
+    ticket_free(t);
+    t = next;
+  }
+  ppsrv__flush_batch(s);
+  ppsrv__feed(s); /* resumes connections whose queue drained */
+}
+
+/* engine_cap: how many jobs to keep inside the engine. Long jobs: two per
+ * worker, so a new client waits at most about one job. Short jobs (by the
+ * mean run time seen): up to 256 per worker, about 2 ms of work, so the
+ * engine can batch them to its workers. */
+static size_t engine_cap(const srv *s) {
+  size_t per = 2;
+  if (s->ema_ns > 0) {
+    uint64_t k = 2000000u / s->ema_ns;
+    per = k < 2 ? 2 : k > 256 ? 256 : (size_t)k;
+  }
+  return s->nworkers * per;
+}
+
+/* on_done_async: the async handle's callback: the engine completed jobs
+ * (on_job_complete woke us). Main thread. */
+static void on_done_async(uv_async_t *a) { ppsrv__drain_done(a->data); }
+
+/* ppsrv__feed (ppsrv_int.h): keeps at most engine_cap() jobs inside it. */
+void ppsrv__feed(srv *s) {
+  if (s->stopping || s->engine == NULL)
+    return;
+  size_t cap = engine_cap(s);
+  while (s->in_engine < cap && s->rr_head != NULL) {
+    conn *c = s->rr_head;
+    rr_remove(s, c);
+    if (ppsrv__conn_backlogged(c, 1)) {
+      /* it is not reading its results: run nothing more for it until its
+       * writes drain (on_write puts it back) */
+      if (!c->starved)
+        c->write_ms = uv_now(&s->loop);
+      c->starved = 1;
+      continue;
+    }
+    ticket *t = tlist_pop(&c->queued);
+    if (t == NULL)
+      continue;
+    c->queued_bytes -= t->job->args_len;
+    if (c->queued.len > 0)
+      rr_add(s, c); /* back of the line */
+    if (pp_engine_submit(s->engine, t->job) != PP_OK) {
+      ticket_free(t);
+      continue;
+    }
+    t->in_engine = 1;
+    tlist_push(&c->engine, t);
+    s->in_engine++;
+    ppsrv__conn_maybe_resume(c);
+  }
+}
+
+void ppsrv__feed_write_progress(conn *c) {
+  if (c->starved && !ppsrv__conn_backlogged(c, 2)) {
+    c->starved = 0;
+    if (c->queued.len > 0) {
+      rr_add(c->s, c);
+      ppsrv__feed(c->s);
+    }
+  }
+}
+
+void ppsrv__feed_init(srv *s) {
+  uv_async_init(&s->loop, &s->done_async, on_done_async);
+  s->done_async.data = s;
+}
+
+/* ---- start-up --------------------------------------------------------- */
+
+int ppsrv__start_engine(srv *s) {
+  const ppsrv_config *cfg = s->cfg;
+  char pid[24], proto[16];
+  snprintf(pid, sizeof pid, "%d", (int)getpid());
+  snprintf(proto, sizeof proto, "%d", cfg->proto >= 0 ? cfg->proto : 4);
+  char *argv[] = {cfg->python, "-c",  "import pp._worker as w; w.main()",
+                  pid,         proto, cfg->restart ? "1" : "0",
+                  NULL};
+  pp_engine_opts o;
+  memset(&o, 0, sizeof o);
+  o.worker_argv = argv;
+  o.nworkers = cfg->nworkers;
+  o.restart = cfg->restart;
+  o.max_retries = 2;
+  o.on_complete = on_job_complete;
+  o.on_complete_ctx = s;
+  int rc = pp_engine_new(&o, &s->engine);
+  if (rc != PP_OK) {
+    pp_log(PP_LOG_ERROR, "cannot start the engine: %s", pp_strerror(rc));
+    s->engine = NULL;
+    return -1;
+  }
+  return 0;
+}

@@ -1,0 +1,205 @@
+/* ppsrv_int.h — ppserver's internals shared by its three files:
+ *
+ *   conn.c    client connections and the protocol: accepting, reading,
+ *             the handshake, sealed frames in and out, writing,
+ *             back-pressure, liveness deadlines, closing.
+ *   feed.c    feeding the engine: tickets (one per client job), the
+ *             round robin over clients, the per-client share of the
+ *             engine, completions and results back to the clients.
+ *   server.c  lifecycle: start, listening, pid file, signals, idle exit,
+ *             stop, the statistics log line (ppsrv_run, see server.h).
+ *
+ * Threads: everything runs in the main thread's libuv loop, except
+ * ppsrv__on_job_complete (feed.c), which the engine calls from its own
+ * thread (or from ours inside pp_engine_cancel/shutdown) and which only
+ * appends to the locked done list and wakes the loop.
+ *
+ * Objects:
+ *   srv     the server: listener, timers, signals, the engine, the
+ *           round-robin queue of connections that have jobs waiting.
+ *   conn    one TCP client: handshake state, then a session (keys and
+ *           sequence numbers), its read buffer, its function map, a FIFO of
+ *           tickets not yet handed to the engine and a list of tickets in
+ *           the engine. Freed in its close callback (conn.c).
+ *   ticket  one client job: the pp_job (our reference) and the client's id
+ *           and attempt. Lives until its job completes, even when its
+ *           connection went away first (then t->c is NULL and the result is
+ *           dropped).
+ *
+ * Names: ppsrv__ for functions used across these files, static otherwise. */
+#ifndef PPSRV_INT_H
+#define PPSRV_INT_H
+
+#include "announce.h"
+#include "auth.h"
+#include "buf.h"
+#include "engine.h"
+#include "frame.h"
+#include "job.h"
+#include "pp_common.h"
+#include "server.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+typedef struct srv srv;
+typedef struct conn conn;
+
+typedef struct ticket {
+  struct ticket *next, *prev; /* conn's queue or conn's engine list */
+  struct ticket *dnext;       /* the done list */
+  conn *c;                    /* NULL once the connection is gone */
+  pp_job *job;                /* our reference */
+  uint64_t client_id;
+  uint32_t client_attempt;
+  int in_engine;
+} ticket;
+
+typedef struct tlist {
+  ticket *head, *tail;
+  size_t len;
+} tlist;
+
+/* Open-addressing map: function key -> pp_func (a reference each). */
+typedef struct funcmap {
+  pp_func **slots;
+  size_t cap, len;
+} funcmap;
+
+enum { C_HANDSHAKE = 0, C_READY = 1, C_CLOSING = 2 };
+
+struct conn {
+  uv_tcp_t tcp; /* first: the handle's data points back here too */
+  srv *s;
+  conn *next, *prev;       /* all connections */
+  conn *rr_next, *rr_prev; /* the round-robin queue */
+  int in_rr;
+  int state;
+  int handle_closing; /* uv_close called */
+  int paused;         /* reading stopped for back-pressure */
+  char peer[80];
+  pp_auth auth;    /* C_HANDSHAKE */
+  pp_session sess; /* C_READY */
+  pp_buf rbuf;
+  int starved;        /* out of the round robin until its writes drain */
+  uint64_t accepted_ms, last_rx_ms, closing_ms;
+  uint64_t write_ms;  /* last write completed or started on an empty queue */
+  tlist queued;    /* not yet handed to the engine */
+  size_t queued_bytes;
+  tlist engine;    /* handed to the engine, no result yet */
+  funcmap funcs;
+  uint64_t jobs_received, jobs_done;
+  uv_shutdown_t shutdown_req;
+  pp_buf outq;        /* sealed frames waiting for the end of this batch */
+  conn *fnext;        /* the flush list */
+  int in_flush;
+};
+
+struct srv {
+  const ppsrv_config *cfg;
+  uv_loop_t loop;
+  uv_tcp_t listener;
+  uv_timer_t sweep;
+  uv_timer_t idle_exit;
+  uv_signal_t sig_term, sig_int, sig_usr1;
+  uv_async_t done_async;
+  int listener_init;
+  pp_engine *engine;
+  uv_mutex_t done_mu;
+  ticket *done_head, *done_tail; /* [done_mu] */
+  conn *conns;
+  size_t nconns, nclients;
+  conn *rr_head, *rr_tail;
+  size_t in_engine, nworkers;
+  uint64_t ema_ns;    /* mean job run time seen (0 = none yet) */
+  int batching;       /* conn_send queues instead of writing */
+  conn *flush_head;
+  uint64_t hs_timeout_ms, idle_timeout_ms;
+  uint64_t started_ms;
+  uint64_t accepted, auth_ok, auth_failed, dropped, jobs_done;
+  int stopping;
+  int exit_code;
+  int pidfile_written;
+  char listen_name[96];
+  struct sockaddr_storage bound; /* the listener's address */
+  ppsrv_announcer *announcer;    /* -a; NULL otherwise */
+};
+
+/* ---- conn.c ------------------------------------------------------------ */
+
+/* ppsrv__on_connection: the listener's callback (uv_listen): accept one
+ * client. Main thread. */
+void ppsrv__on_connection(uv_stream_t *server, int status);
+
+/* ppsrv__conn_send: seal one frame for (type, flags, id, attempt) whose
+ * payload is parts[0..n) and write it (or, inside a batch, queue it for
+ * ppsrv__flush_batch). Returns 0, or a negative pp error after which the
+ * connection is closing. Main thread; c must be C_READY. */
+int ppsrv__conn_send(conn *c, uint8_t type, uint32_t flags, uint64_t id,
+                     uint32_t attempt, const pp_part *parts, size_t n);
+
+/* ppsrv__flush_batch: end a batch (s->batching): one write per connection
+ * that queued frames and is still serving. Main thread. */
+void ppsrv__flush_batch(srv *s);
+
+/* ppsrv__conn_close: close c once: log why at `level`, release its jobs
+ * (ppsrv__feed_detach) and shut the socket down gracefully. c's memory
+ * stays valid until its close callback, a later loop turn. Main thread. */
+void ppsrv__conn_close(conn *c, int level, const char *why);
+
+/* ppsrv__conn_backlogged: whether c has at least PPSRV_WRITE_MAX_BYTES / div
+ * bytes of results not yet written to its socket. */
+int ppsrv__conn_backlogged(conn *c, size_t div);
+
+/* ppsrv__conn_maybe_resume: c's queues drained: read again if reading was
+ * paused for back-pressure and every queue is below half its limit. */
+void ppsrv__conn_maybe_resume(conn *c);
+
+/* ppsrv__conn_sweep: close connections past a deadline (the sweep timer,
+ * every 250 ms). Main thread. */
+void ppsrv__conn_sweep(srv *s);
+
+/* ---- feed.c ------------------------------------------------------------ */
+
+/* ppsrv__feed_job: queue one client job on c: a pp_job for function f with
+ * a copy of the n argument bytes at args, remembering the client's id and
+ * attempt. Returns 0 or PP_ENOMEM (nothing queued; the caller closes c). */
+int ppsrv__feed_job(conn *c, pp_func *f, uint32_t flags, uint64_t id,
+                    uint32_t attempt, const uint8_t *args, size_t n);
+
+/* ppsrv__feed: hand waiting tickets to the engine, one per connection in
+ * turn, as far as the engine's and each client's share allow. Main thread;
+ * may resume a paused connection; never closes one. */
+void ppsrv__feed(srv *s);
+
+/* ppsrv__feed_write_progress: c's unwritten results fell: a connection that
+ * was starved (no job started while its results pile up) joins the round
+ * robin again once below half the limit. */
+void ppsrv__feed_write_progress(conn *c);
+
+/* ppsrv__feed_detach: c is closing: drop its queued tickets and cancel its
+ * tickets still queued in the engine (a running job finishes; its result is
+ * dropped). Main thread. */
+void ppsrv__feed_detach(conn *c);
+
+/* ppsrv__drain_done: deliver every completed ticket's RESULT (one write
+ * per connection), then refill the engine. Main thread. */
+void ppsrv__drain_done(srv *s);
+
+/* ppsrv__feed_init: set up the loop handle that delivers completions
+ * (before anything can close it). Main thread, at start-up. */
+void ppsrv__feed_init(srv *s);
+
+/* ppsrv__start_engine: the engine and its worker pool. Returns 0, or -1
+ * after logging why. Main thread, at start-up. */
+int ppsrv__start_engine(srv *s);
+
+/* ---- server.c ---------------------------------------------------------- */
+
+/* ppsrv__maybe_finish: once stopping and every connection is closed, close
+ * the server's own handles so the loop ends. Main thread. */
+void ppsrv__maybe_finish(srv *s);
+
+#endif
