@@ -159,10 +159,20 @@ static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p) {
   if (mv == NULL)
     goto exc;
   args = PyObject_CallOneArg(ppx_loads, mv);
+  /* The view must be released before the input buffer moves on, but a call
+   * made while an exception is set fails with SystemError and buries the
+   * real error (ModuleNotFoundError, the ValueError of a __reduce__ ...):
+   * park the unpickling error around the release and put it back. */
+  PyObject *etype, *evalue, *etb;
+  PyErr_Fetch(&etype, &evalue, &etb);
   PyObject *rel = PyObject_CallMethod(mv, "release", NULL);
+  if (rel == NULL && etype != NULL)
+    PyErr_Clear(); /* keep the unpickling error, the first cause */
   Py_XDECREF(rel);
-  if (rel == NULL && args != NULL)
-    Py_CLEAR(args);
+  if (etype != NULL)
+    PyErr_Restore(etype, evalue, etb);
+  else if (rel == NULL)
+    Py_CLEAR(args); /* unpickled, but something still holds the view */
   Py_DECREF(mv);
   if (args == NULL)
     goto exc;
