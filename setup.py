@@ -26,5 +26,5 @@ setup(
     package_dir={"": "python"},
     packages=["pp"],
     ext_modules=[core],
-    python_requires=">=3.8",
+    python_requires=">=3.10",
 )

@@ -187,7 +187,8 @@ class Server:
     def __init__(self, ncpus="autodetect", ppservers=(), secret=None,
                  loglevel=logging.WARNING, logstream=sys.stderr, restart=False,
                  proto=pickle.HIGHEST_PROTOCOL, socket_timeout=3600,
-                 max_retries=2, node_timeout=5.0, no_capacity_timeout=None):
+                 max_retries=2, node_timeout=5.0, no_capacity_timeout=None,
+                 *, max_frame=None):
         self._closed = True
         nodes, ports = self._check_nodes(ppservers)
         if nodes or ports:
@@ -202,6 +203,11 @@ class Server:
                 raise ValueError("secret must be a non-empty str or bytes "
                                  "(at most 4096 bytes)")
         ncpus = self._check_ncpus(ncpus)
+        if max_frame is not None and (
+                isinstance(max_frame, bool) or not isinstance(max_frame, int)
+                or not 0 < max_frame <= _core.FRAME_MAX):
+            raise ValueError("max_frame must be None or an int of bytes in "
+                             "1..%d" % _core.FRAME_MAX)
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError("max_retries must be an int >= 0")
         if not 0 <= int(proto) <= pickle.HIGHEST_PROTOCOL:
@@ -224,9 +230,12 @@ class Server:
             "-c", _WORKER_BOOT % os.path.dirname(os.path.abspath(__file__)),
             str(os.getpid()), str(self._proto), "1" if restart else "0"]
         self._engine = _core.Engine(
-            argv, _worker_env(), None, ncpus, bool(restart), max_retries, Job,
-            nodes or None, bytes(secret) if nodes or ports else None,
-            float(node_timeout), float(no_capacity_timeout or 0), ports or None)
+            argv, env=_worker_env(), nworkers=ncpus, restart=bool(restart),
+            max_retries=max_retries, job_type=Job, nodes=nodes or None,
+            secret=bytes(secret) if nodes or ports else None,
+            node_timeout=float(node_timeout),
+            no_capacity_timeout=float(no_capacity_timeout or 0),
+            discover=ports or None, max_frame=max_frame or 0)
         self.ppservers = tuple(nodes) + tuple(
             "*" if p == Server.default_port else "*:%d" % p for p in ports)
         self._ncpus = ncpus

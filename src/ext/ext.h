@@ -1,16 +1,101 @@
-/* ext.h — declarations shared by the files of the pp._core extension. */
+/* ext.h — what the files of the pp._core extension share: the module state,
+ * the type specs each file defines, the one pp-code-to-exception mapper and
+ * the sliced wait. Layout of the extension:
+ *   module.c       the module: state, multi-phase init, constants, the error
+ *                  mapper, parse_ppserver, the sliced wait
+ *   engine_type.c  pp._core.Engine: options, submit, events, statistics
+ *   job_type.c     pp._core.Job (a submitted job) and pp._core.Func (a
+ *                  function descriptor)
+ *   worker.c       pp._core.worker_main: the worker process's loop
+ * Every object lives in the calling thread's world with the GIL held; the
+ * engine thread never sees a PyObject, only bytes (see engine.h). */
 #ifndef PP_EXT_H
 #define PP_EXT_H
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-/* pickle.loads / pickle.dumps, imported at module init. */
-extern PyObject *ppx_loads;
-extern PyObject *ppx_dumps;
+#include "../core/engine.h"
 
-/* ppx_worker_main: the worker process's main loop (worker.c).
- * Python signature: worker_main(fd, loader, excfmt, proto, restart). */
+/* The module's state (PEP 489): one per module object, fetched from a type
+ * with ppx_state_of_type() or from the module with PyModule_GetState().
+ * Every field is a strong reference, released in the module's m_clear. */
+typedef struct ppx_state {
+  PyTypeObject *func_type;   /* pp._core.Func */
+  PyTypeObject *job_type;    /* pp._core.Job (pp.Job subclasses it) */
+  PyTypeObject *engine_type; /* pp._core.Engine */
+  PyObject *loads;           /* pickle.loads */
+  PyObject *dumps;           /* pickle.dumps */
+} ppx_state;
+
+extern struct PyModuleDef ppx_module_def;
+
+/* ppx_state_of_type: the state of the pp._core module that defined tp or
+ * one of its bases (so a pp.Job finds it through pp._core.Job). Returns a
+ * borrowed pointer, valid while tp lives (a heap type holds its module), or
+ * NULL with TypeError set. GIL held. */
+ppx_state *ppx_state_of_type(PyTypeObject *tp);
+
+/* The type specs, instantiated by the module's exec slot (module.c). */
+extern PyType_Spec ppx_func_spec;
+extern PyType_Spec ppx_job_spec;
+extern PyType_Spec ppx_engine_spec;
+
+/* The objects' C layouts, shared by engine_type.c and job_type.c. */
+
+/* pp._core.Func: a function descriptor, shipped to each worker once. */
+typedef struct {
+  PyObject_HEAD
+  pp_func *f; /* one reference, NULL until __init__ ran */
+} ppx_func_object;
+
+/* pp._core.Engine: one C engine (its thread, queue and workers). */
+typedef struct {
+  PyObject_HEAD
+  pp_engine *e;           /* NULL until __init__ succeeded */
+  ppx_state *st;          /* the defining module's state (borrowed: the
+                             type holds the module, the object its type) */
+  PyTypeObject *job_type; /* the class submit() instantiates (a reference) */
+  size_t max_frame;       /* payload limit on worker pipes, in bytes */
+} ppx_engine_object;
+
+/* pp._core.Job: a submitted job. Garbage-collected (callbacks may refer
+ * back to it). */
+typedef struct {
+  PyObject_HEAD
+  pp_job *j;                 /* one reference to the engine's record */
+  ppx_engine_object *engine; /* a reference: keeps the engine alive */
+  PyObject *result;          /* cached unpickled value, or NULL */
+  PyObject *callback;        /* submit's callback, or NULL */
+  PyObject *callbackargs;
+  PyObject *done_callbacks;  /* managed by pp.Job (Python) */
+} ppx_job_object;
+
+/* ppx_raise: the one mapping from a pp error code (pp_common.h) to a
+ * Python exception: sets the matching class (PP_ENOMEM -> MemoryError,
+ * PP_EINVAL and PP_ETOOBIG -> ValueError, PP_ETIMEDOUT -> TimeoutError,
+ * PP_ECLOSED and PP_ESTATE -> RuntimeError, connection codes -> their
+ * ConnectionError subclass, PP_EAUTH -> PermissionError, other I/O and
+ * protocol codes -> OSError) with the message "what: <the code's message>",
+ * or the code's message alone when what is NULL. Always returns NULL, so
+ * `return ppx_raise(...)` reads naturally. GIL held. */
+PyObject *ppx_raise(int code, const char *what);
+
+/* ppx_parse_timeout: None (or NULL) -> -1.0 (wait forever), a number ->
+ * seconds, negative ones clamped to 0. On error returns -2.0 with an
+ * exception set. GIL held. */
+double ppx_parse_timeout(PyObject *o);
+
+/* ppx_wait_sliced: call fn(e, arg, slice_ns) with the GIL released, in 50 ms
+ * slices until it returns 0 (done) or `timeout` seconds passed (< 0: no
+ * limit), checking for signals (Ctrl-C) between slices. Returns 1 done,
+ * 0 timed out, -1 with the signal handler's exception set. Called with the
+ * GIL held. */
+typedef int (*ppx_wait_fn)(pp_engine *e, void *arg, int64_t slice_ns);
+int ppx_wait_sliced(pp_engine *e, ppx_wait_fn fn, void *arg, double timeout);
+
+/* ppx_worker_main: the worker process's main loop (worker.c); self is the
+ * module. Python: worker_main(fd, loader, excfmt, proto, restart, parent). */
 PyObject *ppx_worker_main(PyObject *self, PyObject *args);
 
 #endif

@@ -47,6 +47,8 @@ typedef struct wstate {
   PyObject *sys_modules;
   PyObject *default_main;
   PyObject *cur_main;    /* borrowed: what sys.modules['__main__'] is now */
+  PyObject *loads;       /* borrowed from the module state: pickle.loads */
+  PyObject *dumps;       /* borrowed from the module state: pickle.dumps */
   pp_buf out;
 } wstate;
 
@@ -158,7 +160,7 @@ static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p) {
                                          PyBUF_READ);
   if (mv == NULL)
     goto exc;
-  args = PyObject_CallOneArg(ppx_loads, mv);
+  args = PyObject_CallOneArg(w->loads, mv);
   /* The view must be released before the input buffer moves on, but a call
    * made while an exception is set fails with SystemError and buries the
    * real error (ModuleNotFoundError, the ValueError of a __reduce__ ...):
@@ -189,7 +191,7 @@ static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p) {
   t1 = pp_now_ns();
   if (res == NULL)
     goto exc;
-  data = PyObject_CallFunction(ppx_dumps, "Oi", res, w->proto);
+  data = PyObject_CallFunction(w->dumps, "Oi", res, w->proto);
   if (data == NULL || !PyBytes_Check(data)) {
     Py_CLEAR(data);
     status = PP_RES_SERIAL;
@@ -269,8 +271,12 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
   wstate w;
   int restart;
   long parent;
-  PP_UNUSED(self);
   memset(&w, 0, sizeof w);
+  ppx_state *st = PyModule_GetState(self);
+  if (st == NULL)
+    return NULL;
+  w.loads = st->loads; /* the module lives while its function runs */
+  w.dumps = st->dumps;
   if (!PyArg_ParseTuple(a, "iOOiil", &w.fd, &w.loader, &w.excfmt, &w.proto,
                         &restart, &parent))
     return NULL;
