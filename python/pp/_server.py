@@ -181,7 +181,7 @@ class Server:
     and remote ppserver nodes (named, or found with ppservers=("*",)), fed
     from one queue."""
 
-    default_port = 60000
+    default_port = _core.DEFAULT_PORT  # ppserver's TCP and discovery's UDP port
     default_secret = None
 
     def __init__(self, ncpus="autodetect", ppservers=(), secret=None,
@@ -199,9 +199,10 @@ class Server:
                     "no default secret)")
             if isinstance(secret, str):
                 secret = secret.encode("utf-8")
-            if not isinstance(secret, (bytes, bytearray)) or not 0 < len(secret) <= 4096:
+            if (not isinstance(secret, (bytes, bytearray))
+                    or not 0 < len(secret) <= _core.SECRET_MAX):
                 raise ValueError("secret must be a non-empty str or bytes "
-                                 "(at most 4096 bytes)")
+                                 "(at most %d bytes)" % _core.SECRET_MAX)
         ncpus = self._check_ncpus(ncpus)
         if max_frame is not None and (
                 isinstance(max_frame, bool) or not isinstance(max_frame, int)
@@ -254,32 +255,21 @@ class Server:
     @staticmethod
     def _check_nodes(ppservers):
         """Split ppservers into 'host:port' strings and auto-discovery UDP
-        ports ("*" is the default port, "*:port" another)."""
+        ports ("*" is the default port, "*:port" another). The syntax is the
+        C core's (_core.parse_ppserver), the one parser of these entries."""
         if isinstance(ppservers, str):
             ppservers = (ppservers,)
         nodes, ports = [], []
         for entry in ppservers:
-            if not isinstance(entry, str) or not entry:
-                raise ValueError("ppservers entries are 'host', 'host:port', "
-                                 "'*' or '*:port', not %r" % (entry,))
-            if entry == "*" or entry.startswith("*:"):
-                port = entry[2:] if entry != "*" else str(Server.default_port)
-                if not port.isdigit() or not 0 < int(port) < 65536:
-                    raise ValueError("bad port in ppservers entry %r" % (entry,))
-                if int(port) not in ports:
-                    ports.append(int(port))
+            spec = _core.parse_ppserver(entry)
+            if spec[0] == "discover":
+                if spec[1] not in ports:
+                    ports.append(spec[1])
                 continue
-            host, sep, port = entry.rpartition(":")
-            if entry.startswith("["):
-                if "]:" not in entry:
-                    entry = "%s:%d" % (entry, Server.default_port)
-            elif not sep or ":" in host:
-                entry = "%s:%d" % (entry if not sep or ":" not in host
-                                   else "[%s]" % entry, Server.default_port)
-            elif not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError("bad port in ppservers entry %r" % (entry,))
-            if entry not in nodes:
-                nodes.append(entry)
+            _, host, port = spec
+            name = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+            if name not in nodes:
+                nodes.append(name)
         return nodes, ports
 
     @staticmethod

@@ -8,6 +8,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* port_ok: s is a port number, digits only (no sign or blank, which strtol
+ * would skip), in 1..65535. Returns the port, or 0. */
+static long port_ok(const char *s) {
+  size_t n = strspn(s, "0123456789");
+  if (n == 0 || n > 5 || s[n] != '\0')
+    return 0;
+  long v = strtol(s, NULL, 10);
+  return v <= 65535 ? v : 0;
+}
+
 int pp_node_spec_parse(const char *spec, char **host, char **port) {
   const char *h = spec, *p = NULL;
   size_t hl;
@@ -32,12 +42,8 @@ int pp_node_spec_parse(const char *spec, char **host, char **port) {
   }
   if (hl == 0 || hl > 255)
     return PP_EINVAL;
-  if (p != NULL) {
-    char *endp;
-    long v = strtol(p, &endp, 10);
-    if (*p == '\0' || *endp != '\0' || v < 1 || v > 65535)
-      return PP_EINVAL;
-  }
+  if (p != NULL && port_ok(p) == 0)
+    return PP_EINVAL;
   *host = strndup(h, hl);
   *port = p ? strdup(p) : NULL;
   if (*port == NULL && p == NULL) {
@@ -67,9 +73,8 @@ int pp_spec_classify(const char *spec, char **host, char **port,
     }
     if (spec[1] != ':' || spec[2] == '\0')
       return PP_EINVAL;
-    char *endp;
-    long v = strtol(spec + 2, &endp, 10);
-    if (*endp != '\0' || v < 1 || v > 65535)
+    long v = port_ok(spec + 2);
+    if (v == 0)
       return PP_EINVAL;
     *disco_port = (unsigned)v;
     return PP_SPEC_DISCOVER;
