@@ -6,7 +6,8 @@ import os
 
 from setuptools import Extension, setup
 
-extra = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-O2"]
+# warnings are errors, as in the Makefile's build of the core
+extra = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror", "-O2"]
 san = os.environ.get("PP_SANITIZE")
 if san:
     extra += ["-fsanitize=" + san, "-fno-omit-frame-pointer", "-O1", "-g"]
