@@ -1,0 +1,240 @@
+"""The contract of the extension pp._core and of the public pp API: every
+_core entry point called many times with bounded memory growth (leaks of C
+records or of Python references show), the exported constants and error
+table, errors mapped to the right exception classes, heap types, and the
+public callables with their signatures, checked in one place."""
+import gc
+import inspect
+import os
+import pickle
+import sys
+
+import pytest
+
+import pp
+from pp import _core
+
+# RSS growth allowed across a loop; sanitizer builds keep freed memory in
+# quarantine, and the Makefile raises the slack for them through this name
+RSS_SLACK_KB = max(16 * 1024, int(os.environ.get("PPSERVER_RSS_SLACK_KB", 0)))
+WORKER_ARGV = None  # set from a real Server's command by the fixture
+
+
+def rss_kb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def grows(fn, rounds):
+    """Run fn() once to warm up, then `rounds` times; the RSS growth in KiB."""
+    fn()
+    gc.collect()
+    before = rss_kb()
+    for _ in range(rounds):
+        fn()
+    gc.collect()
+    return rss_kb() - before
+
+
+def engine(**kw):
+    """An Engine with no local worker unless asked (no process is started)."""
+    kw.setdefault("nworkers", 0)
+    return _core.Engine([sys.executable, "-c", "pass"], **kw)
+
+
+# ---- exports -----------------------------------------------------------------
+
+def test_constants_come_from_the_core():
+    assert _core.DEFAULT_PORT == 60000
+    assert _core.SECRET_MAX == 4096
+    assert _core.FRAME_MAX == 1 << 30
+    assert pp.Server.default_port == _core.DEFAULT_PORT
+    codes = _core.errorcode
+    assert codes[-5001] == "ENOMEM" and codes[-5008] == "ETIMEDOUT"
+    assert all(-5999 <= c <= -5001 for c in codes)
+    assert len(set(codes.values())) == len(codes)
+
+
+def test_types_are_heap_types_of_the_module():
+    heap = 1 << 9  # Py_TPFLAGS_HEAPTYPE
+    for t in (_core.Engine, _core.Job, _core.Func):
+        assert t.__flags__ & heap, t
+        assert t.__module__ == "pp._core"
+    assert issubclass(pp.Job, _core.Job)
+    with pytest.raises(TypeError):
+        _core.Job()
+
+
+def test_parse_ppserver():
+    p = _core.parse_ppserver
+    assert p("host") == ("node", "host", 60000)
+    assert p("host:7000") == ("node", "host", 7000)
+    assert p("::1") == ("node", "::1", 60000)
+    assert p("[::1]:7000") == ("node", "::1", 7000)
+    assert p("*") == ("discover", 60000)
+    assert p("*:7001") == ("discover", 7001)
+    for bad in ("", "h:", "h:0", "h:65536", "h:x", "h: 5", "h:+5", "*:",
+                "*:0", "*: 5", "[::1", "[::1]x", "a\0b", 5, None, b"h"):
+        with pytest.raises(ValueError):
+            p(bad)
+    # pp.Server uses it: the same entries are accepted and rejected
+    assert pp.Server._check_nodes(("h", "::1", "*", "*:7", "h:60000", "h")) == (
+        ["h:60000", "[::1]:60000"], [60000, 7])
+    with pytest.raises(ValueError):
+        pp.Server(0, ppservers=("h:+5",), secret="s")
+
+
+def test_engine_takes_keywords_and_maps_errors():
+    e = engine(nworkers=0, restart=False, max_retries=1, max_frame=1 << 20)
+    e.shutdown()
+    f = _core.Func(pickle.dumps(("ref", "builtins", "abs", None)))
+    with pytest.raises(RuntimeError, match="engine closed"):
+        e.submit(f, pickle.dumps((1,)), 0, 0, None, ())
+    with pytest.raises(TypeError):
+        _core.Engine([sys.executable], 0)  # options are keywords
+    with pytest.raises(ValueError, match="argv"):
+        _core.Engine([])
+    with pytest.raises(ValueError, match="max_frame"):
+        engine(max_frame=-1)
+    with pytest.raises(ValueError, match="max_frame"):
+        engine(max_frame=_core.FRAME_MAX + 1)
+    with pytest.raises(TypeError, match="job_type"):
+        engine(job_type=int)
+    with pytest.raises(ValueError, match="invalid argument"):  # from the core
+        engine(nodes=["127.0.0.1:1"], secret=None)
+
+
+def test_max_frame_bounds_submitted_arguments():
+    with pp.Server(1, max_frame=64 * 1024) as s:
+        assert s.submit(len, (b"x" * 1000,))() == 1000
+        with pytest.raises(ValueError, match="frame limit"):
+            s.submit(len, (b"x" * (128 * 1024),))
+    for bad in (0, -1, True, 1.5, "1", _core.FRAME_MAX + 1):
+        with pytest.raises(ValueError, match="max_frame"):
+            pp.Server(0, max_frame=bad)
+
+
+# ---- leaks -------------------------------------------------------------------
+
+def test_submit_and_results_do_not_leak():
+    payload = b"p" * 10000
+    cb_args = ("tag",)
+    seen = []
+
+    def callback(tag, result):
+        seen.append(len(result))
+
+    with pp.Server(2) as s:
+        refs = (sys.getrefcount(payload), sys.getrefcount(callback),
+                sys.getrefcount(cb_args))
+
+        def batch():
+            jobs = [s.submit(bytes, (payload,)) for _ in range(200)]
+            jobs += [s.submit(bytes, (payload,), callback=callback,
+                              callbackargs=cb_args) for _ in range(50)]
+            for j in jobs:
+                assert j() == payload
+                assert j.done() and j.exception() is None
+                j._payload(), j._failure(), j.tid
+            s.wait()
+            bad = s.submit(int, ("x",))
+            with pytest.raises(ValueError):
+                bad()
+            assert s.get_stats()["local"].njobs > 0
+            s.get_worker_stats(), s.get_active_nodes()
+
+        # 10 x 250 jobs of 10 kB out and back: 50 MB if records leaked
+        assert grows(batch, 10) < RSS_SLACK_KB
+        s.wait()
+    gc.collect()
+    assert (sys.getrefcount(payload), sys.getrefcount(callback),
+            sys.getrefcount(cb_args)) == refs
+    assert len(seen) == 11 * 50
+
+
+def test_engine_create_destroy_does_not_leak():
+    def cycle():
+        for _ in range(5):
+            e = engine(discover=None, nodes=None, max_frame=0)
+            e.stats(), e.pids(), e.node_stats(), e.next_event(0)
+            e.wait_group(-1, 0)
+            e.shutdown()
+            assert e.next_event(0) is False
+            del e
+
+    assert grows(cycle, 10) < RSS_SLACK_KB  # 55 engines
+
+
+def test_small_entry_points_do_not_leak():
+    blob = pickle.dumps(("ref", "builtins", "abs", None))
+
+    def many():
+        for i in range(2000):
+            f = _core.Func(blob)
+            assert len(f.key) == 32
+            _core.parse_ppserver("host:%d" % (1 + i))
+            _core.parse_ppserver("*")
+            try:
+                _core.parse_ppserver("bad:port")
+            except ValueError:
+                pass
+
+    assert grows(many, 10) < RSS_SLACK_KB
+
+
+# ---- the public API ------------------------------------------------------------
+
+def sig(fn):
+    return str(inspect.signature(fn))
+
+
+def test_public_api_callables_and_signatures():
+    assert sorted(pp.__all__) == sorted([
+        "Server", "Template", "Job", "Statistics", "as_completed", "PPError",
+        "WorkerLostError", "DestroyedError", "SerializationError",
+        "RemoteError", "RemoteTraceback", "CancelledError", "version"])
+    for name in pp.__all__:
+        assert hasattr(pp, name), name
+    S = pp.Server
+    assert sig(S.__init__) == (
+        "(self, ncpus='autodetect', ppservers=(), secret=None, loglevel=30, "
+        "logstream=%r, restart=False, proto=%d, socket_timeout=3600, "
+        "max_retries=2, node_timeout=5.0, no_capacity_timeout=None, *, "
+        "max_frame=None)" % (sys.stderr, pickle.HIGHEST_PROTOCOL))
+    expected = {
+        "submit": "(self, func, args=(), depfuncs=(), modules=(), callback=None, "
+                  "callbackargs=(), group='default', globals=None)",
+        "wait": "(self, group=None)",
+        "get_ncpus": "(self)",
+        "set_ncpus": "(self, ncpus='autodetect')",
+        "get_active_nodes": "(self)",
+        "get_stats": "(self)",
+        "print_stats": "(self)",
+        "map": "(self, func, *iterables, chunksize=None)",
+        "imap": "(self, func, *iterables, chunksize=1)",
+        "imap_unordered": "(self, func, *iterables, chunksize=1)",
+        "destroy": "(self)",
+        "get_worker_stats": "(self)",
+    }
+    for name, s in expected.items():
+        assert sig(getattr(S, name)) == s, name
+    assert sig(pp.Template.__init__) == (
+        "(self, job_server, func, depfuncs=(), modules=(), callback=None, "
+        "callbackargs=(), group='default', globals=None)")
+    assert sig(pp.Template.submit) == "(self, *args)"
+    assert sig(pp.as_completed) == "(jobs, timeout=None)"
+    job_methods = ["result", "exception", "done", "cancel", "cancelled",
+                   "running", "add_done_callback", "ready", "wait", "get",
+                   "successful"]
+    for name in job_methods:
+        assert callable(getattr(pp.Job, name)), name
+    assert sig(pp.Job.exception) == "(self, timeout=None)"
+    assert sig(pp.Job.wait) == "(self, timeout=None)"
+    assert issubclass(pp.WorkerLostError, pp.PPError)
+    assert issubclass(pp.DestroyedError, pp.PPError)
+    assert issubclass(pp.SerializationError, pp.PPError)
+    assert issubclass(pp.RemoteError, pp.PPError)
+    assert isinstance(pp.version, str)
