@@ -1,15 +1,18 @@
 /* discover.c — the client half of auto-discovery (pp.Server(ppservers=
- * ("*",))): UDP sockets bound to each discovery port receive the nodes'
- * announcements; a separate socket sends signed queries to every local
- * broadcast address at start-up, so nodes answer at once instead of at
- * their next announcement. Every datagram is checked (disco.h: MAC under
- * the secret-derived key, 30 s window) before node.c hears of it, and even
- * then an announcement only makes node.c try the full handshake.
+ * ("*",)), docs/protocol.md section 8.4): one UDP socket bound to 0.0.0.0
+ * on each discovery port receives the nodes' announcements; a separate
+ * socket on an ephemeral port sends signed queries to every local broadcast
+ * address at start-up and receives the nodes' unicast answers, so nodes
+ * already running are found at once. Every datagram is checked (disco.h:
+ * MAC under the secret-derived key, 30 s window) before node.c hears of
+ * it, and even then an announcement only makes node.c try the full
+ * handshake. Each socket owns its memory until its close callback.
  * Everything here runs on the engine thread. */
 #include "disco.h"
 #include "engine_int.h"
 #include "netif.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,23 +23,40 @@
 static const unsigned query_at_ms[] = {0, 300, 1000, 3000};
 #define NQUERIES (sizeof query_at_ms / sizeof query_at_ms[0])
 
+/* One UDP socket. Its memory is its own and belongs to the handle from
+ * uv_udp_init on: it is freed only in on_sock_closed, so a closing socket is
+ * never touched again (libuv may still use the handle until that callback;
+ * re-initialising it there aborted the process in uv__finish_close). */
 typedef struct dsock {
-  uv_udp_t h;
-  int open;
+  uv_udp_t h;    /* first member: the handle is the allocation */
   uint16_t port; /* bound port (0: ephemeral, the query socket) */
 } dsock;
 
 typedef struct pp__disco {
   pp_engine *e;
   uint8_t key[PP_AUTH_KEY_LEN];
-  dsock *listen; /* one per discovery port */
-  int nlisten;
-  dsock query;
+  dsock **listen; /* e->ndisco slots, one per discovery port; NULL: not
+                     open (bind failed) or closing */
+  dsock *query;   /* the query socket; NULL: none or closing */
   unsigned queries_sent;
   uint64_t start_ns;
   uint64_t nbad, bad_logged_ns;
   uint8_t rbuf[128]; /* a datagram longer than this is not ours anyway */
 } pp__disco;
+
+/* on_sock_closed: libuv is done with the handle; free the socket. It does
+ * not touch the pp__disco (which may be freed after the loop ended).
+ * Engine thread. */
+static void on_sock_closed(uv_handle_t *h) { free(h); }
+
+/* close_sock: start closing *slot (if any) and forget it, so that nothing
+ * reaches the handle again; on_sock_closed frees it. Engine thread. */
+static void close_sock(dsock **slot) {
+  dsock *s = *slot;
+  *slot = NULL;
+  if (s != NULL && !uv_is_closing((uv_handle_t *)&s->h))
+    uv_close((uv_handle_t *)&s->h, on_sock_closed);
+}
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   pp__disco *d = h->data;
@@ -62,6 +82,9 @@ static void note_bad(pp__disco *d, const char *from, int verdict) {
   d->bad_logged_ns = now;
 }
 
+/* on_recv: one datagram on a listening or the query socket. A valid
+ * ANNOUNCE becomes pp__node_discovered; everything else is dropped (bad
+ * ones counted by note_bad). Engine thread. */
 static void on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
                     const struct sockaddr *addr, unsigned flags) {
   pp__disco *d = h->data;
@@ -95,8 +118,10 @@ static void on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
   pp__node_discovered(d->e, ip, m.port, m.interval_ms, m.time_ms);
 }
 
-/* send_queries: one signed query to every broadcast address (and to this
- * host) on every discovery port. Failures only log: UDP is best effort. */
+/* send_queries: one signed query from the query socket to every broadcast
+ * address (and to this host) on every discovery port, including one this
+ * client could not listen on (the answers come back to the query socket).
+ * Failures only log: UDP is best effort. Engine thread. */
 static void send_queries(pp__disco *d) {
   struct in_addr b[MAX_BCAST + 2];
   uint8_t dg[PP_DISCO_LEN];
@@ -110,43 +135,56 @@ static void send_queries(pp__disco *d) {
   memset(&m, 0, sizeof m);
   m.kind = PP_DISCO_QUERY;
   m.time_ms = pp_wall_ms();
-  if (!d->query.open || pp_disco_seal(d->key, &m, dg) != PP_OK)
+  if (d->query == NULL || pp_disco_seal(d->key, &m, dg) != PP_OK)
     return;
-  for (int p = 0; p < d->nlisten; p++)
+  for (int p = 0; p < d->e->ndisco; p++)
     for (int i = 0; i < nb; i++) {
       struct sockaddr_in to;
       memset(&to, 0, sizeof to);
       to.sin_family = AF_INET;
-      to.sin_port = htons(d->listen[p].port);
+      to.sin_port = htons(d->e->disco_ports[p]);
       to.sin_addr = b[i];
       uv_buf_t ub = uv_buf_init((char *)dg, sizeof dg);
-      int rc = uv_udp_try_send(&d->query.h, &ub, 1, (struct sockaddr *)&to);
+      int rc = uv_udp_try_send(&d->query->h, &ub, 1, (struct sockaddr *)&to);
       if (rc < 0) {
         char t[INET_ADDRSTRLEN];
         uv_ip4_name(&to, t, sizeof t);
         pp__log(d->e, PP_LOG_DEBUG, "discovery: query to %s:%u: %s", t,
-                d->listen[p].port, uv_strerror(rc));
+                d->e->disco_ports[p], uv_strerror(rc));
       }
     }
 }
 
-/* open_sock: bind s to 0.0.0.0:port (shared with other programs on this
- * host that bind the same port) and start receiving. 0 or a libuv error. */
-static int open_sock(pp__disco *d, dsock *s, uint16_t port) {
+/* open_sock: a new socket bound to 0.0.0.0:port (with SO_REUSEADDR, shared
+ * with the other clients and nodes of this host; port 0: ephemeral), able
+ * to broadcast, receiving. Returns 0 and *out (owned by the loop: close it
+ * with close_sock), or a libuv error with *out NULL (a half-made socket is
+ * already closing and frees itself). Engine thread. */
+static int open_sock(pp__disco *d, uint16_t port, dsock **out) {
   struct sockaddr_in a;
+  *out = NULL;
+  dsock *s = calloc(1, sizeof *s);
+  if (s == NULL)
+    return UV_ENOMEM;
   int rc = uv_udp_init(&d->e->loop, &s->h);
-  if (rc != 0)
+  if (rc != 0) {
+    free(s); /* not a handle yet */
     return rc;
-  s->open = 1;
+  }
   s->h.data = d;
+  s->port = port;
   uv_ip4_addr("0.0.0.0", port, &a);
   rc = uv_udp_bind(&s->h, (struct sockaddr *)&a, port ? UV_UDP_REUSEADDR : 0);
   if (rc == 0)
     rc = uv_udp_set_broadcast(&s->h, 1);
   if (rc == 0)
     rc = uv_udp_recv_start(&s->h, on_alloc, on_recv);
-  s->port = port;
-  return rc;
+  if (rc != 0) {
+    close_sock(&s);
+    return rc;
+  }
+  *out = s;
+  return 0;
 }
 
 int pp__disco_start(pp_engine *e) {
@@ -165,29 +203,20 @@ int pp__disco_start(pp_engine *e) {
     return rc;
   }
   for (int i = 0; i < e->ndisco; i++) {
-    dsock *s = &d->listen[d->nlisten];
-    rc = open_sock(d, s, e->disco_ports[i]);
-    if (rc != 0) {
+    rc = open_sock(d, e->disco_ports[i], &d->listen[i]);
+    if (rc != 0)
       pp__log(e, PP_LOG_WARNING,
-              "discovery: cannot listen on UDP port %u: %s (nodes announcing"
-              " there will not be found)", e->disco_ports[i], uv_strerror(rc));
-      if (s->open)
-        uv_close((uv_handle_t *)&s->h, NULL);
-      s->open = 0;
-      continue;
-    }
-    d->nlisten++;
-    pp__log(e, PP_LOG_DEBUG, "discovery: listening on UDP port %u",
-            e->disco_ports[i]);
+              "discovery: cannot listen on UDP port %u: %s (nodes there are"
+              " found only by answering this client's start-up queries)",
+              e->disco_ports[i], uv_strerror(rc));
+    else
+      pp__log(e, PP_LOG_DEBUG, "discovery: listening on UDP port %u",
+              e->disco_ports[i]);
   }
-  rc = open_sock(d, &d->query, 0);
-  if (rc != 0) {
+  rc = open_sock(d, 0, &d->query);
+  if (rc != 0)
     pp__log(e, PP_LOG_WARNING, "discovery: cannot open the query socket: %s",
             uv_strerror(rc));
-    if (d->query.open)
-      uv_close((uv_handle_t *)&d->query.h, NULL);
-    d->query.open = 0;
-  }
   d->start_ns = pp_now_ns();
   pp__disco_tick(e, d->start_ns);
   return PP_OK;
@@ -207,11 +236,9 @@ void pp__disco_stop(pp_engine *e) {
   pp__disco *d = e->disco;
   if (d == NULL)
     return;
-  for (int i = 0; i < d->nlisten; i++)
-    if (d->listen[i].open && !uv_is_closing((uv_handle_t *)&d->listen[i].h))
-      uv_close((uv_handle_t *)&d->listen[i].h, NULL);
-  if (d->query.open && !uv_is_closing((uv_handle_t *)&d->query.h))
-    uv_close((uv_handle_t *)&d->query.h, NULL);
+  for (int i = 0; d->listen != NULL && i < e->ndisco; i++)
+    close_sock(&d->listen[i]);
+  close_sock(&d->query);
 }
 
 void pp__disco_free(pp_engine *e) {
@@ -219,7 +246,7 @@ void pp__disco_free(pp_engine *e) {
   if (d == NULL)
     return;
   pp_auth_wipe(d->key, sizeof d->key);
-  free(d->listen);
+  free(d->listen); /* its sockets were freed by their close callbacks */
   free(d);
   e->disco = NULL;
 }

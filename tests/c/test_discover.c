@@ -3,7 +3,11 @@
  * under another secret, stale or malformed ones make no node; a signed
  * announcement makes exactly one node record, which connects at once and
  * starts the handshake; a second name makes a second record; a configured
- * node is not duplicated. Every wait is bounded; run under make valgrind. */
+ * node is not duplicated. With two discovery ports of which the first is
+ * held by another socket, the engine logs the bind failure, still discovers
+ * through the second port and shuts down cleanly (a closing handle's memory
+ * is never reused: this used to abort in uv__finish_close). Every wait is
+ * bounded; run under make valgrind and SANITIZER=address. */
 #include "check.h"
 
 #include "disco.h"
@@ -14,6 +18,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -31,6 +36,16 @@ static void quiet(void *ctx, int level, const char *msg) {
   PP_UNUSED(ctx);
   PP_UNUSED(level);
   PP_UNUSED(msg);
+}
+
+/* A sink that remembers whether a line contained `wanted` (set before the
+ * engine starts). Called on the engine thread, read on the main thread. */
+static char wanted[96];
+static atomic_int seen_wanted;
+static void watch(void *ctx, int level, const char *msg) {
+  PP_UNUSED(ctx);
+  if (level >= PP_LOG_WARNING && strstr(msg, wanted) != NULL)
+    atomic_store(&seen_wanted, 1);
 }
 
 /* bound_socket: a socket of type bound to 127.0.0.1:0; its port in *port. */
@@ -84,6 +99,8 @@ static int count_nodes(pp_engine *e, const char *name) {
     hits += strcmp(st[i].name, name) == 0;
   return hits;
 }
+
+static void test_first_port_taken(const uint8_t key[32]);
 
 int main(void) {
   uint8_t key[32], other[32], d[PP_DISCO_LEN];
@@ -164,6 +181,64 @@ int main(void) {
   close(lst);
   close(lst2);
   close(udp);
+  test_first_port_taken(key);
   pp_log_set(NULL, NULL);
   return check_summary();
+}
+
+/* test_first_port_taken: discovery on ports P and Q while another socket
+ * (without SO_REUSEADDR, so the engine's bind fails) holds UDP P. The
+ * engine must log the failure naming P, find a node announced on Q, and
+ * be freed without touching the closed handle (the old code re-initialised
+ * it for Q before its close callback had run: libuv aborted). Repeated, so
+ * that a close racing the next loop turn is exercised more than once. */
+static void test_first_port_taken(const uint8_t key[32]) {
+  uint8_t d[PP_DISCO_LEN];
+  uint16_t taken_port, free_port, tcp_port, probe_port;
+  for (int round = 0; round < 3; round++) {
+    int holder = bound_socket(SOCK_DGRAM, &taken_port);
+    int probe = bound_socket(SOCK_DGRAM, &free_port);
+    close(probe);
+    int lst = bound_socket(SOCK_STREAM, &tcp_port);
+    int udp = bound_socket(SOCK_DGRAM, &probe_port);
+    if (!CHECK(holder >= 0 && lst >= 0 && udp >= 0 && listen(lst, 8) == 0))
+      return;
+    /* the holder is bound to 127.0.0.1:P; a wildcard bind of P conflicts */
+    snprintf(wanted, sizeof wanted, "cannot listen on UDP port %u", taken_port);
+    atomic_store(&seen_wanted, 0);
+    pp_log_set(watch, NULL);
+
+    char *const argv[] = {"/bin/false", NULL};
+    uint16_t ports[2] = {taken_port, free_port};
+    pp_engine_opts o;
+    memset(&o, 0, sizeof o);
+    o.worker_argv = argv;
+    o.secret = SECRET;
+    o.secret_len = sizeof SECRET - 1;
+    o.discover_ports = ports;
+    o.ndiscover = 2;
+    pp_engine *e = NULL;
+    if (!CHECK(pp_engine_new(&o, &e) == PP_OK))
+      return;
+    char name[64];
+    snprintf(name, sizeof name, "127.0.0.1:%u", tcp_port);
+    int conn = -1;
+    for (int i = 0; i < 100 && conn < 0; i++) {
+      announcement(key, tcp_port, pp_wall_ms(), d);
+      send_dg(udp, free_port, d, sizeof d);
+      if (readable(lst, 50))
+        conn = accept(lst, NULL, NULL);
+    }
+    CHECKF(conn >= 0, "round %d: no connection after announcements on %u",
+           round, free_port);
+    CHECK(count_nodes(e, name) == 1);
+    CHECKF(atomic_load(&seen_wanted), "no warning containing '%s'", wanted);
+    pp_engine_free(e);
+    pp_log_set(quiet, NULL);
+    if (conn >= 0)
+      close(conn);
+    close(lst);
+    close(udp);
+    close(holder);
+  }
 }

@@ -4,9 +4,14 @@ every field, the secret and the clock can be chosen), against real
 bin/ppserver nodes on 127.0.0.1. Multi-host discovery with ppserver -a
 broadcasting across network namespaces is in test_netns_cluster.py."""
 import io
+import json
 import logging
+import re
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -190,3 +195,53 @@ def test_node_announced_later_is_used_mid_run(client, node):
     assert not any(j.done() for j in jobs)
     a.announce(n.port)
     assert [j.result(timeout=30) for j in jobs] == [i * i for i in range(10)]
+
+
+# ---------------------------------------------------------------------------
+# defect: a discovery port that cannot be bound crashed the interpreter
+
+FIRST_PORT_TAKEN = r"""
+import io, json, logging, socket, sys, time
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import pp, ppwire
+node_port = int(sys.argv[3])
+holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+holder.bind(("0.0.0.0", 0))            # UDP P, held without SO_REUSEADDR
+P = holder.getsockname()[1]
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+    u.bind(("127.0.0.1", 0))
+    Q = u.getsockname()[1]
+buf = io.StringIO()
+s = pp.Server(1, ppservers=("*:%d" % P, "*:%d" % Q), secret="x",
+              logstream=buf, loglevel=logging.INFO)
+name = "127.0.0.1:%d" % node_port
+tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+deadline = time.monotonic() + 10
+while name not in s.get_active_nodes() and time.monotonic() < deadline:
+    tx.sendto(ppwire.disco_datagram("x", ppwire.DISCO_ANNOUNCE, port=node_port,
+                                    interval_ms=200), ("127.0.0.1", Q))
+    time.sleep(0.05)
+found = name in s.get_active_nodes()
+result = s.submit(pow, (3, 4)).result(timeout=30)
+s.destroy()
+print(json.dumps({"P": P, "found": found, "result": result, "log": buf.getvalue()}))
+"""
+
+
+def test_first_discovery_port_taken_does_not_crash(node):
+    """pp.Server(1, ppservers=("*:P", "*:Q"), secret="x") while another
+    socket holds UDP P used to abort the interpreter (a libuv assertion in
+    uv__finish_close: the failed handle's memory was reused for Q before its
+    close callback ran). Run in a child process, so a crash is a failure
+    here and not the end of the test run."""
+    n = node(secret="x")
+    here = str(Path(__file__).resolve().parent)
+    r = subprocess.run([sys.executable, "-c", FIRST_PORT_TAKEN,
+                        str(Path(pp.__file__).resolve().parents[1]), here,
+                        str(n.port)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["result"] == 81
+    assert out["found"], out["log"]  # the other port still discovers
+    assert re.search(r"WARNING discovery: cannot listen on UDP port %d: "
+                     r"address already in use" % out["P"], out["log"]), out["log"]
