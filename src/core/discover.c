@@ -1,8 +1,9 @@
 /* discover.c — the client half of auto-discovery (pp.Server(ppservers=
  * ("*",)), docs/protocol.md section 8.4): one UDP socket bound to 0.0.0.0
- * on each discovery port receives the nodes' announcements; a separate
- * socket on an ephemeral port sends signed queries to every local broadcast
- * address at start-up and receives the nodes' unicast answers, so nodes
+ * on each discovery port receives the nodes' announcements (broadcasts, so
+ * every client of a host hears them); a separate socket on an ephemeral
+ * port sends signed queries to every broadcast address, loopback's
+ * included, at start-up, and receives the nodes' unicast answers, so nodes
  * already running are found at once. Every datagram is checked (disco.h:
  * MAC under the secret-derived key, 30 s window) before node.c hears of
  * it, and even then an announcement only makes node.c try the full
@@ -112,26 +113,36 @@ static void on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
     sa.sin_family = AF_INET;
     memcpy(&sa.sin_addr, m.addr, 4);
     uv_ip4_name(&sa, ip, sizeof ip);
+  } else if (pp_netif_local(((const struct sockaddr_in *)addr)->sin_addr,
+                            NULL) == 1) {
+    /* A node of this host listening on every address: its datagrams come
+     * from 127.0.0.1 (loopback broadcast, answers to loopback queries) or
+     * from a LAN address (a LAN broadcast looped back). One name for it,
+     * not one per path. */
+    snprintf(ip, sizeof ip, "127.0.0.1");
   } else {
     memcpy(ip, from, sizeof ip);
   }
   pp__node_discovered(d->e, ip, m.port, m.interval_ms, m.time_ms);
 }
 
-/* send_queries: one signed query from the query socket to every broadcast
- * address (and to this host) on every discovery port, including one this
- * client could not listen on (the answers come back to the query socket).
+/* send_queries: one signed query from the query socket to every LAN
+ * broadcast address (255.255.255.255 when there is none) and to the
+ * loopback broadcast, on every discovery port, including one this client
+ * could not listen on (the answers come back to the query socket). Loopback
+ * is a broadcast, not 127.0.0.1: a unicast datagram reaches only one of the
+ * sockets sharing a port on this host, which may be another client's.
  * Failures only log: UDP is best effort. Engine thread. */
 static void send_queries(pp__disco *d) {
   struct in_addr b[MAX_BCAST + 2];
   uint8_t dg[PP_DISCO_LEN];
   pp_disco_msg m;
-  int nb = pp_netif_broadcasts(NULL, b, MAX_BCAST);
+  int nb = pp_netif_broadcasts(b, MAX_BCAST);
   if (nb < 0)
     nb = 0;
   if (nb == 0)
     b[nb++].s_addr = htonl(INADDR_BROADCAST);
-  b[nb++].s_addr = htonl(INADDR_LOOPBACK);
+  b[nb++].s_addr = htonl(PP_NETIF_LOOPBACK_BCAST);
   memset(&m, 0, sizeof m);
   m.kind = PP_DISCO_QUERY;
   m.time_ms = pp_wall_ms();

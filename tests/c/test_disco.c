@@ -1,12 +1,15 @@
 /* test_disco.c — auto-discovery datagrams (src/core/disco.[ch]): round
  * trips, every byte of a datagram altered, a wrong secret, truncated and
  * padded datagrams, timestamps just inside and outside the replay window,
- * and nonces that differ between two datagrams of the same content. */
+ * and nonces that differ between two datagrams of the same content; and
+ * the interface helpers of netif.h (local addresses, broadcast addresses). */
 #include "check.h"
 
 #include "disco.h"
+#include "netif.h"
 #include "pp_common.h"
 
+#include <arpa/inet.h>
 #include <string.h>
 
 static const uint8_t SECRET[] = "discovery secret";
@@ -87,5 +90,22 @@ int main(void) {
 
   CHECK(strlen(pp_disco_strerror(PP_DISCO_EMAC)) > 0);
   CHECK(pp_wall_ms() > 1600000000000ull);
+
+  /* netif: every 127/8 address is this host's, its broadcast the loopback
+   * one; a documentation address (TEST-NET-3) is not; the broadcast list
+   * never holds loopback's, and each entry is a broadcast of a local
+   * interface */
+  struct in_addr a, bc, list[16];
+  inet_pton(AF_INET, "127.0.0.1", &a);
+  CHECK(pp_netif_local(a, &bc) == 1);
+  CHECK(bc.s_addr == htonl(PP_NETIF_LOOPBACK_BCAST));
+  inet_pton(AF_INET, "127.9.8.7", &a);
+  CHECK(pp_netif_local(a, NULL) == 1);
+  inet_pton(AF_INET, "203.0.113.77", &a);
+  CHECK(pp_netif_local(a, &bc) == 0);
+  int nb = pp_netif_broadcasts(list, 16);
+  CHECK(nb >= 0 && nb <= 16);
+  for (int i = 0; i < nb; i++)
+    CHECK((ntohl(list[i].s_addr) >> 24) != 127);
   return check_summary();
 }

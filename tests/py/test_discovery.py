@@ -6,7 +6,9 @@ broadcasting across network namespaces is in test_netns_cluster.py."""
 import io
 import json
 import logging
+import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -245,3 +247,66 @@ def test_first_discovery_port_taken_does_not_crash(node):
     assert out["found"], out["log"]  # the other port still discovers
     assert re.search(r"WARNING discovery: cannot listen on UDP port %d: "
                      r"address already in use" % out["P"], out["log"]), out["log"]
+
+
+# ---------------------------------------------------------------------------
+# defect: a node started after the client's start-up queries, on one host,
+# was never found (its announcement went to 127.0.0.1, unicast, and landed on
+# its own socket; with -i 127.0.0.1 it had no broadcast address at all)
+
+LATE = Path(__file__).with_name("disco_late_node.py")
+LATE_INTERVAL = 0.5
+# the node must be in use within two announcement intervals; the slack is
+# for the node's worker to start and the job's round trip
+LATE_CONNECT_S = 2 * LATE_INTERVAL
+LATE_JOB_S = 2 * LATE_INTERVAL + 1.5
+
+
+def run_late_node(args, netns=False):
+    """Run disco_late_node.py with ppserver ARGS (in a fresh namespace with
+    only lo when netns); check the node was in use in time; its output."""
+    prefix = ["unshare", "-n", "--"] if netns else []
+    opts = ["--lo-up"] if netns else []
+    r = subprocess.run(prefix + [sys.executable, str(LATE), "--interval",
+                                 str(LATE_INTERVAL)] + opts + ["--"] + list(args),
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    logs = "client:\n%s\nnode:\n%s" % (out["client_log"], out["node_log"])
+    assert out["ready_s"] > 3.0  # after the client's last start-up query
+    assert out["connected_s"] is not None, logs
+    assert out["connected_s"] <= LATE_CONNECT_S, (out["connected_s"], logs)
+    assert out["job_s"] is not None and out["job_s"] <= LATE_JOB_S, (out["job_s"], logs)
+    assert out["name"].startswith("127.0.0.1:"), out["name"]
+    assert out["client_log"].count("discovered node") == 1, logs  # one name
+    return out
+
+
+def test_late_node_with_interface_is_found():
+    """ppserver -a -i 127.0.0.1 started 3.5 s after the client."""
+    run_late_node(["-i", "127.0.0.1"])
+
+
+def test_late_node_with_broadcast_to_this_host_is_found():
+    """ppserver -a -i 127.0.0.1 -b 127.0.0.1 started 3.5 s after the client:
+    an address of this host as -b is announced to by loopback broadcast."""
+    out = run_late_node(["-i", "127.0.0.1", "-b", "127.0.0.1"])
+    assert "announcing port" in out["node_log"]
+    assert "127.0.0.1 via 127.255.255.255" in out["node_log"]
+
+
+def _netns_usable():
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
+    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _netns_usable(), reason="needs root and unshare -n")
+def test_late_node_on_a_host_without_lan_is_found():
+    """ppserver -a (neither -i nor -b, so listening on 0.0.0.0) started 3.5 s
+    after the client, in a network namespace that has only lo: with no LAN
+    broadcast address the node announces to the loopback broadcast."""
+    out = run_late_node([], netns=True)
+    assert "announcing port" in out["node_log"]
+    assert "to 127.255.255.255" in out["node_log"]
