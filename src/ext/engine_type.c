@@ -403,16 +403,16 @@ static PyObject *Engine_set_nworkers(ppx_engine_object *self, PyObject *arg) {
   Py_RETURN_NONE;
 }
 
-/* Engine.stats() -> {njobs, time, nworkers, nlive, queued, running} */
+/* Engine.stats() -> {njobs, time, queued, running}: jobs run to a result
+ * and the sum of their run times (seconds), jobs waiting and running. */
 static PyObject *Engine_stats(ppx_engine_object *self, PyObject *unused) {
   pp_engine_stats s;
   PP_UNUSED(unused);
   if (!engine_ok(self))
     return NULL;
   pp_engine_get_stats(self->e, &s);
-  return Py_BuildValue("{sKsdsisisKsK}", "njobs",
-                       (unsigned long long)s.njobs, "time", s.time_ns / 1e9,
-                       "nworkers", s.nworkers, "nlive", s.nlive, "queued",
+  return Py_BuildValue("{sKsdsKsK}", "njobs", (unsigned long long)s.njobs,
+                       "time", s.time_ns / 1e9, "queued",
                        (unsigned long long)s.queued, "running",
                        (unsigned long long)s.running);
 }

@@ -42,24 +42,12 @@ static void Func_dealloc(ppx_func_object *self) {
   Py_DECREF(tp);
 }
 
-static PyObject *Func_key(ppx_func_object *self, void *c) {
-  PP_UNUSED(c);
-  if (self->f == NULL)
-    Py_RETURN_NONE;
-  return PyBytes_FromStringAndSize((const char *)self->f->key, PP_KEY_LEN);
-}
-
-static PyGetSetDef Func_getset[] = {
-    {"key", (getter)Func_key, NULL, "SHA-256 of the descriptor", NULL},
-    {NULL, NULL, NULL, NULL, NULL}};
-
 static PyType_Slot Func_slots[] = {
     {Py_tp_doc, "Func(blob): a function descriptor, shipped to each worker "
                 "once and named by its SHA-256 key afterwards."},
     {Py_tp_new, PyType_GenericNew},
     {Py_tp_init, Func_init},
     {Py_tp_dealloc, Func_dealloc},
-    {Py_tp_getset, Func_getset},
     {0, NULL}};
 
 PyType_Spec ppx_func_spec = {
