@@ -29,32 +29,44 @@ static size_t fm_slot(const funcmap *m, const uint8_t *key) {
   return (size_t)h & (m->cap - 1);
 }
 
-/* fm_get: the function with this key, borrowed, or NULL. */
-static pp_func *fm_get(const funcmap *m, const uint8_t *key) {
+/* fm_find: the slot of the function with this key (borrowed, valid until
+ * the map next changes), or NULL. */
+static fslot *fm_find(const funcmap *m, const uint8_t *key) {
   if (m->cap == 0)
     return NULL;
   for (size_t i = fm_slot(m, key);; i = (i + 1) & (m->cap - 1)) {
-    pp_func *f = m->slots[i];
-    if (f == NULL)
+    fslot *e = &m->slots[i];
+    if (e->f == NULL)
       return NULL;
-    if (memcmp(f->key, key, PP_KEY_LEN) == 0)
-      return f;
+    if (memcmp(e->f->key, key, PP_KEY_LEN) == 0)
+      return e;
   }
 }
 
-/* fm_put: insert f (taking the caller's reference). The key must not be
- * present. Returns 0 or PP_ENOMEM (nothing taken). */
+/* fm_get: the function with this key, borrowed, or NULL. */
+static pp_func *fm_get(const funcmap *m, const uint8_t *key) {
+  fslot *e = fm_find(m, key);
+  return e ? e->f : NULL;
+}
+
+fslot *ppsrv__func_slot(conn *c, const uint8_t *key) {
+  return fm_find(&c->funcs, key);
+}
+
+/* fm_put: insert f (taking the caller's reference) with no run-time
+ * estimate yet. The key must not be present. Returns 0 or PP_ENOMEM
+ * (nothing taken). */
 static int fm_put(funcmap *m, pp_func *f) {
   if ((m->len + 1) * 2 > m->cap) {
     size_t ncap = m->cap ? m->cap * 2 : 16;
-    pp_func **ns = calloc(ncap, sizeof *ns);
+    fslot *ns = calloc(ncap, sizeof *ns);
     if (ns == NULL)
       return PP_ENOMEM;
     funcmap nm = {ns, ncap, 0};
     for (size_t i = 0; i < m->cap; i++)
-      if (m->slots[i] != NULL) {
-        size_t k = fm_slot(&nm, m->slots[i]->key);
-        while (ns[k] != NULL)
+      if (m->slots[i].f != NULL) {
+        size_t k = fm_slot(&nm, m->slots[i].f->key);
+        while (ns[k].f != NULL)
           k = (k + 1) & (ncap - 1);
         ns[k] = m->slots[i];
         nm.len++;
@@ -63,9 +75,9 @@ static int fm_put(funcmap *m, pp_func *f) {
     *m = nm;
   }
   size_t k = fm_slot(m, f->key);
-  while (m->slots[k] != NULL)
+  while (m->slots[k].f != NULL)
     k = (k + 1) & (m->cap - 1);
-  m->slots[k] = f;
+  m->slots[k] = (fslot){f, 0};
   m->len++;
   return PP_OK;
 }
@@ -73,8 +85,8 @@ static int fm_put(funcmap *m, pp_func *f) {
 /* fm_clear: drop every function (jobs keep their own references). */
 static void fm_clear(funcmap *m) {
   for (size_t i = 0; i < m->cap; i++)
-    if (m->slots[i] != NULL)
-      pp_func_unref(m->slots[i]);
+    if (m->slots[i].f != NULL)
+      pp_func_unref(m->slots[i].f);
   free(m->slots);
   memset(m, 0, sizeof *m);
 }

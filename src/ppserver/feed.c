@@ -82,6 +82,86 @@ static void rr_remove(srv *s, conn *c) {
   c->in_rr = 0;
 }
 
+/* ---- each client's share of the engine -------------------------------- */
+
+/* The engine runs its queue in order, so a job waits behind everything
+ * handed to the engine before it. To keep a newcomer's wait at about one
+ * job, no client may have more jobs in the engine than its share: its fair
+ * part of the workers, plus (for throughput) a pipeline of jobs whose
+ * function was measured short, bounded in estimated time, not in count.
+ * Estimates are per function and per connection; a function never measured
+ * counts as long. A global average would not do: after many fast jobs it
+ * lets a flood of slow ones in (a second client then waited 25 s behind
+ * 1,000 sleep(0.1) jobs on two workers). */
+
+/* fair_share: max(1, ceil(nworkers / connections with jobs)). */
+static size_t fair_share(const srv *s) {
+  size_t n = s->nactive ? s->nactive : 1;
+  size_t share = (s->nworkers + n - 1) / n;
+  return share ? share : 1;
+}
+
+/* uncap_all: the fair share may have grown: every connection held back by
+ * its share gets another look. */
+static void uncap_all(srv *s) {
+  for (conn *c = s->conns; c; c = c->next)
+    if (c->capped) {
+      c->capped = 0;
+      if (c->queued.len > 0 && !c->starved && c->state == C_READY)
+        rr_add(s, c);
+    }
+}
+
+/* update_active: recount c in s->nactive after its lists changed. */
+static void update_active(conn *c) {
+  srv *s = c->s;
+  int active = c->queued.len + c->engine.len > 0;
+  if (active == c->active)
+    return;
+  c->active = active;
+  if (active) {
+    s->nactive++;
+  } else {
+    s->nactive--;
+    uncap_all(s);
+  }
+}
+
+/* admit: whether c may hand t to the engine now; *est is the work t is
+ * counted for (its function's estimate, or the pipeline budget of one
+ * share slot when never measured). */
+static int admit(const srv *s, conn *c, const ticket *t, uint64_t *est) {
+  size_t share = fair_share(s);
+  fslot *e = ppsrv__func_slot(c, t->job->func->key);
+  uint64_t known = e ? e->est_ns : 0;
+  *est = known ? known : PPSRV_PIPELINE_NS;
+  if (c->engine.len < share)
+    return 1;
+  return known != 0 && c->engine.len < share * PPSRV_PIPELINE_MAX &&
+         c->engine_est_ns + known <= (uint64_t)share * PPSRV_PIPELINE_NS;
+}
+
+/* learn: fold a finished job's run time into its function's estimate on c:
+ * up quickly (half way to a longer run), down slowly (1/8 of the way), so
+ * a function turning slow stops its pipeline at once. */
+static void learn(conn *c, const pp_job *j) {
+  if (j->status != PP_JOB_OK && j->status != PP_JOB_EXC &&
+      j->status != PP_JOB_SERIAL)
+    return;
+  fslot *e = ppsrv__func_slot(c, j->func->key);
+  if (e == NULL || e->f != j->func)
+    return; /* forgotten (RESET) meanwhile */
+  uint64_t rt = j->runtime_ns ? j->runtime_ns : 1;
+  if (e->est_ns == 0)
+    e->est_ns = rt;
+  else if (rt > e->est_ns)
+    e->est_ns = e->est_ns / 2 + rt / 2;
+  else
+    e->est_ns = e->est_ns - e->est_ns / 8 + rt / 8;
+  if (e->est_ns == 0)
+    e->est_ns = 1;
+}
+
 /* ---- tickets in and out ---------------------------------------------- */
 
 int ppsrv__feed_job(conn *c, pp_func *f, uint32_t flags, uint64_t id,
@@ -107,7 +187,8 @@ int ppsrv__feed_job(conn *c, pp_func *f, uint32_t flags, uint64_t id,
   tlist_push(&c->queued, t);
   c->queued_bytes += n;
   c->jobs_received++;
-  if (!c->starved)
+  update_active(c);
+  if (!c->starved && !c->capped)
     rr_add(c->s, c);
   return PP_OK;
 }
@@ -126,6 +207,9 @@ void ppsrv__feed_detach(conn *c) {
     if (s->engine != NULL)
       pp_engine_cancel(s->engine, t->job);
   }
+  c->engine_est_ns = 0;
+  c->capped = 0;
+  update_active(c);
 }
 
 /* ---- the engine ------------------------------------------------------- */
@@ -198,13 +282,19 @@ void ppsrv__drain_done(srv *s) {
   while (t != NULL) {
     ticket *next = t->dnext;
     conn *c = t->c;
-    uint64_t rt = t->job->runtime_ns ? t->job->runtime_ns : 1;
-    s->ema_ns = s->ema_ns ? s->ema_ns - s->ema_ns / 8 + rt / 8 : rt;
     s->in_engine--;
     if (c != NULL) {
       tlist_remove(&c->engine, t);
+      c->engine_est_ns -= t->est_ns;
       c->jobs_done++;
       s->jobs_done++;
+      learn(c, t->job);
+      if (c->capped) { /* room in its share again */
+        c->capped = 0;
+        if (c->queued.len > 0 && !c->starved)
+          rr_add(s, c);
+      }
+      update_active(c);
       if (c->state == C_READY)
         send_result(c, t);
     }
@@ -215,24 +305,20 @@ void ppsrv__drain_done(srv *s) {
   ppsrv__feed(s); /* resumes connections whose queue drained */
 }
 
-/* engine_cap: how many jobs to keep inside the engine. Long jobs: two per
- * worker, so a new client waits at most about one job. Short jobs (by the
- * mean run time seen): up to 256 per worker, about 2 ms of work, so the
- * engine can batch them to its workers. */
+/* engine_cap: how many jobs to keep inside the engine in all: every
+ * worker's pipeline full (the clients' shares bound it first). */
 static size_t engine_cap(const srv *s) {
-  size_t per = 2;
-  if (s->ema_ns > 0) {
-    uint64_t k = 2000000u / s->ema_ns;
-    per = k < 2 ? 2 : k > 256 ? 256 : (size_t)k;
-  }
-  return s->nworkers * per;
+  return s->nworkers * PPSRV_PIPELINE_MAX;
 }
 
 /* on_done_async: the async handle's callback: the engine completed jobs
  * (on_job_complete woke us). Main thread. */
 static void on_done_async(uv_async_t *a) { ppsrv__drain_done(a->data); }
 
-/* ppsrv__feed (ppsrv_int.h): keeps at most engine_cap() jobs inside it. */
+/* ppsrv__feed (ppsrv_int.h): keeps at most engine_cap() jobs inside it,
+ * and no more of one client's than admit() allows; a client at its share
+ * leaves the round robin (capped) until one of its jobs completes or the
+ * share grows. */
 void ppsrv__feed(srv *s) {
   if (s->stopping || s->engine == NULL)
     return;
@@ -248,18 +334,28 @@ void ppsrv__feed(srv *s) {
       c->starved = 1;
       continue;
     }
-    ticket *t = tlist_pop(&c->queued);
+    ticket *t = c->queued.head;
+    uint64_t est;
     if (t == NULL)
       continue;
+    if (!admit(s, c, t, &est)) {
+      c->capped = 1;
+      continue;
+    }
+    c->capped = 0;
+    tlist_remove(&c->queued, t);
     c->queued_bytes -= t->job->args_len;
     if (c->queued.len > 0)
       rr_add(s, c); /* back of the line */
     if (pp_engine_submit(s->engine, t->job) != PP_OK) {
-      ticket_free(t);
+      ticket_free(t); /* shutting down: nobody will answer it */
+      update_active(c);
       continue;
     }
     t->in_engine = 1;
+    t->est_ns = est;
     tlist_push(&c->engine, t);
+    c->engine_est_ns += est;
     s->in_engine++;
     ppsrv__conn_maybe_resume(c);
   }
@@ -268,7 +364,7 @@ void ppsrv__feed(srv *s) {
 void ppsrv__feed_write_progress(conn *c) {
   if (c->starved && !ppsrv__conn_backlogged(c, 2)) {
     c->starved = 0;
-    if (c->queued.len > 0) {
+    if (c->queued.len > 0 && !c->capped) {
       rr_add(c->s, c);
       ppsrv__feed(c->s);
     }

@@ -55,6 +55,7 @@ typedef struct ticket {
   uint64_t client_id;
   uint32_t client_attempt;
   int in_engine;
+  uint64_t est_ns; /* the work it was counted for in its client's share */
 } ticket;
 
 typedef struct tlist {
@@ -62,9 +63,15 @@ typedef struct tlist {
   size_t len;
 } tlist;
 
-/* Open-addressing map: function key -> pp_func (a reference each). */
+/* One function a connection defined, with its run-time estimate. */
+typedef struct fslot {
+  pp_func *f;      /* a reference; NULL = empty slot */
+  uint64_t est_ns; /* run time of its jobs here (feed.c); 0 = not measured */
+} fslot;
+
+/* Open-addressing map: function key -> fslot. */
 typedef struct funcmap {
-  pp_func **slots;
+  fslot *slots;
   size_t cap, len;
 } funcmap;
 
@@ -89,6 +96,9 @@ struct conn {
   tlist queued;    /* not yet handed to the engine */
   size_t queued_bytes;
   tlist engine;    /* handed to the engine, no result yet */
+  uint64_t engine_est_ns; /* estimated work of the tickets in `engine` */
+  int capped;      /* out of the round robin: its share of the engine is full */
+  int active;      /* counted in srv.nactive: has jobs queued or in the engine */
   funcmap funcs;
   uint64_t jobs_received, jobs_done;
   uv_shutdown_t shutdown_req;
@@ -113,7 +123,7 @@ struct srv {
   size_t nconns, nclients;
   conn *rr_head, *rr_tail;
   size_t in_engine, nworkers;
-  uint64_t ema_ns;    /* mean job run time seen (0 = none yet) */
+  size_t nactive;     /* connections with jobs queued or in the engine */
   int batching;       /* conn_send queues instead of writing */
   conn *flush_head;
   uint64_t hs_timeout_ms, idle_timeout_ms;
@@ -157,6 +167,11 @@ int ppsrv__conn_backlogged(conn *c, size_t div);
  * paused for back-pressure and every queue is below half its limit. */
 void ppsrv__conn_maybe_resume(conn *c);
 
+/* ppsrv__func_slot: c's entry for the function with this key (borrowed,
+ * valid until c's next FUNC frame or close), or NULL: the connection
+ * forgot it (RESET) or is closing. */
+fslot *ppsrv__func_slot(conn *c, const uint8_t *key);
+
 /* ppsrv__conn_sweep: close connections past a deadline (the sweep timer,
  * every 250 ms). Main thread. */
 void ppsrv__conn_sweep(srv *s);
@@ -170,8 +185,9 @@ int ppsrv__feed_job(conn *c, pp_func *f, uint32_t flags, uint64_t id,
                     uint32_t attempt, const uint8_t *args, size_t n);
 
 /* ppsrv__feed: hand waiting tickets to the engine, one per connection in
- * turn, as far as the engine's and each client's share allow. Main thread;
- * may resume a paused connection; never closes one. */
+ * turn, as far as the engine's and each client's share allow (feed.c,
+ * docs/protocol.md 7.4). Main thread; may resume a paused connection
+ * (which closes it if reading cannot restart). */
 void ppsrv__feed(srv *s);
 
 /* ppsrv__feed_write_progress: c's unwritten results fell: a connection that

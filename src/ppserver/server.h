@@ -21,6 +21,12 @@
 #define PPSRV_QUEUE_MAX_JOBS 100000u
 #define PPSRV_QUEUE_MAX_BYTES (256u * 1024u * 1024u)
 #define PPSRV_WRITE_MAX_BYTES (64u * 1024u * 1024u)
+/* Each client's share of the engine (feed.c, docs/protocol.md 7.4): its fair
+ * share of the workers, max(1, ceil(nworkers / clients with jobs)) jobs, plus
+ * jobs of functions measured short while their estimated work stays within
+ * PPSRV_PIPELINE_NS per share slot, at most PPSRV_PIPELINE_MAX per slot. */
+#define PPSRV_PIPELINE_NS 2000000u /* 2 ms */
+#define PPSRV_PIPELINE_MAX 256u
 
 /* ppsrv_run: start the engine and its workers, listen on cfg's interface and
  * port, write the pid file, and serve until SIGTERM/SIGINT or the -t idle

@@ -380,6 +380,61 @@ def test_two_clients_share_fairly(start_node):
     a.bye(), b.bye()
 
 
+def test_new_client_waits_about_one_job_behind_long_jobs(start_node):
+    """Fair share with long jobs (issue 8, defect 12): client A's 2,000 fast
+    jobs, then 1,000 sleep(0.1) jobs, on two workers. Once A's slow jobs run,
+    client B's one trivial job must not queue behind hundreds of them: the
+    node keeps no more of A's jobs in its engine than A's share (a global
+    run-time average let ~500 slow jobs in after the fast ones: B waited
+    ~25 s)."""
+    n = start_node()
+    nfast, nslow = 2000, 1000
+    add = ppwire.ref_descriptor("operator", "add")
+    sleep = ppwire.ref_descriptor("time", "sleep")
+    a = n.client(timeout=30)
+    slow_done, cond, errors = [0], threading.Condition(), []
+
+    def read_a():
+        try:
+            for _ in range(nfast + nslow):
+                rid, _, status, _, _ = a.result()
+                assert status == ppwire.RES_OK, status
+                if rid > nfast:
+                    with cond:
+                        slow_done[0] += 1
+                        cond.notify_all()
+        except Exception as e:  # closed at the end of the test, or a failure
+            with cond:
+                errors.append(e)
+                cond.notify_all()
+
+    reader = threading.Thread(target=read_a, daemon=True)
+    reader.start()
+    for i in range(nfast):
+        a.submit(add, (i, 1))
+    for i in range(nslow):
+        a.submit(sleep, (0.1,))
+    with cond:
+        assert cond.wait_for(lambda: slow_done[0] >= 1 or errors, timeout=60), \
+            "A's slow jobs did not start"
+    assert not errors, errors
+    b = n.client(timeout=15)
+    t0 = time.monotonic()
+    b.submit(ppwire.ref_descriptor("math", "sqrt"), (16,))
+    try:
+        _, _, status, _, data = b.result()
+        waited = time.monotonic() - t0
+    except socket.timeout:
+        waited = time.monotonic() - t0
+        status = data = None
+    print(f"client B waited {waited:.3f} s")
+    assert waited < 1.0, f"client B waited {waited:.2f} s behind A's 0.1 s jobs"
+    assert (status, pickle.loads(data)) == (ppwire.RES_OK, 4.0)
+    b.bye()
+    a.close()  # its queued jobs are dropped
+    n.assert_serves()
+
+
 def test_worker_crash_gives_lost(start_node):
     n = start_node()
     with n.client() as c:
