@@ -434,8 +434,8 @@ class Server:
         s = self._engine.stats()
         remote = self._engine.node_stats()
         st = Statistics(self._ncpus)
-        st.njobs = s["njobs"] - sum(r[3] for r in remote)
-        st.time = s["time"] - sum(r[4] for r in remote)
+        st.njobs = s["njobs"]  # the engine counts local workers' results
+        st.time = s["time"]
         stats = {"local": st}
         for name, connected, nworkers, njobs, t in remote:
             rs = Statistics(nworkers, rworker=name)

@@ -1,6 +1,10 @@
-/* engine.c — the engine's thread, its public API (submit, cancel, waits,
- * events, pool size, stats) and job completion. Scheduling lives in sched.c,
- * worker processes in pool.c. See engine_int.h for which thread owns what. */
+/* engine.c — the top of the core: the engine's thread and libuv loop, the
+ * one dispatch per loop turn (a prepare handle runs it when something asked
+ * for it), the tick timer (node heartbeats and reconnects, discovery
+ * queries, the no-capacity check), starting and stopping discovery, and the
+ * public API (submit, cancel, waits, events, pool size, stats). Policy is
+ * sched.c, transports pool.c and node.c, completion complete.c. See
+ * engine_int.h for the layers and for which thread owns what. */
 #include "engine_int.h"
 
 #include <pthread.h>
@@ -42,110 +46,116 @@ static void strv_free(char **v) {
   free(v);
 }
 
-void pp__log(pp_engine *e, int level, const char *fmt, ...) {
-  char msg[1024];
-  va_list ap;
-  if (!pp_log_enabled(level) && !e->queue_logs)
-    return;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  if (!e->queue_logs) {
-    pp_log(level, "%s", msg);
-    return;
-  }
-  uv_mutex_lock(&e->mu);
-  if (e->logq_len >= PP__LOGQ_MAX) {
-    e->logq_dropped++;
-  } else {
-    pp__logline *l = malloc(sizeof *l);
-    char *m = strdup(msg);
-    if (l && m) {
-      l->next = NULL;
-      l->level = level;
-      l->msg = m;
-      if (e->logq_tail)
-        e->logq_tail->next = l;
-      else
-        e->logq_head = l;
-      e->logq_tail = l;
-      e->logq_len++;
-      uv_cond_signal(&e->ev_cond);
-    } else {
-      free(l);
-      free(m);
-      e->logq_dropped++;
-    }
-  }
-  uv_mutex_unlock(&e->mu);
-}
-
-/* ---- completion ------------------------------------------------------- */
-
-static void group_finished(pp_engine *e, pp_job *j) {
-  if (j->group < e->ngroups && e->group_pending[j->group] > 0)
-    e->group_pending[j->group]--;
-  if (e->total_pending > 0)
-    e->total_pending--;
-}
-
-void pp__complete(pp_engine *e, pp_job *j, int status, uint8_t *result,
-                  size_t len, char *errmsg) {
-  int prev = atomic_load_explicit(&j->state, memory_order_relaxed);
-  if (prev == PP_JOB_RUNNING && e->running > 0)
-    e->running--;
-  j->status = status;
-  j->result = result;
-  j->result_len = len;
-  j->errmsg = errmsg;
-  if (status == PP_JOB_OK || status == PP_JOB_EXC || status == PP_JOB_SERIAL) {
-    e->njobs++;
-    e->time_ns += j->runtime_ns;
-  }
-  atomic_store_explicit(&j->state, PP_JOB_DONE, memory_order_release);
-  e->generation++;
-  if (e->on_complete != NULL)
-    e->on_complete(e->on_complete_ctx, j);
-  if (j->want_callback) {
-    /* the engine's reference moves to the event queue */
-    pp_jobq_push_back(&e->evq, j);
-    uv_cond_signal(&e->ev_cond);
-  } else {
-    group_finished(e, j);
-    pp_job_unref(j);
-  }
-  if (e->waiters > 0)
-    uv_cond_broadcast(&e->done_cond);
-}
-
 /* ---- the engine thread ------------------------------------------------- */
 
-static void on_close_noop(uv_handle_t *h) { PP_UNUSED(h); }
+#define TICK_MS 100
+#define STARVED_WARN_NS 5000000000ull
 
-/* engine_stop: fail every job and kill every worker; the loop ends once the
- * last handle is closed. Engine thread. */
+/* run_dispatch: apply a pool-size change made by another thread, then hand
+ * out work. The target is checked again under the lock that also guards
+ * the queue, so a job queued after set_nworkers() returned never sees the
+ * old pool. Engine thread, from on_dispatcher only. */
+static void run_dispatch(pp_engine *e) {
+  for (int tries = 0;; tries++) {
+    pp__pool_adjust(e);
+    uv_mutex_lock(&e->mu);
+    if (pp__pool_live(e) <= e->target || tries >= 8)
+      break; /* keep mu */
+    uv_mutex_unlock(&e->mu);
+  }
+  pp__dispatch(e); /* releases mu */
+}
+
+/* on_dispatcher: the prepare handle, once per loop turn before polling:
+ * the one place a dispatch runs. Work asked for during it (a failed send
+ * requeued jobs) wakes the loop for another turn instead of recursing. */
+static void on_dispatcher(uv_prepare_t *h) {
+  pp_engine *e = h->data;
+  if (!e->dispatch_wanted || e->stopping)
+    return;
+  e->dispatch_wanted = 0;
+  run_dispatch(e);
+  if (e->dispatch_wanted)
+    uv_async_send(&e->async);
+}
+
+/* check_capacity: jobs are waiting and no peer can run them: warn every few
+ * seconds naming the unreachable nodes, and fail them after the deadline. */
+static void check_capacity(pp_engine *e, uint64_t now) {
+  int capacity = pp__pool_live(e) > 0;
+  for (pp__peer *p = e->peers; p && !capacity; p = p->pnext)
+    capacity = p->ops->ready(p);
+  uv_mutex_lock(&e->mu);
+  size_t waiting = e->pending.len;
+  uv_mutex_unlock(&e->mu);
+  if (capacity || waiting == 0) {
+    e->starved_since_ns = 0;
+    return;
+  }
+  if (e->starved_since_ns == 0) {
+    e->starved_since_ns = now;
+    e->starved_warned_ns = 0;
+  }
+  if (now - e->starved_since_ns >= 1000000000ull &&
+      now - e->starved_warned_ns >= STARVED_WARN_NS) {
+    char names[512];
+    pp__nodes_names(e, names, sizeof names);
+    pp__log(e, PP_LOG_WARNING,
+            "%zu jobs are waiting but there is no local worker and no "
+            "reachable node%s%s%s", waiting, e->nodes ? " (unreachable: " : "",
+            e->nodes ? names : "", e->nodes ? ")" : "");
+    e->starved_warned_ns = now;
+  }
+  if (e->no_capacity_ns > 0 && now - e->starved_since_ns >= e->no_capacity_ns) {
+    char msg[160];
+    snprintf(msg, sizeof msg,
+             "no local worker and no reachable node for %.1f s "
+             "(no_capacity_timeout)", e->no_capacity_ns / 1e9);
+    uv_mutex_lock(&e->mu);
+    pp__fail_pending(e, PP_JOB_FAILED, msg);
+    uv_mutex_unlock(&e->mu);
+    e->starved_since_ns = 0;
+  }
+}
+
+/* on_tick: every TICK_MS on the engine thread. */
+static void on_tick(uv_timer_t *t) {
+  pp_engine *e = t->data;
+  uint64_t now = pp_now_ns();
+  if (e->stopping)
+    return;
+  pp__nodes_tick(e, now);
+  if (e->disco)
+    pp__disco_tick(e, now);
+  check_capacity(e, now);
+}
+
+/* engine_stop: fail every job, kill every worker, close every handle; the
+ * loop ends once the last one is closed. Engine thread. */
 static void engine_stop(pp_engine *e) {
-  pp_job *j;
   if (e->stopping)
     return;
   e->stopping = 1;
   uv_mutex_lock(&e->mu);
-  while ((j = pp_jobq_pop(&e->pending)) != NULL)
-    pp__complete(e, j, PP_JOB_DESTROYED, NULL, 0,
-                 strdup("the pp Server was destroyed before the job ran"));
-  for (pp__worker *w = e->workers; w; w = w->next)
-    while ((j = pp_jobq_pop(&w->inflight)) != NULL)
-      pp__complete(e, j, PP_JOB_DESTROYED, NULL, 0,
-                   strdup("the pp Server was destroyed while the job ran"));
+  pp__fail_pending(e, PP_JOB_DESTROYED,
+                   "the pp Server was destroyed before the job ran");
+  for (pp__peer *p = e->peers; p; p = p->pnext)
+    pp__peer_fail_all(p, PP_JOB_DESTROYED,
+                      "the pp Server was destroyed while the job ran");
   uv_mutex_unlock(&e->mu);
+  if (e->ndisco > 0)
+    pp__disco_stop(e);
   pp__nodes_stop(e);
-  pp__pool_kill_all(e);
-  uv_timer_stop(&e->respawn_timer);
-  uv_close((uv_handle_t *)&e->respawn_timer, on_close_noop);
-  uv_close((uv_handle_t *)&e->async, on_close_noop);
+  pp__pool_stop(e);
+  uv_timer_stop(&e->tick);
+  uv_close((uv_handle_t *)&e->tick, NULL);
+  uv_prepare_stop(&e->dispatcher);
+  uv_close((uv_handle_t *)&e->dispatcher, NULL);
+  uv_close((uv_handle_t *)&e->async, NULL);
 }
 
-/* on_async: woken by submit, set_nworkers or shutdown. Engine thread. */
+/* on_async: woken by submit, set_nworkers, shutdown, or a dispatch that
+ * wants another turn. Engine thread. */
 static void on_async(uv_async_t *a) {
   pp_engine *e = a->data;
   uv_mutex_lock(&e->mu);
@@ -155,7 +165,7 @@ static void on_async(uv_async_t *a) {
     engine_stop(e);
     return;
   }
-  pp__dispatch(e);
+  pp__want_dispatch(e);
 }
 
 static void engine_main(void *arg) {
@@ -166,8 +176,11 @@ static void engine_main(void *arg) {
    * SIGINT/SIGTERM reach the thread that handles them. */
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, NULL);
-  pp__nodes_start(e);
-  pp__dispatch(e);
+  uv_timer_start(&e->tick, on_tick, 0, TICK_MS);
+  uv_prepare_start(&e->dispatcher, on_dispatcher);
+  if (e->ndisco > 0)
+    pp__disco_start(e);
+  pp__want_dispatch(e);
   uv_run(&e->loop, UV_RUN_DEFAULT);
   uv_mutex_lock(&e->mu);
   e->stopped = 1;
@@ -179,6 +192,7 @@ static void engine_main(void *arg) {
 /* ---- public API -------------------------------------------------------- */
 
 static void engine_free_config(pp_engine *e) {
+  pp__disco_free(e);
   pp__nodes_free(e);
   if (e->secret != NULL) {
     memset(e->secret, 0, e->secret_len);
@@ -258,11 +272,16 @@ int pp_engine_new(const pp_engine_opts *o, pp_engine **out) {
   if (uv_async_init(&e->loop, &e->async, on_async) != 0)
     goto fail_cond2;
   e->async.data = e;
-  uv_timer_init(&e->loop, &e->respawn_timer);
-  e->respawn_timer.data = e;
+  uv_timer_init(&e->loop, &e->tick);
+  e->tick.data = e;
+  uv_prepare_init(&e->loop, &e->dispatcher);
+  e->dispatcher.data = e;
+  pp__pool_init(e); /* a timer: cannot fail on an initialised loop */
   if (uv_thread_create(&e->thread, engine_main, e) != 0) {
     uv_close((uv_handle_t *)&e->async, NULL);
-    uv_close((uv_handle_t *)&e->respawn_timer, NULL);
+    uv_close((uv_handle_t *)&e->tick, NULL);
+    uv_close((uv_handle_t *)&e->dispatcher, NULL);
+    pp__pool_stop(e);
     uv_run(&e->loop, UV_RUN_DEFAULT);
     goto fail_cond2;
   }
@@ -309,13 +328,7 @@ void pp_engine_free(pp_engine *e) {
     free(l->msg);
     free(l);
   }
-  while (e->workers) { /* all handles are closed once the loop ended */
-    pp__worker *w = e->workers;
-    e->workers = w->next;
-    pp_buf_free(&w->rbuf);
-    pp_keyset_free(&w->known);
-    free(w);
-  }
+  pp__pool_free(e);
   uv_loop_close(&e->loop);
   uv_cond_destroy(&e->ev_cond);
   uv_cond_destroy(&e->done_cond);
@@ -513,7 +526,7 @@ int pp_engine_next_event(pp_engine *e, int64_t timeout_ns, pp_event *ev) {
 
 void pp_engine_callback_done(pp_engine *e, pp_job *j) {
   uv_mutex_lock(&e->mu);
-  group_finished(e, j);
+  pp__group_finished(e, j);
   e->generation++;
   if (e->waiters > 0)
     uv_cond_broadcast(&e->done_cond);

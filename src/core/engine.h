@@ -59,7 +59,8 @@ int pp_engine_node_stats(pp_engine *e, pp_node_stats *out, int max);
 
 /* Counters for get_stats/print_stats. */
 typedef struct pp_engine_stats {
-  uint64_t njobs;     /* jobs that ran to a result on a worker */
+  uint64_t njobs;     /* jobs that ran to a result on a local worker
+                         (remote ones: pp_engine_node_stats) */
   uint64_t time_ns;   /* sum of their run times, as the workers measured */
   int nworkers;       /* target size of the local pool */
   int nlive;          /* worker processes alive right now */

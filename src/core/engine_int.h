@@ -1,83 +1,31 @@
-/* engine_int.h — internals shared by engine.c (thread, API, completion),
- * pool.c (local worker processes) and sched.c (dispatch policy). Not part of
- * the public API. Fields marked [mu] are protected by pp_engine.mu; fields
- * marked [loop] belong to the engine thread alone. */
+/* engine_int.h — the engine record and the internal calls between the
+ * core's layers (docs/architecture.md draws them). Not part of the public
+ * API. Fields marked [mu] are protected by pp_engine.mu; fields marked
+ * [loop] belong to the engine thread alone.
+ *
+ * Bottom up, each file calls only those below it:
+ *   complete.c   completion of a job, logging, asking for a dispatch
+ *   peer.c       what local workers and remote nodes share (peer.h)
+ *   pool.c | node.c   the two transports (processes | TCP to ppservers)
+ *   sched.c      pure policy over peers
+ *   discover.c   discovery sockets (makes node records through node.c)
+ *   engine.c     the thread, the loop, timers, capacity, public API */
 #ifndef PP_ENGINE_INT_H
 #define PP_ENGINE_INT_H
 
 #include "buf.h"
 #include "engine.h"
 #include "keyset.h"
+#include "peer.h"
 
 #include <uv.h>
 
-/* Pipelining: a worker may hold more than one job when jobs are short, so
- * tiny jobs travel in batches; long jobs go one at a time (no tail skew). */
-#define PP__PIPE_MAX_JOBS 256
-#define PP__PIPE_BUDGET_NS 2000000ull /* estimated work queued per worker */
-#define PP__KEYSET_MAX 4096           /* functions cached per worker */
-#define PP__LOGQ_MAX 1000             /* queued log lines kept */
-#define PP__MAX_SPAWN_FAILS 5         /* consecutive early deaths -> fail jobs */
+#define PP__LOGQ_MAX 1000        /* queued log lines kept */
+#define PP__MAX_SPAWN_FAILS 5    /* workers in a row that could not start */
+#define PP__MAX_DISCOVERED 1024  /* node records made from announcements */
 
-typedef struct pp__worker {
-  pp_engine *e;
-  uv_process_t proc;
-  uv_pipe_t pipe;
-  int pid;
-  int alive;        /* [loop] process running */
-  int retiring;     /* [loop] gets no new jobs; BYE once drained */
-  int bye_sent;     /* [loop] */
-  int hello;        /* [loop] HELLO received: the interpreter started */
-  int open_handles; /* [loop] proc and pipe handles not yet closed */
-  int njobs;        /* [loop] jobs dispatched to this process */
-  pp_jobq inflight; /* [loop] dispatched, no result yet, in order */
-  uint64_t inflight_est_ns; /* [loop] */
-  pp_buf rbuf;      /* [loop] bytes read, not yet framed */
-  pp_keyset known;  /* [loop] function keys this process has */
-  struct pp__worker *next;
-} pp__worker;
-
-enum pp__node_state {
-  PP__NODE_IDLE = 0,   /* not connected; reconnect at next_attempt_ns */
-  PP__NODE_RESOLVING,  /* getaddrinfo in flight */
-  PP__NODE_CONNECTING, /* TCP connect in flight */
-  PP__NODE_HANDSHAKE,  /* authenticating */
-  PP__NODE_AUTHED,     /* authenticated, waiting for the node's HELLO */
-  PP__NODE_READY,      /* serving jobs */
-  PP__NODE_CLOSING     /* TCP handle closing */
-};
-
-/* A remote ppserver, from the client's side. [loop] unless noted. */
-typedef struct pp__node {
-  pp_engine *e;
-  char *host, *port;
-  pp_node_stats st;      /* [mu] name is immutable */
-  int state;
-  uv_getaddrinfo_t gai;
-  uv_connect_t creq;
-  uv_tcp_t tcp;
-  int tcp_open;          /* tcp handle initialised and not yet closed */
-  int gai_busy;          /* getaddrinfo request outstanding */
-  struct pp_auth *auth;  /* handshake state while HANDSHAKE */
-  struct pp_session *sess;
-  pp_jobq inflight;      /* dispatched, no result yet */
-  uint64_t inflight_est_ns;
-  pp_buf rbuf;
-  pp_keyset known;
-  uint64_t state_since_ns, last_rx_ns, last_ping_ns, next_attempt_ns;
-  unsigned backoff_ms;
-  int ever_ready;
-  /* auto-discovery (discover.c); all 0 for configured nodes */
-  int discovered;        /* the record was made from an announcement */
-  int dormant;           /* stopped announcing while not connected: no
-                            reconnect attempts until it announces again */
-  uint64_t announced_ns; /* last announcement accepted */
-  uint64_t announce_ms;  /* its timestamp: older or equal ones are replays */
-  uint64_t interval_ns;  /* the node's announce period */
-  struct pp__node *next;
-} pp__node;
-
-#define PP__MAX_DISCOVERED 1024 /* node records made from announcements */
+typedef struct pp__worker pp__worker; /* pool.c */
+typedef struct pp__node pp__node;     /* node.c */
 
 typedef struct pp__logline {
   struct pp__logline *next;
@@ -101,8 +49,8 @@ struct pp_engine {
 
   uv_loop_t loop;
   uv_async_t async;
-  uv_timer_t respawn_timer;
-  uv_timer_t tick;      /* node heartbeats, reconnects, capacity checks */
+  uv_prepare_t dispatcher; /* runs the one dispatch of a loop turn */
+  uv_timer_t tick;         /* heartbeats, reconnects, capacity checks */
   uv_thread_t thread;
   int thread_started;
 
@@ -125,26 +73,32 @@ struct pp_engine {
   pp_jobq evq;         /* completed jobs wanting a callback */
   pp__logline *logq_head, *logq_tail;
   size_t logq_len, logq_dropped;
-  uint64_t njobs, time_ns;
+  uint64_t njobs, time_ns; /* results from local workers and their times */
   int *pids;           /* live worker pids */
   uint64_t *pid_jobs;  /* results each of them returned */
   int npids;
   int nlive;
 
   /* [loop] */
-  pp__worker *workers;
-  int spawn_fails;     /* consecutive workers that died before HELLO */
-  int respawn_due;     /* the backoff timer allows one spawn attempt */
+  int dispatch_wanted; /* something may have freed capacity or added work */
   int stopping;
-  pp__node *nodes;       /* appended to under mu (node_stats reads it) */
+  pp__peer *peers;     /* every place jobs go, local first (peer.c) */
+  pp__worker *workers; /* pool.c's processes */
+  uv_timer_t respawn_timer; /* pool.c: backoff between failed starts */
+  int spawn_fails;     /* pool.c: workers in a row that could not start */
+  int early_deaths;    /* pool.c: workers in a row killed before ready */
+  int respawn_due;     /* pool.c: the backoff timer allows one attempt */
+  pp__node *nodes;     /* node.c's records; appended to under mu */
   int ndiscovered;
   struct pp__disco *disco; /* NULL without auto-discovery */
   uint64_t starved_since_ns, starved_warned_ns;
 };
 
-/* engine.c */
+/* ---- complete.c: below every transport ------------------------------ */
+
 /* pp__log: log through the engine (queued for the callback thread when
- * queue_logs is set, else pp_log). Engine thread. */
+ * queue_logs is set, else pp_log). Any thread; takes mu when queueing, so
+ * callers must not hold it. */
 void pp__log(pp_engine *e, int level, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 3, 4)))
@@ -154,32 +108,41 @@ void pp__log(pp_engine *e, int level, const char *fmt, ...)
  * reference; takes ownership of result and errmsg (either may be NULL). */
 void pp__complete(pp_engine *e, pp_job *j, int status, uint8_t *result,
                   size_t len, char *errmsg);
+/* pp__group_finished: j no longer counts for pp_engine_wait_group (its
+ * callback ran). Caller holds mu. */
+void pp__group_finished(pp_engine *e, pp_job *j);
+/* pp__fail_pending: complete every queued job with status and a copy of
+ * msg. Caller holds mu. */
+void pp__fail_pending(pp_engine *e, int status, const char *msg);
+/* pp__want_dispatch: ask for one dispatch at the end of this loop turn
+ * (never runs it here). Engine thread. */
+static inline void pp__want_dispatch(pp_engine *e) { e->dispatch_wanted = 1; }
 
-/* pool.c — engine thread only */
+/* ---- pool.c: local worker processes (engine thread) ------------------ */
+
+/* pp__pool_init / pp__pool_free: the pool's timer (engine start) and its
+ * records (after the loop ended). pp__pool_init returns 0 or an error. */
+int pp__pool_init(pp_engine *e);
+void pp__pool_free(pp_engine *e);
 /* pp__pool_adjust: spawn or retire workers to reach the target size. */
 void pp__pool_adjust(pp_engine *e);
-/* pp__pool_kill_all: engine stopping: kill every worker process. */
-void pp__pool_kill_all(pp_engine *e);
-/* pp__worker_send_jobs: write every job of w->inflight from `first` on
- * (with FUNC frames for functions w has not seen). Returns 0 or an error, in
- * which case the worker has been killed and its jobs will be requeued. */
-int pp__worker_send_jobs(pp__worker *w, pp_job *first);
-/* pp__worker_can_take: whether w may be given one more job now. */
-int pp__worker_can_take(const pp__worker *w);
+/* pp__pool_stop: engine stopping: kill every worker, close the timer. */
+void pp__pool_stop(pp_engine *e);
+/* pp__pool_live: workers alive and not retiring (the pool's size now). */
+int pp__pool_live(const pp_engine *e);
 
-/* node.c — engine thread only */
-/* pp__nodes_init: create the node records (no I/O yet). 0 or PP_ENOMEM. */
+/* ---- node.c: remote ppserver nodes (engine thread) ------------------- */
+
+/* pp__nodes_init: create the node records (no I/O yet). 0 or an error. */
 int pp__nodes_init(pp_engine *e, char *const *specs);
-/* pp__nodes_start: start the tick timer that connects and watches nodes. */
-void pp__nodes_start(pp_engine *e);
-/* pp__nodes_stop: engine stopping: fail in-flight jobs, close everything. */
+/* pp__nodes_tick: heartbeats, timeouts and reconnects, every tick. */
+void pp__nodes_tick(pp_engine *e, uint64_t now);
+/* pp__nodes_names: "a, b, c" of every node into out (for a warning). */
+void pp__nodes_names(const pp_engine *e, char *out, size_t n);
+/* pp__nodes_stop: engine stopping: say goodbye, close everything. */
 void pp__nodes_stop(pp_engine *e);
 /* pp__nodes_free: after the loop ended. */
 void pp__nodes_free(pp_engine *e);
-int pp__node_can_take(const pp__node *n);
-/* pp__node_send_jobs: seal and write every job of n->inflight from first. */
-void pp__node_send_jobs(pp__node *n, pp_job *first);
-
 /* pp__node_discovered: an authenticated announcement says a node listens
  * on ip:port. Makes a node record the first time (and starts connecting),
  * wakes a dormant one, ignores replays (time_ms not newer than the last).
@@ -187,7 +150,16 @@ void pp__node_send_jobs(pp__node *n, pp_job *first);
 void pp__node_discovered(pp_engine *e, const char *ip, unsigned port,
                          uint32_t interval_ms, uint64_t time_ms);
 
-/* discover.c — engine thread only */
+/* ---- sched.c: the dispatch policy (engine thread) --------------------- */
+
+/* pp__dispatch: hand queued jobs to peers with room, local first, round
+ * robin, then write them. The caller holds mu; it is released here before
+ * writing. Called only by the engine's per-turn dispatcher (and unit
+ * tests), never from a transport callback or from inside itself. */
+void pp__dispatch(pp_engine *e);
+
+/* ---- discover.c: auto-discovery sockets (engine thread) -------------- */
+
 /* pp__disco_start: open the discovery sockets and send the first queries.
  * Returns 0 or a negative error after logging it (the engine runs on
  * without discovery). */
@@ -198,14 +170,5 @@ void pp__disco_tick(pp_engine *e, uint64_t now);
 void pp__disco_stop(pp_engine *e);
 /* pp__disco_free: after the loop ended. */
 void pp__disco_free(pp_engine *e);
-
-/* sched.c — engine thread only */
-/* pp__dispatch: hand queued jobs to workers with room, round robin, then
- * write them. */
-void pp__dispatch(pp_engine *e);
-/* pp__estimate: run-time estimate used for pipelining decisions. */
-uint64_t pp__estimate(const pp_job *j);
-/* pp__observe: fold a measured run time into the function's estimate. */
-void pp__observe(pp_func *f, uint64_t runtime_ns);
 
 #endif

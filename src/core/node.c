@@ -1,25 +1,70 @@
-/* node.c — remote ppserver nodes seen from the client's engine: resolving
- * and connecting, the mutual handshake (auth.h), sealed FUNC/JOB frames out
- * and RESULT frames in, heartbeats (PING every timeout/4; silence for the
- * whole timeout means the node is dead, which also catches a SIGSTOPped
- * node), requeueing a lost node's jobs at the front of the queue, reconnects
- * with exponential backoff, and the "no capacity" warning and deadline.
- * Node records come from the configuration at start, or from discovery
- * announcements at run time (pp__node_discovered); discovered ones that stop
- * announcing while disconnected go dormant. Everything here runs on the
- * engine thread. */
+/* node.c — the remote transport: ppserver nodes seen from the client's
+ * engine. Resolving and connecting, the mutual handshake (auth.h), sealed
+ * frames out (ops->emit seals each frame built by the one frame builder)
+ * and in, heartbeats and liveness (PING every timeout/4; the node is dead
+ * when for the whole timeout nothing moved in either direction: no byte
+ * received and none of ours acknowledged, so a long upload or download is
+ * never mistaken for silence, while a SIGSTOPped node is still caught),
+ * reconnects with exponential backoff. A lost node's jobs go back through
+ * the peer layer, uncharged. Node records come from the configuration at
+ * start, or from discovery announcements at run time
+ * (pp__node_discovered); discovered ones that stop announcing while
+ * disconnected go dormant. Everything here runs on the engine thread. */
 #include "auth.h"
 #include "engine_int.h"
 #include "spec.h"
 
+#include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define TICK_MS 100
 #define BACKOFF_MIN_MS 250
 #define BACKOFF_MAX_MS 10000
-#define STARVED_WARN_NS 5000000000ull
+
+enum node_state {
+  NODE_IDLE = 0,   /* not connected; reconnect at next_attempt_ns */
+  NODE_RESOLVING,  /* getaddrinfo in flight */
+  NODE_CONNECTING, /* TCP connect in flight */
+  NODE_HANDSHAKE,  /* authenticating */
+  NODE_AUTHED,     /* authenticated, waiting for the node's HELLO */
+  NODE_READY,      /* serving jobs */
+  NODE_CLOSING     /* TCP handle closing */
+};
+
+/* A remote ppserver, from the client's side. Engine thread unless noted. */
+struct pp__node {
+  pp__peer peer;         /* first: a node is a peer */
+  char *host, *port;
+  pp_node_stats st;      /* [mu] name is immutable */
+  int state;
+  uv_getaddrinfo_t gai;
+  uv_connect_t creq;
+  uv_tcp_t tcp;
+  int tcp_open;          /* tcp handle initialised and not yet closed */
+  int gai_busy;          /* getaddrinfo request outstanding */
+  struct pp_auth *auth;  /* handshake state while HANDSHAKE */
+  struct pp_session *sess;
+  pp_buf out;            /* sealed frames emitted, not yet flushed */
+  uint64_t state_since_ns, last_rx_ns, last_tx_ns, last_ping_ns;
+  uint64_t next_attempt_ns;
+  uint64_t acked;        /* bytes of ours the node acknowledged (TCP_INFO) */
+  size_t last_wq;        /* libuv write queue size at the last tick */
+  size_t last_backlog;   /* ours not yet acknowledged, at the last tick */
+  unsigned backoff_ms;
+  int ever_ready;
+  /* auto-discovery (discover.c); all 0 for configured nodes */
+  int discovered;        /* the record was made from an announcement */
+  int dormant;           /* stopped announcing while not connected: no
+                            reconnect attempts until it announces again */
+  uint64_t announced_ns; /* last announcement accepted */
+  uint64_t announce_ms;  /* its timestamp: older or equal ones are replays */
+  uint64_t interval_ns;  /* the node's announce period */
+  struct pp__node *next;
+};
+
+static const pp__peer_ops node_ops;
 
 /* ---- setup ---------------------------------------------------------------- */
 
@@ -32,16 +77,17 @@ static pp__node *node_new(pp_engine *e, char *host, char *port) {
     free(port);
     return NULL;
   }
-  n->e = e;
+  pp__peer_init(&n->peer, e, &node_ops, PP__PEER_REMOTE, 1);
   n->host = host;
   n->port = port;
   if (strchr(n->host, ':'))
     snprintf(n->st.name, sizeof n->st.name, "[%s]:%s", n->host, n->port);
   else
     snprintf(n->st.name, sizeof n->st.name, "%s:%s", n->host, n->port);
-  pp_buf_init(&n->rbuf);
-  pp_keyset_init(&n->known);
+  snprintf(n->peer.name, sizeof n->peer.name, "node %.270s", n->st.name);
+  pp_buf_init(&n->out);
   n->backoff_ms = BACKOFF_MIN_MS;
+  pp__peer_link(&n->peer);
   return n;
 }
 
@@ -62,7 +108,6 @@ int pp__nodes_init(pp_engine *e, char *const *specs) {
 }
 
 void pp__nodes_free(pp_engine *e) {
-  pp__disco_free(e);
   while (e->nodes) {
     pp__node *n = e->nodes;
     e->nodes = n->next;
@@ -74,117 +119,120 @@ void pp__nodes_free(pp_engine *e) {
       pp_session_clear(n->sess);
       free(n->sess);
     }
-    pp_buf_free(&n->rbuf);
-    pp_keyset_free(&n->known);
+    pp_buf_free(&n->out);
+    pp__peer_clear(&n->peer);
     free(n->host);
     free(n->port);
     free(n);
   }
 }
 
-int pp__node_can_take(const pp__node *n) {
-  if (n->state != PP__NODE_READY)
-    return 0;
-  uint64_t cap = n->st.nworkers > 0 ? (uint64_t)n->st.nworkers : 1;
-  if (n->inflight.len < cap)
-    return 1;
-  /* short jobs: keep a pipeline so network latency is hidden */
-  return n->inflight.len < cap * PP__PIPE_MAX_JOBS &&
-         n->inflight_est_ns < PP__PIPE_BUDGET_NS * cap;
-}
-
 /* ---- writing --------------------------------------------------------------- */
 
 typedef struct nreq {
   uv_write_t req;
+  pp__node *n;
   pp_buf buf;
 } nreq;
 
+/* on_node_write: a write finished (the kernel took our bytes: that alone
+ * says nothing of the node, whose kernel acknowledges even while the
+ * process is stopped). A failed write shows up as a read error or as
+ * silence. */
 static void on_node_write(uv_write_t *req, int status) {
   nreq *r = (nreq *)req;
-  PP_UNUSED(status); /* a failed write shows up as a read error or silence */
+  PP_UNUSED(status);
   pp_buf_free(&r->buf);
   free(r);
 }
 
 static void node_down(pp__node *n, const char *why);
 
-/* node_write: send out's bytes (ownership of out's storage moves to the
- * write request; out is left empty). */
-static void node_write(pp__node *n, pp_buf *out) {
+/* node_write: send out's bytes; ownership of out's storage moves to the
+ * write request only on success (out is then empty). 0 or a pp code. */
+static int node_write(pp__node *n, pp_buf *out) {
   if (pp_buf_avail(out) == 0)
-    return;
+    return PP_OK;
   nreq *r = calloc(1, sizeof *r);
-  if (r == NULL) {
-    pp_buf_free(out);
-    node_down(n, "out of memory");
-    return;
-  }
+  if (r == NULL)
+    return PP_ENOMEM;
+  r->n = n;
   r->buf = *out;
-  pp_buf_init(out);
   uv_buf_t b = uv_buf_init((char *)r->buf.data + r->buf.off,
                            (unsigned)pp_buf_avail(&r->buf));
   int rc = uv_write(&r->req, (uv_stream_t *)&n->tcp, &b, 1, on_node_write);
   if (rc != 0) {
-    pp_buf_free(&r->buf);
     free(r);
-    node_down(n, uv_strerror(rc));
+    return pp_err_from_uv(rc);
   }
+  pp_buf_init(out);
+  return PP_OK;
 }
 
-/* seal2: append one sealed frame whose payload is a[0..alen) + b[0..blen). */
-static int seal2(pp__node *n, pp_buf *out, uint8_t type, uint32_t flags,
-                 uint64_t id, uint32_t attempt, const void *a, size_t alen,
-                 const void *b, size_t blen) {
-  size_t len = alen + blen;
-  if (len > UINT32_MAX)
-    return PP_ETOOBIG;
-  int rc = pp_buf_reserve(out, PP_FRAME_HDR + len + PP_AUTH_MAC_LEN);
-  if (rc != PP_OK)
-    return rc;
+/* seal_frame: append one sealed frame (the one frame builder, then the
+ * session MAC) to out. 0 or a pp code (out unchanged). */
+static int seal_frame(pp__node *n, pp_buf *out, uint8_t type, uint32_t flags,
+                      uint64_t id, uint32_t attempt, const pp_part *parts,
+                      size_t nparts) {
   size_t off = out->len;
-  pp_frame_hdr h = {PP_PROTO_VERSION, type, flags, (uint32_t)len, attempt, id};
-  pp_frame_encode_hdr(out->data + out->len, &h);
-  out->len += PP_FRAME_HDR;
-  pp_buf_append(out, a, alen); /* room reserved above */
-  pp_buf_append(out, b, blen);
-  rc = pp_session_seal_tail(n->sess, out, out->len - off);
-  if (rc != PP_OK)
-    out->len = off;
+  if (n->sess == NULL)
+    return PP_ESTATE;
+  int rc = pp_frame_build(out, type, flags, id, attempt, parts, nparts);
+  if (rc == PP_OK) {
+    rc = pp_session_seal_tail(n->sess, out, out->len - off);
+    if (rc != PP_OK)
+      out->len = off;
+  }
   return rc;
 }
 
-void pp__node_send_jobs(pp__node *n, pp_job *first) {
+/* node_send: seal one frame and write it at once (heartbeats, goodbye).
+ * A failure takes the node down. */
+static void node_send(pp__node *n, uint8_t type, const void *p, size_t len) {
+  pp_part part = {p, len};
   pp_buf out;
   pp_buf_init(&out);
-  for (pp_job *j = first; j; j = j->next) {
-    pp_func *f = j->func;
-    if (!pp_keyset_has(&n->known, f->key)) {
-      uint32_t fl = 0;
-      if (n->known.len >= PP__KEYSET_MAX) {
-        pp_keyset_clear(&n->known);
-        fl = PP_FUNCF_RESET;
-      }
-      if (pp_keyset_add(&n->known, f->key) != PP_OK ||
-          seal2(n, &out, PP_MSG_FUNC, fl, 0, 0, f->key, PP_KEY_LEN, f->blob,
-                f->blob_len) != PP_OK)
-        goto fail;
-    }
-    if (seal2(n, &out, PP_MSG_JOB, j->flags, j->id, j->attempt, f->key,
-              PP_KEY_LEN, j->args, j->args_len) != PP_OK)
-      goto fail;
-  }
-  node_write(n, &out);
-  return;
-fail:
+  int rc = seal_frame(n, &out, type, 0, 0, 0, &part, 1);
+  if (rc == PP_OK)
+    rc = node_write(n, &out);
   pp_buf_free(&out);
-  node_down(n, "cannot encode a job");
+  if (rc != PP_OK)
+    node_down(n, pp_strerror(rc));
 }
+
+/* ops for the peer layer ------------------------------------------------ */
+
+static int n_ready(const pp__peer *p) {
+  return ((const pp__node *)p)->state == NODE_READY;
+}
+
+static int n_emit(pp__peer *p, uint8_t type, uint32_t flags, uint64_t id,
+                  uint32_t attempt, const pp_part *parts, size_t nparts,
+                  pp_job *job) {
+  PP_UNUSED(job); /* sealed frames are copied: the MAC covers them */
+  pp__node *n = (pp__node *)p;
+  return seal_frame(n, &n->out, type, flags, id, attempt, parts, nparts);
+}
+
+static int n_flush(pp__peer *p) {
+  pp__node *n = (pp__node *)p;
+  int rc = node_write(n, &n->out);
+  pp_buf_free(&n->out);
+  return rc;
+}
+
+static void n_drop(pp__peer *p, const char *why) {
+  pp__node *n = (pp__node *)p;
+  pp_buf_free(&n->out);
+  node_down(n, why);
+}
+
+static const pp__peer_ops node_ops = {n_ready, n_emit, n_flush, n_drop};
 
 /* ---- losing a node ------------------------------------------------------- */
 
 static void set_connected(pp__node *n, int connected, int nworkers) {
-  pp_engine *e = n->e;
+  pp_engine *e = n->peer.e;
   uv_mutex_lock(&e->mu);
   n->st.connected = connected;
   if (nworkers >= 0)
@@ -192,58 +240,42 @@ static void set_connected(pp__node *n, int connected, int nworkers) {
   uv_mutex_unlock(&e->mu);
 }
 
-/* requeue: the node is gone; its jobs go back to the front of the queue in
- * their order, to run elsewhere. Not charged as crashes: the job did not
- * necessarily cause it. */
-static void requeue(pp__node *n) {
-  pp_engine *e = n->e;
-  pp_job *j;
-  if (n->inflight.len == 0)
-    return;
-  uv_mutex_lock(&e->mu);
-  while ((j = n->inflight.tail) != NULL) {
-    pp_jobq_remove(&n->inflight, j);
-    atomic_store(&j->state, PP_JOB_QUEUED);
-    e->running--;
-    pp_jobq_push_front(&e->pending, j);
-  }
-  n->inflight_est_ns = 0;
-  uv_mutex_unlock(&e->mu);
-}
-
 /* schedule_retry: back to IDLE; the tick reconnects after the backoff. */
 static void schedule_retry(pp__node *n) {
-  n->state = PP__NODE_IDLE;
+  n->state = NODE_IDLE;
   n->state_since_ns = pp_now_ns();
   n->next_attempt_ns = n->state_since_ns + (uint64_t)n->backoff_ms * 1000000u;
   n->backoff_ms = n->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS
                                                      : n->backoff_ms * 2;
 }
 
+/* on_tcp_closed: the handle's memory is ours again. */
 static void on_tcp_closed(uv_handle_t *h) {
   pp__node *n = h->data;
   n->tcp_open = 0;
   schedule_retry(n);
 }
 
-/* node_down: close the connection (if any), requeue its jobs and schedule a
- * reconnect. Safe to call in any state. */
+/* node_down: close the connection (if any), requeue its jobs through the
+ * peer layer (not charged: the jobs did not necessarily cause it) and
+ * schedule a reconnect. Safe to call in any state, also from inside a
+ * dispatch round's send: it only asks for the next dispatch. */
 static void node_down(pp__node *n, const char *why) {
-  pp_engine *e = n->e;
-  int was_ready = n->state == PP__NODE_READY;
-  if (n->state == PP__NODE_IDLE || n->state == PP__NODE_CLOSING)
+  pp_engine *e = n->peer.e;
+  int was_ready = n->state == NODE_READY;
+  if (n->state == NODE_IDLE || n->state == NODE_CLOSING)
     return;
   if (was_ready)
     pp__log(e, PP_LOG_WARNING,
             "lost node %s (%s); its %zu jobs go to other workers",
-            n->st.name, why, n->inflight.len);
+            n->st.name, why, n->peer.inflight.len);
   else
     pp__log(e, n->ever_ready ? PP_LOG_INFO : PP_LOG_WARNING,
             "cannot use node %s: %s", n->st.name, why);
   set_connected(n, 0, -1);
-  requeue(n);
-  pp_keyset_clear(&n->known);
-  pp_buf_free(&n->rbuf);
+  n->state = NODE_CLOSING; /* not ready: the peer layer sends it nothing */
+  pp__peer_requeue(&n->peer, 0, 0, 0, NULL);
+  pp_buf_free(&n->out);
   if (n->auth) {
     pp_auth_clear(n->auth);
     free(n->auth);
@@ -254,84 +286,19 @@ static void node_down(pp__node *n, const char *why) {
     free(n->sess);
     n->sess = NULL;
   }
-  if (n->state == PP__NODE_RESOLVING) {
+  if (n->gai_busy) {
     /* the getaddrinfo callback will see the state and just return */
     uv_cancel((uv_req_t *)&n->gai);
     schedule_retry(n);
     return;
   }
-  n->state = PP__NODE_CLOSING;
   if (n->tcp_open && !uv_is_closing((uv_handle_t *)&n->tcp))
     uv_close((uv_handle_t *)&n->tcp, on_tcp_closed);
   else if (!n->tcp_open)
     schedule_retry(n);
-  if (!e->stopping)
-    pp__dispatch(e);
 }
 
 /* ---- reading ------------------------------------------------------------- */
-
-/* find_inflight: the job dispatched as (id, attempt), searched from the
- * oldest (results come back nearly in order). */
-static pp_job *find_inflight(pp__node *n, uint64_t id, uint32_t attempt) {
-  for (pp_job *j = n->inflight.head; j; j = j->next)
-    if (j->id == id)
-      return j->attempt == attempt ? j : NULL;
-  return NULL;
-}
-
-/* on_result: complete a job from a RESULT frame. Returns 0 or PP_EPROTO. */
-static int on_result(pp__node *n, const pp_frame_hdr *h, const uint8_t *p) {
-  pp_engine *e = n->e;
-  unsigned status = PP_RES_STATUS(h->flags);
-  if (h->length < 8 || status > PP_RES_MAX)
-    return PP_EPROTO;
-  pp_job *j = find_inflight(n, h->id, h->attempt);
-  if (j == NULL) { /* a late answer to an attempt we gave up on: drop it */
-    pp__log(e, PP_LOG_DEBUG, "node %s: dropped result for job %llu/%u",
-            n->st.name, (unsigned long long)h->id, h->attempt);
-    return PP_OK;
-  }
-  size_t len = h->length - 8;
-  const uint8_t *data = p + 8;
-  int jstatus = (int)status;
-  uint8_t *copy = NULL;
-  char *msg = NULL;
-  int exitstatus = -1, termsignal = 0;
-  if (status == PP_RES_LOST || status == PP_RES_FAILED) {
-    size_t skip = status == PP_RES_LOST ? 8 : 0;
-    if (len < skip)
-      return PP_EPROTO;
-    if (status == PP_RES_LOST) {
-      exitstatus = (int32_t)pp_get_u32(data);
-      termsignal = (int32_t)pp_get_u32(data + 4);
-    }
-    size_t ml = len - skip > 400 ? 400 : len - skip;
-    msg = malloc(ml + 300);
-    if (msg == NULL)
-      return PP_ENOMEM;
-    snprintf(msg, ml + 300, "on node %s: %.*s", n->st.name, (int)ml,
-             (const char *)data + skip);
-    jstatus = status == PP_RES_LOST ? PP_JOB_LOST : PP_JOB_FAILED;
-  } else {
-    copy = malloc(len ? len : 1);
-    if (copy == NULL)
-      return PP_ENOMEM;
-    memcpy(copy, data, len);
-  }
-  j->runtime_ns = pp_get_u64(p);
-  pp__observe(j->func, j->runtime_ns);
-  uv_mutex_lock(&e->mu);
-  pp_jobq_remove(&n->inflight, j);
-  n->inflight_est_ns -= j->est_ns;
-  j->exitstatus = exitstatus;
-  j->termsignal = termsignal;
-  n->st.njobs++;
-  n->st.time_ns += j->runtime_ns;
-  pp__complete(e, j, jstatus, copy, copy ? len : 0, msg);
-  uv_mutex_unlock(&e->mu);
-  return PP_OK;
-}
 
 /* session_frames: handle every complete sealed frame. 0 or an error. */
 static int session_frames(pp__node *n) {
@@ -339,45 +306,43 @@ static int session_frames(pp__node *n) {
   const uint8_t *p;
   int rc = PP_ECLOSED;
   while (n->sess != NULL &&
-         (rc = pp_session_next(n->sess, &n->rbuf, PP_FRAME_MAX_DEFAULT, &h,
+         (rc = pp_session_next(n->sess, &n->peer.rbuf, PP_FRAME_MAX_DEFAULT, &h,
                                &p)) == 1) {
     size_t size = PP_SESSION_FRAME_SIZE(&h);
     switch (h.type) {
     case PP_MSG_HELLO:
-      if (h.length < 8 || n->state != PP__NODE_AUTHED)
+      if (h.length < 8 || n->state != NODE_AUTHED)
         return PP_EPROTO;
       {
         uint32_t nw = pp_get_u32(p + 4);
         if (nw == 0 || nw > 65536)
           return PP_EPROTO;
-        n->state = PP__NODE_READY;
+        n->state = NODE_READY;
+        n->peer.slots = (int)nw;
+        n->last_tx_ns = pp_now_ns();
         n->ever_ready = 1;
         n->backoff_ms = BACKOFF_MIN_MS;
         set_connected(n, 1, (int)nw);
-        pp__log(n->e, PP_LOG_INFO, "connected to node %s (%u workers)",
+        pp__log(n->peer.e, PP_LOG_INFO, "connected to node %s (%u workers)",
                 n->st.name, nw);
+        pp__want_dispatch(n->peer.e);
       }
       break;
     case PP_MSG_RESULT:
-      if (n->state != PP__NODE_READY)
+      if (n->state != NODE_READY)
         return PP_EPROTO;
-      rc = on_result(n, &h, p);
-      if (rc != PP_OK)
+      pp__credit c = {&n->st.njobs, &n->st.time_ns, NULL};
+      rc = pp__peer_result(&n->peer, &h, p, &c);
+      if (rc < 0)
         return rc;
       break;
-    case PP_MSG_PING: {
-      pp_buf out;
-      pp_buf_init(&out);
+    case PP_MSG_PING:
       if (h.length > 64)
         return PP_EPROTO;
-      if (pp_session_seal(n->sess, &out, PP_MSG_PONG, 0, 0, 0, p, h.length) !=
-          PP_OK) {
-        pp_buf_free(&out);
-        return PP_ENOMEM;
-      }
-      node_write(n, &out);
+      node_send(n, PP_MSG_PONG, p, h.length);
+      if (n->sess == NULL)
+        return PP_ECLOSED; /* the answer could not be sent */
       break;
-    }
     case PP_MSG_PONG:
       break;
     case PP_MSG_BYE:
@@ -385,7 +350,7 @@ static int session_frames(pp__node *n) {
     default:
       return PP_EPROTO;
     }
-    pp_buf_consume(&n->rbuf, size);
+    pp_buf_consume(&n->peer.rbuf, size);
   }
   return n->sess == NULL ? PP_ECLOSED : rc;
 }
@@ -396,14 +361,17 @@ static int handshake_frames(pp__node *n) {
   pp_frame_hdr h;
   const uint8_t *p;
   int rc;
-  while ((rc = pp_auth_next(&n->rbuf, &h, &p)) == 1) {
+  while ((rc = pp_auth_next(&n->peer.rbuf, &h, &p)) == 1) {
     pp_buf out;
     pp_buf_init(&out);
     int frc = pp_auth_feed(n->auth, &h, p, &out);
-    pp_buf_consume(&n->rbuf, PP_FRAME_HDR + h.length);
-    node_write(n, &out);
+    pp_buf_consume(&n->peer.rbuf, PP_FRAME_HDR + h.length);
+    int wrc = node_write(n, &out);
+    pp_buf_free(&out);
     if (frc < 0)
       return frc;
+    if (wrc < 0)
+      return wrc;
     if (frc == 1) {
       n->sess = calloc(1, sizeof *n->sess);
       if (n->sess == NULL)
@@ -413,7 +381,7 @@ static int handshake_frames(pp__node *n) {
       pp_auth_clear(n->auth);
       free(n->auth);
       n->auth = NULL;
-      n->state = PP__NODE_AUTHED;
+      n->state = NODE_AUTHED;
       return 1;
     }
   }
@@ -423,12 +391,12 @@ static int handshake_frames(pp__node *n) {
 static void on_node_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   pp__node *n = h->data;
   PP_UNUSED(hint);
-  if (pp_buf_reserve(&n->rbuf, 65536) != PP_OK) {
+  if (pp_buf_reserve(&n->peer.rbuf, 65536) != PP_OK) {
     *buf = uv_buf_init(NULL, 0);
     return;
   }
-  *buf = uv_buf_init((char *)n->rbuf.data + n->rbuf.len,
-                     (unsigned)(n->rbuf.cap - n->rbuf.len));
+  *buf = uv_buf_init((char *)n->peer.rbuf.data + n->peer.rbuf.len,
+                     (unsigned)(n->peer.rbuf.cap - n->peer.rbuf.len));
 }
 
 static void on_node_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
@@ -441,9 +409,9 @@ static void on_node_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
   if (nread == 0)
     return;
-  n->rbuf.len += (size_t)nread;
+  n->peer.rbuf.len += (size_t)nread;
   n->last_rx_ns = pp_now_ns();
-  if (n->state == PP__NODE_HANDSHAKE) {
+  if (n->state == NODE_HANDSHAKE) {
     rc = handshake_frames(n);
     if (rc == 0)
       return;
@@ -464,15 +432,15 @@ static void on_node_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     node_down(n, why);
     return;
   }
-  pp__dispatch(n->e);
+  pp__want_dispatch(n->peer.e); /* results may have freed room */
 }
 
 /* ---- connecting ------------------------------------------------------------ */
 
 static void on_connect(uv_connect_t *req, int status) {
   pp__node *n = req->data;
-  pp_engine *e = n->e;
-  if (n->state != PP__NODE_CONNECTING)
+  pp_engine *e = n->peer.e;
+  if (n->state != NODE_CONNECTING)
     return; /* cancelled by node_down/stop; the close callback handles it */
   if (status < 0) {
     node_down(n, uv_strerror(status));
@@ -490,16 +458,19 @@ static void on_connect(uv_connect_t *req, int status) {
     node_down(n, "cannot start the handshake");
     return;
   }
-  n->state = PP__NODE_HANDSHAKE;
+  n->state = NODE_HANDSHAKE;
   n->state_since_ns = n->last_rx_ns = pp_now_ns();
   uv_read_start((uv_stream_t *)&n->tcp, on_node_alloc, on_node_read);
-  node_write(n, &out);
+  int rc = node_write(n, &out);
+  pp_buf_free(&out);
+  if (rc != PP_OK)
+    node_down(n, pp_strerror(rc));
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *ai) {
   pp__node *n = req->data;
   n->gai_busy = 0;
-  if (n->state != PP__NODE_RESOLVING || n->e->stopping) {
+  if (n->state != NODE_RESOLVING || n->peer.e->stopping) {
     if (ai)
       uv_freeaddrinfo(ai);
     return;
@@ -510,11 +481,11 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *ai) 
     node_down(n, status < 0 ? uv_strerror(status) : "no address");
     return;
   }
-  uv_tcp_init(&n->e->loop, &n->tcp);
+  uv_tcp_init(&n->peer.e->loop, &n->tcp);
   n->tcp.data = n;
   n->tcp_open = 1;
   n->creq.data = n;
-  n->state = PP__NODE_CONNECTING;
+  n->state = NODE_CONNECTING;
   n->state_since_ns = pp_now_ns();
   int rc = uv_tcp_connect(&n->creq, &n->tcp, ai->ai_addr, on_connect);
   uv_freeaddrinfo(ai);
@@ -528,92 +499,70 @@ static void node_connect(pp__node *n) {
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   n->gai.data = n;
-  n->state = PP__NODE_RESOLVING;
+  n->state = NODE_RESOLVING;
   n->state_since_ns = pp_now_ns();
   n->gai_busy = 1;
-  int rc = uv_getaddrinfo(&n->e->loop, &n->gai, on_resolved, n->host, n->port,
+  int rc = uv_getaddrinfo(&n->peer.e->loop, &n->gai, on_resolved, n->host, n->port,
                           &hints);
   if (rc != 0) {
     n->gai_busy = 0;
-    n->state = PP__NODE_CONNECTING; /* so node_down schedules a retry */
+    n->state = NODE_CONNECTING; /* so node_down schedules a retry */
     node_down(n, uv_strerror(rc));
   }
 }
 
-/* ---- the tick: heartbeats, reconnects, capacity ---------------------------- */
+/* ---- the tick: heartbeats, liveness, reconnects ------------------------------ */
 
 static void send_ping(pp__node *n, uint64_t now) {
-  pp_buf out;
   uint8_t t[8];
   pp_put_u64(t, now);
-  pp_buf_init(&out);
-  if (pp_session_seal(n->sess, &out, PP_MSG_PING, 0, 0, 0, t, 8) == PP_OK)
-    node_write(n, &out);
-  else
-    pp_buf_free(&out);
   n->last_ping_ns = now;
+  node_send(n, PP_MSG_PING, t, 8);
 }
 
-/* check_capacity: jobs are waiting and nothing can run them: warn every few
- * seconds naming the unreachable nodes, and fail them after the deadline. */
-static void check_capacity(pp_engine *e, uint64_t now) {
-  int capacity = 0;
-  for (pp__worker *w = e->workers; w; w = w->next)
-    capacity |= w->alive && !w->retiring;
-  for (pp__node *n = e->nodes; n; n = n->next)
-    capacity |= n->state == PP__NODE_READY;
-  uv_mutex_lock(&e->mu);
-  size_t waiting = e->pending.len;
-  uv_mutex_unlock(&e->mu);
-  if (capacity || waiting == 0) {
-    e->starved_since_ns = 0;
-    return;
-  }
-  if (e->starved_since_ns == 0) {
-    e->starved_since_ns = now;
-    e->starved_warned_ns = 0;
-  }
-  if (now - e->starved_since_ns >= 1000000000ull &&
-      now - e->starved_warned_ns >= STARVED_WARN_NS) {
-    char names[512] = "";
-    size_t off = 0;
-    for (pp__node *n = e->nodes; n && off < sizeof names - 1; n = n->next) {
-      int k = snprintf(names + off, sizeof names - off, "%s%s",
-                       off ? ", " : "", n->st.name);
-      if (k < 0)
-        break;
-      off += (size_t)k;
+/* note_tx_progress: whether a transfer of ours moved since the last tick:
+ * with a backlog of unacknowledged bytes (more than heartbeats), the node
+ * acknowledged more of them (TCP_INFO), or libuv's write queue shrank.
+ * Either counts as a sign of life, so an upload that moves at any speed
+ * keeps its connection; a stopped or unplugged node acknowledges nothing
+ * once its receive window is full, and is caught. Heartbeats alone do not
+ * count: a stopped process's kernel still acknowledges them. */
+static void note_tx_progress(pp__node *n, uint64_t now) {
+  enum { BACKLOG_MIN = 4096 };
+  size_t wq = uv_stream_get_write_queue_size((uv_stream_t *)&n->tcp);
+  size_t backlog = wq;
+  if (wq < n->last_wq)
+    n->last_tx_ns = now;
+  n->last_wq = wq;
+#if defined(__linux__) && defined(TCP_INFO) && defined(TIOCOUTQ)
+  /* glibc's struct tcp_info predates tcpi_bytes_acked (Linux 4.2), and
+   * <linux/tcp.h> clashes with <netinet/tcp.h> (which uv.h includes), so
+   * the field is read at its place in the kernel's ABI: a u64 at byte 120. */
+  enum { BYTES_ACKED_OFF = 120 };
+  uv_os_fd_t fd;
+  uint8_t ti[256];
+  socklen_t len = sizeof ti;
+  int outq = 0;
+  if (uv_fileno((uv_handle_t *)&n->tcp, &fd) == 0) {
+    if (ioctl(fd, TIOCOUTQ, &outq) == 0 && outq > 0)
+      backlog += (size_t)outq;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &len) == 0 &&
+        len >= BYTES_ACKED_OFF + 8) {
+      uint64_t acked;
+      memcpy(&acked, ti + BYTES_ACKED_OFF, 8);
+      if (acked > n->acked && n->last_backlog > BACKLOG_MIN)
+        n->last_tx_ns = now;
+      n->acked = acked;
     }
-    pp__log(e, PP_LOG_WARNING,
-            "%zu jobs are waiting but there is no local worker and no "
-            "reachable node%s%s%s", waiting, e->nodes ? " (unreachable: " : "",
-            e->nodes ? names : "", e->nodes ? ")" : "");
-    e->starved_warned_ns = now;
   }
-  if (e->no_capacity_ns > 0 && now - e->starved_since_ns >= e->no_capacity_ns) {
-    pp_job *j;
-    uv_mutex_lock(&e->mu);
-    while ((j = pp_jobq_pop(&e->pending)) != NULL) {
-      char *msg = malloc(160);
-      if (msg)
-        snprintf(msg, 160,
-                 "no local worker and no reachable node for %.1f s "
-                 "(no_capacity_timeout)", e->no_capacity_ns / 1e9);
-      pp__complete(e, j, PP_JOB_FAILED, NULL, 0, msg);
-    }
-    uv_mutex_unlock(&e->mu);
-    e->starved_since_ns = 0;
-  }
+#endif
+  n->last_backlog = backlog;
 }
 
-static void on_tick(uv_timer_t *t) {
-  pp_engine *e = t->data;
-  uint64_t now = pp_now_ns();
-  if (e->stopping)
-    return;
+void pp__nodes_tick(pp_engine *e, uint64_t now) {
   for (pp__node *n = e->nodes; n; n = n->next) {
     switch (n->state) {
-    case PP__NODE_IDLE:
+    case NODE_IDLE:
       if (n->discovered && !n->dormant &&
           now - n->announced_ns > 3 * n->interval_ns) {
         n->dormant = 1;
@@ -624,33 +573,42 @@ static void on_tick(uv_timer_t *t) {
       if (!n->dormant && now >= n->next_attempt_ns && !n->gai_busy)
         node_connect(n);
       break;
-    case PP__NODE_RESOLVING:
-    case PP__NODE_CONNECTING:
-    case PP__NODE_HANDSHAKE:
-    case PP__NODE_AUTHED:
+    case NODE_RESOLVING:
+    case NODE_CONNECTING:
+    case NODE_HANDSHAKE:
+    case NODE_AUTHED:
       if (now - n->state_since_ns > e->node_timeout_ns)
         node_down(n, "timed out while connecting");
       break;
-    case PP__NODE_READY:
-      if (now - n->last_rx_ns > e->node_timeout_ns)
+    case NODE_READY: {
+      note_tx_progress(n, now);
+      uint64_t last = n->last_rx_ns > n->last_tx_ns ? n->last_rx_ns
+                                                    : n->last_tx_ns;
+      if (now - n->last_rx_ns > e->node_timeout_ns &&
+          now - last > e->node_timeout_ns)
         node_down(n, "no answer to heartbeats");
       else if (now - n->last_ping_ns > e->node_timeout_ns / 4)
         send_ping(n, now);
       break;
+    }
     default:
       break;
     }
   }
-  pp__disco_tick(e, now);
-  check_capacity(e, now);
 }
 
-void pp__nodes_start(pp_engine *e) {
-  uv_timer_init(&e->loop, &e->tick);
-  e->tick.data = e;
-  uv_timer_start(&e->tick, on_tick, 0, TICK_MS);
-  if (e->ndisco > 0)
-    pp__disco_start(e);
+void pp__nodes_names(const pp_engine *e, char *out, size_t size) {
+  size_t off = 0;
+  if (size == 0)
+    return;
+  out[0] = '\0';
+  for (const pp__node *n = e->nodes; n && off < size - 1; n = n->next) {
+    int k = snprintf(out + off, size - off, "%s%s", off ? ", " : "",
+                     n->st.name);
+    if (k < 0)
+      break;
+    off += (size_t)k;
+  }
 }
 
 /* ---- discovered nodes ------------------------------------------------------ */
@@ -682,7 +640,7 @@ void pp__node_discovered(pp_engine *e, const char *ip, unsigned port,
       pp__log(e, PP_LOG_INFO, "node %s announces itself again", n->st.name);
     }
     /* it says it is there: try now rather than at the end of a backoff */
-    if (n->state == PP__NODE_IDLE && !n->gai_busy)
+    if (n->state == NODE_IDLE && !n->gai_busy)
       n->next_attempt_ns = now;
     return;
   }
@@ -715,28 +673,12 @@ void pp__node_discovered(pp_engine *e, const char *ip, unsigned port,
 }
 
 void pp__nodes_stop(pp_engine *e) {
-  pp_job *j;
-  pp__disco_stop(e);
-  uv_timer_stop(&e->tick);
-  uv_close((uv_handle_t *)&e->tick, NULL);
-  uv_mutex_lock(&e->mu);
-  for (pp__node *n = e->nodes; n; n = n->next)
-    while ((j = pp_jobq_pop(&n->inflight)) != NULL)
-      pp__complete(e, j, PP_JOB_DESTROYED, NULL, 0,
-                   strdup("the pp Server was destroyed while the job ran"));
-  uv_mutex_unlock(&e->mu);
   for (pp__node *n = e->nodes; n; n = n->next) {
-    if (n->state == PP__NODE_READY && n->sess) {
-      pp_buf out;
-      pp_buf_init(&out);
-      if (pp_session_seal(n->sess, &out, PP_MSG_BYE, 0, 0, 0, NULL, 0) == PP_OK)
-        node_write(n, &out);
-      else
-        pp_buf_free(&out);
-    }
+    if (n->state == NODE_READY && n->sess)
+      node_send(n, PP_MSG_BYE, NULL, 0);
     if (n->gai_busy)
       uv_cancel((uv_req_t *)&n->gai);
-    n->state = PP__NODE_CLOSING;
+    n->state = NODE_CLOSING;
     if (n->tcp_open && !uv_is_closing((uv_handle_t *)&n->tcp))
       uv_close((uv_handle_t *)&n->tcp, on_tcp_closed);
   }

@@ -1,16 +1,45 @@
-/* pool.c — the local worker processes: spawning them with their frame pipe
- * on fd 3, writing jobs, reading results, and handling a process that exits
- * or dies (its jobs go back to the front of the queue, the job it was
- * running is charged one crash, a replacement is started). Engine thread. */
+/* pool.c — the local transport: worker processes with their frame pipe on
+ * fd 3 and their status page (wstatus.h) on fd 4; spawning, writing frames
+ * without copying large payloads, reading HELLO and RESULT frames, and a
+ * process that exits or dies (its jobs are requeued by the peer layer, the
+ * job it was running — read from its status page — is charged one crash, a
+ * replacement is started). Workers killed before they are ready are
+ * respawned with a bounded backoff; only workers that cannot start at all
+ * (missing command, an exit before ready) make queued jobs fail.
+ * Engine thread only. */
 #include "engine_int.h"
+#include "wstatus.h"
 
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define INLINE_MAX 8192 /* payloads up to this size are copied, larger ones referenced */
+#define BACKOFF_FIRST_MS 100u
+#define BACKOFF_MAX_SHIFT 4 /* 100 ms .. 1.6 s between start attempts */
+
+typedef struct wreq wreq;
+
+struct pp__worker {
+  pp__peer peer; /* first: a worker is a peer */
+  uv_process_t proc;
+  uv_pipe_t pipe;
+  int pid;
+  int alive;        /* process running */
+  int retiring;     /* gets no new jobs; BYE once drained */
+  int bye_sent;
+  int hello;        /* HELLO received: the interpreter started */
+  int broke;        /* killed for breaking the protocol: the oldest job in
+                       flight (the one its bad frame was about) is charged */
+  int open_handles; /* proc and pipe handles not yet closed */
+  pp_wstatus *status; /* shared status page, or NULL */
+  wreq *out;        /* frames emitted since the last flush */
+  pp__worker *next;
+};
 
 /* ---- bookkeeping ------------------------------------------------------ */
 
@@ -44,27 +73,40 @@ static void pids_remove(pp_engine *e, int pid) {
   uv_mutex_unlock(&e->mu);
 }
 
-/* pids_count: credit n results to pid. Caller holds mu. */
-static void pids_count(pp_engine *e, int pid, uint64_t n) {
+/* pid_counter: where pid's result count lives. The table only changes on
+ * the engine thread, so the pointer stays valid for the rest of the
+ * current callback. NULL when the pid is not listed. */
+static uint64_t *pid_counter(pp_engine *e, int pid) {
   for (int i = 0; i < e->npids; i++)
-    if (e->pids[i] == pid) {
-      e->pid_jobs[i] += n;
-      return;
-    }
+    if (e->pids[i] == pid)
+      return &e->pid_jobs[i];
+  return NULL;
+}
+
+static void wreq_free(wreq *r);
+
+/* worker_free: release everything w owns (its handles are closed). */
+static void worker_free(pp__worker *w) {
+  if (w->out)
+    wreq_free(w->out);
+  if (w->status)
+    munmap(w->status, PP_WSTATUS_SIZE);
+  pp__peer_clear(&w->peer);
+  free(w);
 }
 
 static void worker_unlink_free(pp__worker *w) {
-  pp_engine *e = w->e;
+  pp_engine *e = w->peer.e;
   for (pp__worker **pw = &e->workers; *pw; pw = &(*pw)->next)
     if (*pw == w) {
       *pw = w->next;
       break;
     }
-  pp_buf_free(&w->rbuf);
-  pp_keyset_free(&w->known);
-  free(w);
+  worker_free(w);
 }
 
+/* on_handle_closed: the close callback of both handles; the last one frees
+ * the record (libuv owns the memory until then). */
 static void on_handle_closed(uv_handle_t *h) {
   pp__worker *w = h->data;
   if (--w->open_handles == 0)
@@ -83,15 +125,11 @@ static void worker_kill(pp__worker *w) {
     uv_process_kill(&w->proc, SIGKILL);
 }
 
-int pp__worker_can_take(const pp__worker *w) {
-  if (!w->alive || w->retiring)
-    return 0;
-  if (w->e->restart)
-    return w->njobs == 0;
-  if (w->inflight.len == 0)
-    return 1;
-  return w->inflight.len < PP__PIPE_MAX_JOBS &&
-         w->inflight_est_ns < PP__PIPE_BUDGET_NS;
+int pp__pool_live(const pp_engine *e) {
+  int n = 0;
+  for (const pp__worker *w = e->workers; w; w = w->next)
+    n += w->alive && !w->retiring;
+  return n;
 }
 
 /* ---- writing ---------------------------------------------------------- */
@@ -101,15 +139,17 @@ typedef struct seg {
   size_t off, len;
 } seg;
 
-typedef struct wreq {
+/* One uv_write: small pieces copied into `inl`, large payloads referenced
+ * (the request holds a reference to each job they belong to). */
+struct wreq {
   uv_write_t req;
   pp_buf inl;
   seg *segs;
   size_t nsegs, capsegs;
   pp_job **jobs;
-  size_t njobs;
+  size_t njobs, capjobs;
   uv_buf_t *bufs;
-} wreq;
+};
 
 static void wreq_free(wreq *r) {
   for (size_t i = 0; i < r->njobs; i++)
@@ -141,23 +181,55 @@ static int add_seg(wreq *r, const uint8_t *ext, size_t off, size_t len) {
   return PP_OK;
 }
 
-/* add_bytes: append data, copied when small, referenced when large (the
- * wreq holds a reference to the job that owns it). */
-static int add_bytes(wreq *r, const uint8_t *p, size_t len) {
-  if (len > INLINE_MAX)
+/* hold_job: the request keeps j alive until the write completes. */
+static int hold_job(wreq *r, pp_job *j) {
+  if (r->njobs > 0 && r->jobs[r->njobs - 1] == j)
+    return PP_OK;
+  if (r->njobs == r->capjobs) {
+    size_t cap = r->capjobs ? r->capjobs * 2 : 16;
+    pp_job **p = realloc(r->jobs, cap * sizeof *p);
+    if (p == NULL)
+      return PP_ENOMEM;
+    r->jobs = p;
+    r->capjobs = cap;
+  }
+  pp_job_ref(j);
+  r->jobs[r->njobs++] = j;
+  return PP_OK;
+}
+
+/* add_bytes: append data, copied when small (or when nobody holds it),
+ * referenced when large. */
+static int add_bytes(wreq *r, const uint8_t *p, size_t len, int may_ref) {
+  if (may_ref && len > INLINE_MAX)
     return add_seg(r, p, 0, len);
   size_t off = r->inl.len;
   int rc = pp_buf_append(&r->inl, p, len);
   return rc ? rc : add_seg(r, NULL, off, len);
 }
 
-static int add_header(wreq *r, uint8_t type, uint32_t flags, uint64_t id,
-                      uint32_t attempt, size_t len, const uint8_t *key) {
-  uint8_t hdr[PP_FRAME_HDR + PP_KEY_LEN];
+/* w_emit: ops->emit for a worker: the frame's header, then its parts,
+ * copied when small and referenced (holding the job) when large, so a big
+ * argument is never copied on its way to the pipe. */
+static int w_emit(pp__peer *p, uint8_t type, uint32_t flags, uint64_t id,
+                  uint32_t attempt, const pp_part *parts, size_t nparts,
+                  pp_job *job) {
+  pp__worker *w = (pp__worker *)p;
+  size_t len = pp_frame_parts_len(parts, nparts);
+  if (len > p->e->max_frame)
+    return PP_ETOOBIG;
+  if (w->out == NULL && (w->out = calloc(1, sizeof *w->out)) == NULL)
+    return PP_ENOMEM;
+  wreq *r = w->out;
+  uint8_t hdr[PP_FRAME_HDR];
   pp_frame_hdr h = {PP_PROTO_VERSION, type, flags, (uint32_t)len, attempt, id};
   pp_frame_encode_hdr(hdr, &h);
-  memcpy(hdr + PP_FRAME_HDR, key, PP_KEY_LEN);
-  return add_bytes(r, hdr, sizeof hdr);
+  int rc = add_bytes(r, hdr, sizeof hdr, 0);
+  if (rc == PP_OK && job != NULL)
+    rc = hold_job(r, job);
+  for (size_t i = 0; rc == PP_OK && i < nparts; i++)
+    rc = add_bytes(r, parts[i].p, parts[i].len, job != NULL);
+  return rc;
 }
 
 static void on_write(uv_write_t *req, int status) {
@@ -167,150 +239,106 @@ static void on_write(uv_write_t *req, int status) {
   wreq_free(r);
 }
 
-int pp__worker_send_jobs(pp__worker *w, pp_job *first) {
-  pp_engine *e = w->e;
-  int rc = PP_ENOMEM;
-  wreq *r = calloc(1, sizeof *r);
-  size_t n = 0;
-  if (r == NULL)
-    goto fail;
-  for (pp_job *j = first; j; j = j->next)
-    n++;
-  r->jobs = calloc(n, sizeof *r->jobs);
-  if (r->jobs == NULL)
-    goto fail;
-  for (pp_job *j = first; j; j = j->next) {
-    pp_job_ref(j);
-    r->jobs[r->njobs++] = j;
-    pp_func *f = j->func;
-    if (!pp_keyset_has(&w->known, f->key)) {
-      uint32_t fl = 0;
-      if (w->known.len >= PP__KEYSET_MAX) {
-        pp_keyset_clear(&w->known);
-        fl = PP_FUNCF_RESET;
-      }
-      if (pp_keyset_add(&w->known, f->key) != PP_OK ||
-          add_header(r, PP_MSG_FUNC, fl, 0, 0, PP_KEY_LEN + f->blob_len,
-                     f->key) != PP_OK ||
-          add_bytes(r, f->blob, f->blob_len) != PP_OK)
-        goto fail;
-    }
-    if (add_header(r, PP_MSG_JOB, j->flags, j->id, j->attempt,
-                   PP_KEY_LEN + j->args_len, f->key) != PP_OK ||
-        add_bytes(r, j->args, j->args_len) != PP_OK)
-      goto fail;
+/* w_flush: ops->flush: one uv_write of everything emitted. */
+static int w_flush(pp__peer *p) {
+  pp__worker *w = (pp__worker *)p;
+  wreq *r = w->out;
+  if (r == NULL || r->nsegs == 0)
+    return PP_OK;
+  w->out = NULL;
+  r->bufs = calloc(r->nsegs, sizeof *r->bufs);
+  if (r->bufs == NULL) {
+    wreq_free(r);
+    return PP_ENOMEM;
   }
-  r->bufs = calloc(r->nsegs ? r->nsegs : 1, sizeof *r->bufs);
-  if (r->bufs == NULL)
-    goto fail;
   for (size_t i = 0; i < r->nsegs; i++) {
-    const uint8_t *base = r->segs[i].ext ? r->segs[i].ext : r->inl.data + r->segs[i].off;
+    const uint8_t *base =
+        r->segs[i].ext ? r->segs[i].ext : r->inl.data + r->segs[i].off;
     r->bufs[i] = uv_buf_init((char *)base, (unsigned)r->segs[i].len);
   }
   int urc = uv_write(&r->req, (uv_stream_t *)&w->pipe, r->bufs,
                      (unsigned)r->nsegs, on_write);
   if (urc != 0) {
-    rc = PP_EIO;
-    pp__log(e, PP_LOG_WARNING, "cannot write to worker pid %d: %s", w->pid,
+    pp__log(p->e, PP_LOG_WARNING, "cannot write to worker pid %d: %s", w->pid,
             uv_strerror(urc));
-    goto fail;
+    wreq_free(r);
+    return pp_err_from_uv(urc);
   }
   return PP_OK;
-
-fail:
-  if (r)
-    wreq_free(r);
-  /* The jobs stay on w->inflight; killing the worker requeues them. */
-  pp_keyset_clear(&w->known);
-  worker_kill(w);
-  return rc;
 }
 
+static int w_ready(const pp__peer *p) {
+  const pp__worker *w = (const pp__worker *)p;
+  return w->alive && !w->retiring;
+}
+
+/* w_drop: ops->drop: kill the process; on_exit_cb requeues its jobs. */
+static void w_drop(pp__peer *p, const char *why) {
+  pp__worker *w = (pp__worker *)p;
+  pp__log(p->e, PP_LOG_WARNING, "worker pid %d: %s; killing it", w->pid, why);
+  if (w->out) {
+    wreq_free(w->out);
+    w->out = NULL;
+  }
+  worker_kill(w);
+}
+
+static const pp__peer_ops worker_ops = {w_ready, w_emit, w_flush, w_drop};
+
+/* send_bye: ask an idle retiring worker to exit. */
 static void send_bye(pp__worker *w) {
-  wreq *r = calloc(1, sizeof *r);
-  uint8_t hdr[PP_FRAME_HDR];
   if (w->bye_sent || !w->alive)
     return;
   w->bye_sent = 1;
-  pp_frame_hdr h = {PP_PROTO_VERSION, PP_MSG_BYE, 0, 0, 0, 0};
-  pp_frame_encode_hdr(hdr, &h);
-  if (r == NULL || add_bytes(r, hdr, sizeof hdr) != PP_OK) {
-    if (r)
-      wreq_free(r);
-    worker_kill(w);
-    return;
-  }
-  r->bufs = calloc(1, sizeof *r->bufs);
-  if (r->bufs == NULL) {
-    wreq_free(r);
-    worker_kill(w);
-    return;
-  }
-  r->bufs[0] = uv_buf_init((char *)r->inl.data, (unsigned)r->inl.len);
-  if (uv_write(&r->req, (uv_stream_t *)&w->pipe, r->bufs, 1, on_write) != 0) {
-    wreq_free(r);
+  if (w_emit(&w->peer, PP_MSG_BYE, 0, 0, 0, NULL, 0, NULL) != PP_OK ||
+      w_flush(&w->peer) != PP_OK) {
+    if (w->out) {
+      wreq_free(w->out);
+      w->out = NULL;
+    }
     worker_kill(w);
   }
 }
 
 /* ---- reading ---------------------------------------------------------- */
 
-/* process_frames: act on every complete frame in w->rbuf. Returns 0, or a
- * negative error after which the worker must be killed. */
+/* process_frames: act on every complete frame in the read buffer. Returns
+ * 0, or a negative error after which the worker must be killed. */
 static int process_frames(pp__worker *w) {
-  pp_engine *e = w->e;
+  pp_engine *e = w->peer.e;
   pp_frame_hdr h;
   const uint8_t *p;
-  int rc, locked = 0;
+  int rc;
   uint64_t nresults = 0;
-  while ((rc = pp_frame_next(&w->rbuf, e->max_frame, &h, &p)) == 1) {
+  pp__credit credit = {&e->njobs, &e->time_ns, pid_counter(e, w->pid)};
+  while ((rc = pp_frame_next(&w->peer.rbuf, e->max_frame, &h, &p)) == 1) {
     if (h.type == PP_MSG_HELLO) {
       w->hello = 1;
       e->spawn_fails = 0;
+      e->early_deaths = 0;
     } else if (h.type == PP_MSG_RESULT) {
-      pp_job *j = w->inflight.head;
-      unsigned status = PP_RES_STATUS(h.flags);
-      if (j == NULL || j->id != h.id || j->attempt != h.attempt ||
-          h.length < 8 || status > PP_RES_SERIAL) {
-        rc = PP_EPROTO;
+      rc = pp__peer_result(&w->peer, &h, p, &credit);
+      if (rc < 0)
         break;
-      }
-      size_t n = h.length - 8;
-      uint8_t *copy = malloc(n ? n : 1);
-      if (copy == NULL) {
-        rc = PP_ENOMEM;
-        break;
-      }
-      memcpy(copy, p + 8, n);
-      j->runtime_ns = pp_get_u64(p);
-      pp__observe(j->func, j->runtime_ns);
-      if (!locked) {
-        uv_mutex_lock(&e->mu);
-        locked = 1;
-      }
-      pp_jobq_remove(&w->inflight, j);
-      w->inflight_est_ns -= j->est_ns;
-      pp__complete(e, j, (int)status, copy, n, NULL);
       nresults++;
     } else {
       rc = PP_EPROTO;
       break;
     }
-    pp_buf_consume(&w->rbuf, PP_FRAME_HDR + h.length);
+    pp_buf_consume(&w->peer.rbuf, PP_FRAME_HDR + h.length);
   }
-  if (locked) {
-    pids_count(e, w->pid, nresults);
-    uv_mutex_unlock(&e->mu);
-  }
+  if (nresults > 0)
+    pp__want_dispatch(e);
   if (rc < 0) {
     pp__log(e, PP_LOG_ERROR,
             "worker pid %d sent a malformed frame (%s); killing it", w->pid,
             pp_strerror(rc));
+    w->broke = 1;
     return rc;
   }
-  if (e->restart && w->njobs > 0 && w->inflight.len == 0)
+  if (w->peer.restart && w->peer.ndispatched > 0 && w->peer.inflight.len == 0)
     w->retiring = 1; /* one job per process: a fresh one replaces it */
-  if (w->retiring && w->inflight.len == 0)
+  if (w->retiring && w->peer.inflight.len == 0)
     send_bye(w);
   return PP_OK;
 }
@@ -318,25 +346,25 @@ static int process_frames(pp__worker *w) {
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   pp__worker *w = h->data;
   PP_UNUSED(hint);
-  if (pp_buf_reserve(&w->rbuf, 65536) != PP_OK) {
+  if (pp_buf_reserve(&w->peer.rbuf, 65536) != PP_OK) {
     *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
     return;
   }
-  *buf = uv_buf_init((char *)w->rbuf.data + w->rbuf.len,
-                     (unsigned)(w->rbuf.cap - w->rbuf.len));
+  *buf = uv_buf_init((char *)w->peer.rbuf.data + w->peer.rbuf.len,
+                     (unsigned)(w->peer.rbuf.cap - w->peer.rbuf.len));
 }
 
+/* on_read: bytes from the worker's pipe. A malformed frame, EOF or a read
+ * error kills the process; on_exit_cb does the rest. */
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   pp__worker *w = s->data;
   PP_UNUSED(buf);
   if (nread > 0) {
-    w->rbuf.len += (size_t)nread;
+    w->peer.rbuf.len += (size_t)nread;
     if (process_frames(w) != PP_OK) {
       uv_read_stop(s);
       worker_kill(w);
-      return;
     }
-    pp__dispatch(w->e);
   } else if (nread < 0) {
     /* EOF or error: the process is going; exit handling requeues its jobs */
     uv_read_stop(s);
@@ -351,14 +379,15 @@ static void drain_pipe(pp__worker *w) {
   if (uv_fileno((uv_handle_t *)&w->pipe, &fd) != 0)
     return;
   for (int rounds = 0; rounds < 100000; rounds++) {
-    if (pp_buf_reserve(&w->rbuf, 65536) != PP_OK)
+    pp_buf *b = &w->peer.rbuf;
+    if (pp_buf_reserve(b, 65536) != PP_OK)
       return;
-    ssize_t n = read(fd, w->rbuf.data + w->rbuf.len, w->rbuf.cap - w->rbuf.len);
+    ssize_t n = read(fd, b->data + b->len, b->cap - b->len);
     if (n < 0 && errno == EINTR)
       continue;
     if (n <= 0)
       break;
-    w->rbuf.len += (size_t)n;
+    b->len += (size_t)n;
     if (process_frames(w) != PP_OK)
       break;
   }
@@ -373,88 +402,106 @@ static void describe_exit(char *out, size_t n, int64_t status, int sig) {
     snprintf(out, n, "exit status %lld", (long long)status);
 }
 
-/* requeue_inflight: the worker is gone. Put its jobs back at the front of the
- * queue in order; the job it was running is charged one crash and fails
- * once it has crashed more than max_retries times. */
-static void requeue_inflight(pp__worker *w, int64_t status, int sig) {
-  pp_engine *e = w->e;
-  char how[128];
-  pp_job *head, *j;
-  describe_exit(how, sizeof how, status, sig);
-  uv_mutex_lock(&e->mu);
-  head = pp_jobq_pop(&w->inflight);
-  while ((j = w->inflight.tail) != NULL) {
-    pp_jobq_remove(&w->inflight, j);
-    atomic_store(&j->state, PP_JOB_QUEUED);
-    e->running--;
-    pp_jobq_push_front(&e->pending, j);
-  }
-  w->inflight_est_ns = 0;
-  if (head != NULL) {
-    if (w->hello)
-      head->crashes++;
-    head->exitstatus = (int)status;
-    head->termsignal = sig;
-    if (head->crashes > (uint32_t)e->max_retries) {
-      char *msg = malloc(256);
-      if (msg)
-        snprintf(msg, 256,
-                 "worker process (pid %d) died with %s while running job %llu"
-                 " (%u attempts)",
-                 w->pid, how, (unsigned long long)head->id, head->attempt);
-      pp__complete(e, head, PP_JOB_LOST, NULL, 0, msg);
-      head = NULL;
-    } else {
-      atomic_store(&head->state, PP_JOB_QUEUED);
-      e->running--;
-      pp_jobq_push_front(&e->pending, head);
-    }
-  }
-  uv_mutex_unlock(&e->mu);
+/* running_job: the id of the job the worker was processing when it died:
+ * from its status page, or — without one — the oldest in flight. 0 when
+ * it was between jobs (its finished results may have been held back: they
+ * run again, uncharged). */
+static uint64_t running_job(const pp__worker *w) {
+  if (!w->hello || w->peer.inflight.head == NULL)
+    return 0;
+  if (w->status == NULL || w->broke)
+    return w->peer.inflight.head->id;
+  uint64_t id = atomic_load_explicit(&w->status->job_id, memory_order_acquire);
+  uint32_t att = atomic_load_explicit(&w->status->attempt, memory_order_relaxed);
+  for (const pp_job *j = w->peer.inflight.head; j; j = j->next)
+    if (j->id == id)
+      return j->attempt == att ? id : 0;
+  return 0;
 }
 
+/* on_exit_cb: the process ended. Read its last results, requeue the rest
+ * (charging the job it was running), classify an early death, close. */
 static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
   pp__worker *w = p->data;
-  pp_engine *e = w->e;
+  pp_engine *e = w->peer.e;
   char how[128];
-  int had_jobs;
   if (!e->stopping) /* when stopping, its jobs were already failed */
     drain_pipe(w);
   w->alive = 0;
   pids_remove(e, w->pid);
-  had_jobs = w->inflight.len > 0;
   describe_exit(how, sizeof how, status, sig);
   if (!e->stopping) {
+    uint64_t running = running_job(w);
     if (!w->hello) {
-      e->spawn_fails++;
-      pp__log(e, PP_LOG_WARNING,
-              "worker pid %d exited with %s before it was ready", w->pid, how);
-    } else if (had_jobs) {
+      if (sig != 0) {
+        /* killed from outside while starting: not the command's fault */
+        e->early_deaths++;
+        pp__log(e, PP_LOG_WARNING,
+                "worker pid %d was killed by %s before it was ready; "
+                "starting another", w->pid, how);
+      } else {
+        e->spawn_fails++;
+        pp__log(e, PP_LOG_WARNING,
+                "worker pid %d exited with %s before it was ready", w->pid,
+                how);
+      }
+    } else if (running != 0) {
       pp__log(e, PP_LOG_WARNING,
               "worker pid %d died with %s while running job %llu; "
               "starting a replacement", w->pid, how,
-              (unsigned long long)w->inflight.head->id);
+              (unsigned long long)running);
+    } else if (w->peer.inflight.len > 0) {
+      pp__log(e, PP_LOG_WARNING,
+              "worker pid %d died with %s between jobs; its %zu jobs run "
+              "again", w->pid, how, w->peer.inflight.len);
     } else if (!w->retiring && !e->restart) {
       pp__log(e, PP_LOG_WARNING, "idle worker pid %d exited with %s", w->pid,
               how);
     }
-    requeue_inflight(w, status, sig);
+    pp__peer_requeue(&w->peer, running, status, sig, how);
   }
+  pp__peer_unlink(&w->peer);
   worker_close(w);
-  if (!e->stopping) {
-    pp__dispatch(e);
+  pp__want_dispatch(e);
+}
+
+/* status_page: a shared page for a new worker, its descriptor in *fd (the
+ * caller closes it once the child has it). NULL when unavailable: the
+ * worker then runs without one (crashes are charged to the oldest job). */
+static pp_wstatus *status_page(pp_engine *e, int *fd) {
+  *fd = memfd_create("pp-worker-status", MFD_CLOEXEC);
+  if (*fd < 0)
+    return NULL;
+  if (ftruncate(*fd, PP_WSTATUS_SIZE) != 0) {
+    close(*fd);
+    *fd = -1;
+    return NULL;
   }
+  void *m = mmap(NULL, PP_WSTATUS_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
+                 *fd, 0);
+  if (m == MAP_FAILED) {
+    close(*fd);
+    *fd = -1;
+    return NULL;
+  }
+  pp_wstatus *s = m;
+  s->magic = PP_WSTATUS_MAGIC;
+  s->version = PP_WSTATUS_VERSION;
+  s->max_frame = e->max_frame;
+  return s;
 }
 
 static int spawn_worker(pp_engine *e) {
   pp__worker *w = calloc(1, sizeof *w);
   uv_process_options_t o;
-  uv_stdio_container_t io[4];
+  uv_stdio_container_t io[5];
+  int sfd = -1;
   if (w == NULL)
     return PP_ENOMEM;
-  w->e = e;
-  pp_buf_init(&w->rbuf);
-  pp_keyset_init(&w->known);
+  pp__peer_init(&w->peer, e, &worker_ops, PP__PEER_LOCAL, 1);
+  w->peer.strict = 1;
+  w->peer.restart = e->restart;
+  w->status = status_page(e, &sfd);
   uv_pipe_init(&e->loop, &w->pipe, 0);
   w->pipe.data = w;
   w->proc.data = w;
@@ -471,14 +518,22 @@ static int spawn_worker(pp_engine *e) {
   io[2].data.fd = 2;
   io[3].flags = UV_CREATE_PIPE | UV_READABLE_PIPE | UV_WRITABLE_PIPE;
   io[3].data.stream = (uv_stream_t *)&w->pipe;
+  if (sfd >= 0) {
+    io[4].flags = UV_INHERIT_FD;
+    io[4].data.fd = sfd;
+  } else {
+    io[4].flags = UV_IGNORE;
+  }
   o.file = e->argv[0];
   o.args = e->argv;
   o.env = e->env;
   o.cwd = e->cwd;
   o.exit_cb = on_exit_cb;
   o.stdio = io;
-  o.stdio_count = 4;
+  o.stdio_count = 5;
   int rc = uv_spawn(&e->loop, &w->proc, &o);
+  if (sfd >= 0)
+    close(sfd); /* the child has its copy; the mapping stays */
   if (rc != 0) {
     pp__log(e, PP_LOG_ERROR, "cannot start worker '%s': %s", e->argv[0],
             uv_strerror(rc));
@@ -488,54 +543,53 @@ static int spawn_worker(pp_engine *e) {
   }
   w->pid = w->proc.pid;
   w->alive = 1;
+  snprintf(w->peer.name, sizeof w->peer.name, "worker process (pid %d)",
+           w->pid);
   pids_add(e, w->pid);
+  pp__peer_link(&w->peer);
   uv_read_start((uv_stream_t *)&w->pipe, on_alloc, on_read);
   pp__log(e, PP_LOG_DEBUG, "started worker pid %d", w->pid);
   return PP_OK;
 }
 
-/* fail_pending: workers cannot be started; rather than let jobs wait
- * forever, fail the queued ones with the reason. */
-static void fail_pending(pp_engine *e) {
-  pp_job *j;
-  uv_mutex_lock(&e->mu);
-  while ((j = pp_jobq_pop(&e->pending)) != NULL) {
-    char *msg = malloc(256);
-    if (msg)
-      snprintf(msg, 256,
-               "no worker process could be started (%d attempts in a row "
-               "failed; see the log)", e->spawn_fails);
-    pp__complete(e, j, PP_JOB_FAILED, NULL, 0, msg);
-  }
-  uv_mutex_unlock(&e->mu);
-}
-
+/* on_respawn_timer: the backoff is over: allow one start attempt. */
 static void on_respawn_timer(uv_timer_t *t) {
   pp_engine *e = t->data;
-  e->respawn_due = 1; /* allow one spawn round despite recent failures */
-  pp__dispatch(e);    /* adjusts the pool first */
-  e->respawn_due = 0;
+  e->respawn_due = 1;
+  pp__want_dispatch(e); /* the dispatcher adjusts the pool first */
+}
+
+int pp__pool_init(pp_engine *e) {
+  int rc = uv_timer_init(&e->loop, &e->respawn_timer);
+  e->respawn_timer.data = e;
+  return pp_err_from_uv(rc);
 }
 
 void pp__pool_adjust(pp_engine *e) {
-  int live = 0, target;
+  int live = pp__pool_live(e), target;
   if (e->stopping)
     return;
   uv_mutex_lock(&e->mu);
   target = e->target;
   uv_mutex_unlock(&e->mu);
-  for (pp__worker *w = e->workers; w; w = w->next)
-    if (w->alive && !w->retiring)
-      live++;
   while (live < target) {
-    if (e->spawn_fails > 0 && !e->respawn_due) {
-      /* workers are dying at start: back off instead of spinning */
-      if (e->spawn_fails >= PP__MAX_SPAWN_FAILS && live == 0)
-        fail_pending(e);
+    int fails = e->spawn_fails + e->early_deaths;
+    if (fails > 0 && !e->respawn_due) {
+      /* workers are dying at start: back off instead of spinning. Only
+       * workers that could not start at all fail the queued jobs. */
+      if (e->spawn_fails >= PP__MAX_SPAWN_FAILS && live == 0) {
+        char msg[160];
+        snprintf(msg, sizeof msg,
+                 "no worker process could be started (%d attempts in a row "
+                 "failed; see the log)", e->spawn_fails);
+        uv_mutex_lock(&e->mu);
+        pp__fail_pending(e, PP_JOB_FAILED, msg);
+        uv_mutex_unlock(&e->mu);
+      }
       if (!uv_is_active((uv_handle_t *)&e->respawn_timer)) {
-        int f = e->spawn_fails < 6 ? e->spawn_fails : 6;
+        int f = fails < BACKOFF_MAX_SHIFT ? fails : BACKOFF_MAX_SHIFT;
         uv_timer_start(&e->respawn_timer, on_respawn_timer,
-                       (uint64_t)50 << f, 0);
+                       (uint64_t)BACKOFF_FIRST_MS << (f - 1), 0);
       }
       break;
     }
@@ -544,26 +598,37 @@ void pp__pool_adjust(pp_engine *e) {
       continue; /* spawn_fails is now > 0: the loop backs off */
     live++;
   }
+  e->respawn_due = 0;
   while (live > target) {
     pp__worker *pick = NULL;
     for (pp__worker *w = e->workers; w; w = w->next)
       if (w->alive && !w->retiring &&
-          (pick == NULL || w->inflight.len < pick->inflight.len))
+          (pick == NULL || w->peer.inflight.len < pick->peer.inflight.len))
         pick = w;
     if (pick == NULL)
       break;
     pick->retiring = 1;
     live--;
-    if (pick->inflight.len == 0)
+    if (pick->peer.inflight.len == 0)
       send_bye(pick);
   }
 }
 
-void pp__pool_kill_all(pp_engine *e) {
+void pp__pool_stop(pp_engine *e) {
   for (pp__worker *w = e->workers; w; w = w->next) {
     if (w->alive) {
       uv_read_stop((uv_stream_t *)&w->pipe);
       worker_kill(w);
     }
+  }
+  uv_timer_stop(&e->respawn_timer);
+  uv_close((uv_handle_t *)&e->respawn_timer, NULL);
+}
+
+void pp__pool_free(pp_engine *e) {
+  while (e->workers) { /* all handles are closed once the loop ended */
+    pp__worker *w = e->workers;
+    e->workers = w->next;
+    worker_free(w);
   }
 }

@@ -2,16 +2,23 @@
  * engine on a pipe, load and cache functions by content key, unpickle
  * arguments, call, pickle the result or the exception, write frames back.
  * Results are batched: they are written when no complete job is left in the
- * input or 1 ms after the first unsent one. Runs on the worker's main thread
+ * input or 1 ms after the first unsent one. The engine's status page on fd 4
+ * (core/wstatus.h) says which job is running, so a crash is charged to that
+ * job and not to the finished ones whose results were still held back, and
+ * gives the frame limit: a result above it fails cleanly instead of being
+ * sent as an oversized frame. Runs on the worker's main thread
  * with the GIL held, released around every read and write. */
 #include "ext.h"
 
 #include "../core/frame.h"
 #include "../core/pp_common.h"
+#include "../core/wstatus.h"
 
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/prctl.h>
@@ -49,8 +56,31 @@ typedef struct wstate {
   PyObject *cur_main;    /* borrowed: what sys.modules['__main__'] is now */
   PyObject *loads;       /* borrowed from the module state: pickle.loads */
   PyObject *dumps;       /* borrowed from the module state: pickle.dumps */
+  pp_wstatus *status;    /* the engine's status page, or NULL */
+  uint32_t max_frame;    /* payload limit of the frames we send */
   pp_buf out;
 } wstate;
+
+/* map_status: map the engine's status page (fd 4) if there is one. */
+static void map_status(wstate *w) {
+  struct stat st;
+  w->max_frame = PP_FRAME_MAX_DEFAULT;
+  if (fstat(PP_WSTATUS_FD, &st) != 0 || !S_ISREG(st.st_mode) ||
+      st.st_size < (off_t)PP_WSTATUS_SIZE)
+    return;
+  void *m = mmap(NULL, PP_WSTATUS_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
+                 PP_WSTATUS_FD, 0);
+  if (m == MAP_FAILED)
+    return;
+  pp_wstatus *s = m;
+  if (s->magic != PP_WSTATUS_MAGIC || s->version != PP_WSTATUS_VERSION) {
+    munmap(m, PP_WSTATUS_SIZE);
+    return;
+  }
+  w->status = s;
+  if (s->max_frame >= 1024)
+    w->max_frame = s->max_frame;
+}
 
 /* set_main: make module (or the default) sys.modules['__main__'] so that
  * pickle finds classes of the job's namespace. 0 or -1 with an exception. */
@@ -133,9 +163,12 @@ static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p) {
   unsigned status = PP_RES_OK;
   PyObject *data = NULL, *res = NULL, *args = NULL, *entry = NULL;
   uint64_t t0 = pp_now_ns(), t1;
+  pp_wstatus_begin(w->status, h->id, h->attempt, t0);
   PyObject *key = PyBytes_FromStringAndSize((const char *)p, PP_KEY_LEN);
-  if (key == NULL)
+  if (key == NULL) {
+    pp_wstatus_end(w->status);
     return -1;
+  }
   entry = PyDict_GetItemWithError(w->cache, key); /* borrowed */
   Py_DECREF(key);
   if (entry == NULL) {
@@ -208,14 +241,28 @@ done:
 done_timed:
   Py_XDECREF(args);
   Py_XDECREF(res);
+  if (data != NULL && (uint64_t)PyBytes_GET_SIZE(data) + 8 > w->max_frame) {
+    /* too large for one frame: fail this job, not the worker */
+    PyErr_Format(PyExc_OverflowError,
+                 "the job's %s is %zd bytes when pickled, above the frame "
+                 "limit of %u bytes (max_frame)",
+                 status == PP_RES_OK ? "result" : "exception",
+                 PyBytes_GET_SIZE(data), (unsigned)(w->max_frame - 8));
+    Py_DECREF(data);
+    status = PP_RES_SERIAL;
+    data = format_exc(w, 1);
+  }
   if (data == NULL) { /* the exception could not be formatted either */
     status = PP_RES_EXC;
     data = PyBytes_FromString("");
-    if (data == NULL)
+    if (data == NULL) {
+      pp_wstatus_end(w->status);
       return -1;
+    }
   }
   int rc = append_result(w, h->id, h->attempt, status, t1 - t0, data);
   Py_DECREF(data);
+  pp_wstatus_end(w->status);
   return rc;
 }
 
@@ -281,6 +328,7 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
                         &restart, &parent))
     return NULL;
   watch_parent(parent);
+  map_status(&w);
   w.sys_modules = PyImport_GetModuleDict(); /* borrowed */
   w.default_main = PyDict_GetItemString(w.sys_modules, "__main__");
   if (w.default_main == NULL) {
@@ -371,5 +419,7 @@ out:
   pp_buf_free(&w.out);
   Py_XDECREF(w.cache);
   Py_XDECREF(w.default_main);
+  if (w.status)
+    munmap(w.status, PP_WSTATUS_SIZE);
   return ret;
 }

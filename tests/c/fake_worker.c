@@ -18,14 +18,20 @@
  *            garbage        write 32 bytes that are no frame; go on
  *            badid          RESULT with the wrong job id; go on
  *            badstatus      RESULT with status 7 (undefined); go on
+ *            held:<text>    like echo, but the RESULT is held back and
+ *                           written only when no input is waiting (as the
+ *                           Python worker batches results), so a crash
+ *                           right after loses it
  *          A JOB for a key never sent in a FUNC gets RESULT status 1
  *          "unknown function" (the engine must send FUNC first).
  *   BYE    exit(0)
  *   EOF    exit(0)
- * A RESULT echoes the job's id and attempt.
+ * A RESULT echoes the job's id and attempt. When the engine passes a status
+ * page on fd 4 (wstatus.h), the worker marks each job in it while it runs.
  *
  * argv[1] = "die-at-start": exit(7) before HELLO. */
 #include "frame.h"
+#include "wstatus.h"
 #include "keyset.h"
 #include "pp_common.h"
 
@@ -35,7 +41,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -43,11 +52,14 @@
 
 static pp_keyset known;
 static uint8_t *payload;
+static pp_wstatus *status;  /* the engine's status page, or NULL */
+static pp_buf held;         /* RESULT frames held back (held:<text>) */
 
 static void cleanup_exit(int code) {
   free(payload);
   payload = NULL;
   pp_keyset_free(&known);
+  pp_buf_free(&held);
   exit(code);
 }
 
@@ -129,10 +141,26 @@ static char *arg_str(const char *s, size_t n, size_t skip) {
   return out;
 }
 
+static void flush_held(void) {
+  if (pp_buf_avail(&held) > 0)
+    write_full(held.data + held.off, pp_buf_avail(&held));
+  pp_buf_free(&held);
+}
+
 static void run_job(const pp_frame_hdr *h, const uint8_t *p) {
   const char *cmd = (const char *)p + PP_KEY_LEN;
   size_t n = h->length - PP_KEY_LEN;
   char text[64];
+
+  if (starts(cmd, n, "held:") && pp_keyset_has(&known, p)) {
+    uint8_t rt[8];
+    pp_put_u64(rt, 1000);
+    pp_part parts[2] = {{rt, 8}, {cmd + 5, n - 5}};
+    if (pp_frame_build(&held, PP_MSG_RESULT, PP_RES_OK, h->id, h->attempt,
+                       parts, 2) != PP_OK)
+      cleanup_exit(4);
+    return;
+  }
 
   if (!pp_keyset_has(&known, p)) {
     static const char msg[] = "unknown function";
@@ -223,11 +251,22 @@ int main(int argc, char **argv) {
     fcntl(FD, F_SETFL, fl & ~O_NONBLOCK);
   pp_keyset_init(&known);
 
+  struct stat st;
+  if (fstat(PP_WSTATUS_FD, &st) == 0 && st.st_size >= PP_WSTATUS_SIZE) {
+    void *m = mmap(NULL, PP_WSTATUS_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
+                   PP_WSTATUS_FD, 0);
+    if (m != MAP_FAILED && ((pp_wstatus *)m)->magic == PP_WSTATUS_MAGIC)
+      status = m;
+  }
+  pp_buf_init(&held);
   pp_put_u32(pidb, (uint32_t)getpid());
   send_frame(PP_MSG_HELLO, 0, 0, 0, pidb, 4, NULL, 0);
 
   for (;;) {
     pp_frame_hdr h;
+    struct pollfd pfd = {FD, POLLIN, 0};
+    if (pp_buf_avail(&held) > 0 && poll(&pfd, 1, 0) == 0)
+      flush_held(); /* nothing waiting: write what was held back */
     if (!read_full(hdrb, sizeof hdrb))
       cleanup_exit(0); /* EOF: the engine closed the pipe */
     int rc = pp_frame_decode_hdr(hdrb, PP_FRAME_MAX_DEFAULT, &h);
@@ -259,9 +298,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "fake_worker: short JOB\n");
         cleanup_exit(3);
       }
+      pp_wstatus_begin(status, h.id, h.attempt, now_ns());
       run_job(&h, payload);
+      pp_wstatus_end(status);
       break;
     case PP_MSG_BYE:
+      flush_held();
       cleanup_exit(0);
       break;
     default:

@@ -1,0 +1,243 @@
+/* peer.c — what a local worker and a remote node share (see peer.h): the
+ * pipelining rule, handing jobs over with their functions, completing jobs
+ * from RESULT frames, requeueing a lost peer's jobs, and run-time
+ * estimates. Engine thread only; the engine mutex is taken where noted. */
+#include "engine_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- estimates ---------------------------------------------------------- */
+
+uint64_t pp__estimate(const pp_job *j) {
+  /* Unknown functions count as long until their first result comes back. */
+  uint64_t est = j->func->ema_ns ? j->func->ema_ns : PP__PIPE_BUDGET_NS;
+  return est ? est : 1;
+}
+
+void pp__observe(pp_func *f, uint64_t runtime_ns) {
+  if (runtime_ns == 0)
+    runtime_ns = 1;
+  if (f->ema_ns == 0)
+    f->ema_ns = runtime_ns;
+  else /* exponential moving average, weight 1/8 */
+    f->ema_ns = f->ema_ns - f->ema_ns / 8 + runtime_ns / 8;
+}
+
+/* ---- the record ---------------------------------------------------------- */
+
+void pp__peer_init(pp__peer *p, pp_engine *e, const pp__peer_ops *ops,
+                   int tier, int slots) {
+  memset(p, 0, sizeof *p);
+  p->ops = ops;
+  p->e = e;
+  p->tier = tier;
+  p->slots = slots > 0 ? slots : 1;
+  pp_keyset_init(&p->known);
+  pp_buf_init(&p->rbuf);
+}
+
+void pp__peer_clear(pp__peer *p) {
+  pp_keyset_free(&p->known);
+  pp_buf_free(&p->rbuf);
+}
+
+void pp__peer_link(pp__peer *p) {
+  pp__peer **pp = &p->e->peers;
+  if (p->tier != PP__PEER_LOCAL)
+    while (*pp)
+      pp = &(*pp)->pnext;
+  p->pnext = *pp;
+  *pp = p;
+}
+
+void pp__peer_unlink(pp__peer *p) {
+  for (pp__peer **pp = &p->e->peers; *pp; pp = &(*pp)->pnext)
+    if (*pp == p) {
+      *pp = p->pnext;
+      p->pnext = NULL;
+      return;
+    }
+}
+
+int pp__peer_can_take(const pp__peer *p) {
+  if (!p->ops->ready(p))
+    return 0;
+  if (p->restart)
+    return p->ndispatched == 0;
+  uint64_t slots = (uint64_t)p->slots;
+  if (p->inflight.len < slots)
+    return 1;
+  /* short jobs: keep a pipeline so the round trip is hidden */
+  return p->inflight.len < slots * PP__PIPE_MAX_JOBS &&
+         p->inflight_est_ns < PP__PIPE_BUDGET_NS * slots;
+}
+
+void pp__peer_assign(pp__peer *p, pp_job *j) {
+  p->inflight_est_ns += j->est_ns;
+  p->ndispatched++;
+  pp_jobq_push_back(&p->inflight, j);
+}
+
+/* ---- sending ------------------------------------------------------------- */
+
+int pp__peer_send(pp__peer *p, pp_job *first) {
+  int rc = PP_OK;
+  for (pp_job *j = first; j && rc == PP_OK; j = j->next) {
+    pp_func *f = j->func;
+    if (!pp_keyset_has(&p->known, f->key)) {
+      uint32_t fl = 0;
+      if (p->known.len >= PP__KEYSET_MAX) {
+        pp_keyset_clear(&p->known);
+        fl = PP_FUNCF_RESET;
+      }
+      pp_part fparts[2] = {{f->key, PP_KEY_LEN}, {f->blob, f->blob_len}};
+      rc = pp_keyset_add(&p->known, f->key);
+      if (rc == PP_OK)
+        rc = p->ops->emit(p, PP_MSG_FUNC, fl, 0, 0, fparts, 2, j);
+    }
+    pp_part jparts[2] = {{f->key, PP_KEY_LEN}, {j->args, j->args_len}};
+    if (rc == PP_OK)
+      rc = p->ops->emit(p, PP_MSG_JOB, j->flags, j->id, j->attempt, jparts, 2,
+                        j);
+  }
+  if (rc == PP_OK)
+    rc = p->ops->flush(p);
+  if (rc != PP_OK) {
+    char why[160];
+    snprintf(why, sizeof why, "cannot send jobs: %s", pp_strerror(rc));
+    /* the other side may have any prefix of it: it must learn every
+     * function again */
+    pp_keyset_clear(&p->known);
+    p->ops->drop(p, why);
+  }
+  return rc;
+}
+
+/* ---- results ------------------------------------------------------------- */
+
+/* find_inflight: the job dispatched as (id, attempt), searched from the
+ * oldest (results come back nearly in order). NULL when unknown. */
+static pp_job *find_inflight(pp__peer *p, uint64_t id, uint32_t attempt) {
+  for (pp_job *j = p->inflight.head; j; j = j->next)
+    if (j->id == id)
+      return j->attempt == attempt ? j : NULL;
+  return NULL;
+}
+
+int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
+                    const uint8_t *payload, const pp__credit *c) {
+  pp_engine *e = peer->e;
+  unsigned status = PP_RES_STATUS(h->flags);
+  if (h->length < 8 || status > PP_RES_MAX ||
+      (peer->strict && status > PP_RES_SERIAL))
+    return PP_EPROTO;
+  pp_job *j = find_inflight(peer, h->id, h->attempt);
+  if (j == NULL) {
+    if (peer->strict)
+      return PP_EPROTO;
+    /* a late answer to an attempt we gave up on: drop it */
+    pp__log(e, PP_LOG_DEBUG, "%s: dropped result for job %llu/%u",
+            peer->name, (unsigned long long)h->id, h->attempt);
+    return PP_OK;
+  }
+  size_t len = h->length - 8;
+  const uint8_t *data = payload + 8;
+  int jstatus = (int)status;
+  uint8_t *copy = NULL;
+  char *msg = NULL;
+  int exitstatus = -1, termsignal = 0;
+  if (status == PP_RES_LOST || status == PP_RES_FAILED) {
+    /* the node's own engine gave up on the job */
+    size_t skip = status == PP_RES_LOST ? 8 : 0;
+    if (len < skip)
+      return PP_EPROTO;
+    if (status == PP_RES_LOST) {
+      exitstatus = (int32_t)pp_get_u32(data);
+      termsignal = (int32_t)pp_get_u32(data + 4);
+    }
+    size_t ml = len - skip > 400 ? 400 : len - skip;
+    msg = malloc(ml + 300);
+    if (msg == NULL)
+      return PP_ENOMEM;
+    snprintf(msg, ml + 300, "on node %s: %.*s", peer->name, (int)ml,
+             (const char *)data + skip);
+    jstatus = status == PP_RES_LOST ? PP_JOB_LOST : PP_JOB_FAILED;
+  } else {
+    copy = malloc(len ? len : 1);
+    if (copy == NULL)
+      return PP_ENOMEM;
+    memcpy(copy, data, len);
+  }
+  j->runtime_ns = pp_get_u64(payload);
+  pp__observe(j->func, j->runtime_ns);
+  uv_mutex_lock(&e->mu);
+  pp_jobq_remove(&peer->inflight, j);
+  peer->inflight_est_ns -= j->est_ns;
+  j->exitstatus = exitstatus;
+  j->termsignal = termsignal;
+  if (jstatus == PP_JOB_OK || jstatus == PP_JOB_EXC ||
+      jstatus == PP_JOB_SERIAL) {
+    if (c && c->njobs)
+      (*c->njobs)++;
+    if (c && c->time_ns)
+      *c->time_ns += j->runtime_ns;
+    if (c && c->njobs2)
+      (*c->njobs2)++;
+  }
+  pp__complete(e, j, jstatus, copy, copy ? len : 0, msg);
+  uv_mutex_unlock(&e->mu);
+  return 1;
+}
+
+/* ---- loss ----------------------------------------------------------------- */
+
+/* back_to_queue: j goes back to the front of the queue. Caller holds mu. */
+static void back_to_queue(pp_engine *e, pp_job *j) {
+  atomic_store(&j->state, PP_JOB_QUEUED);
+  if (e->running > 0)
+    e->running--;
+  pp_jobq_push_front(&e->pending, j);
+}
+
+void pp__peer_requeue(pp__peer *p, uint64_t running_id, int64_t status,
+                      int sig, const char *how) {
+  pp_engine *e = p->e;
+  pp_job *j;
+  uv_mutex_lock(&e->mu);
+  /* from the tail, each to the front: the queue keeps their order */
+  while ((j = p->inflight.tail) != NULL) {
+    pp_jobq_remove(&p->inflight, j);
+    if (running_id == 0 || j->id != running_id) {
+      back_to_queue(e, j);
+      continue;
+    }
+    j->crashes++;
+    j->exitstatus = (int)status;
+    j->termsignal = sig;
+    if (j->crashes > (uint32_t)e->max_retries) {
+      char *msg = malloc(512);
+      if (msg)
+        snprintf(msg, 512,
+                 "%.280s died with %.150s while running job %llu (%u attempts)",
+                 p->name, how ? how : "an unknown cause",
+                 (unsigned long long)j->id, j->attempt);
+      pp__complete(e, j, PP_JOB_LOST, NULL, 0, msg);
+    } else {
+      back_to_queue(e, j);
+    }
+  }
+  p->inflight_est_ns = 0;
+  uv_mutex_unlock(&e->mu);
+  pp_keyset_clear(&p->known);
+  pp_buf_free(&p->rbuf);
+  pp__want_dispatch(e);
+}
+
+void pp__peer_fail_all(pp__peer *p, int status, const char *msg) {
+  pp_job *j;
+  while ((j = pp_jobq_pop(&p->inflight)) != NULL)
+    pp__complete(p->e, j, status, NULL, 0, msg ? strdup(msg) : NULL);
+  p->inflight_est_ns = 0;
+}

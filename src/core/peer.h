@@ -1,0 +1,142 @@
+/* peer.h — "a place jobs go": the one record a local worker process
+ * (pool.c) and a remote ppserver node (node.c) both embed as their first
+ * member, and what is the same for both of them, written once: the
+ * in-flight jobs in dispatch order and their estimated work, the function
+ * keys the other side already has ("send the function before its first
+ * job"), the read buffer, result handling (a RESULT frame completes its
+ * job), requeue-on-loss (with whether the job that was running is charged
+ * a crash), and run-time estimates. A transport fills in a small ops
+ * table and only moves bytes.
+ *
+ * Layering: peer.c calls only the files below it (complete.c, job.c,
+ * keyset.c, frame.c); transports call peer.c; the scheduler (sched.c) sees
+ * nothing but pp__peer. Engine thread only, except where noted. */
+#ifndef PP_PEER_H
+#define PP_PEER_H
+
+#include "buf.h"
+#include "frame.h"
+#include "job.h"
+#include "keyset.h"
+
+#include <stdint.h>
+
+typedef struct pp_engine pp_engine;
+typedef struct pp__peer pp__peer;
+
+/* Pipelining: a peer may hold more than one job per slot when jobs are
+ * short, so tiny jobs travel in batches; long jobs go one per slot (no
+ * tail skew). */
+#define PP__PIPE_MAX_JOBS 256            /* jobs in flight per slot */
+#define PP__PIPE_BUDGET_NS 2000000ull    /* estimated work per slot */
+#define PP__KEYSET_MAX 4096              /* functions cached per peer */
+
+enum pp__peer_tier { PP__PEER_LOCAL = 0, PP__PEER_REMOTE = 1 };
+
+typedef struct pp__peer_ops {
+  /* can_take: whether the transport is ready for jobs at all (process
+   * alive and not retiring; node authenticated). The peer layer adds the
+   * pipelining rule on top. */
+  int (*ready)(const pp__peer *p);
+  /* emit: queue one frame (header for type/flags/id/attempt, payload =
+   * parts) for the next flush. The parts stay valid until the flush's
+   * write completes as long as the jobs they belong to do (the transport
+   * may reference instead of copy when it holds a job reference: `job`
+   * is the job the parts belong to, or NULL when they must be copied).
+   * Returns 0 or a negative pp code. */
+  int (*emit)(pp__peer *p, uint8_t type, uint32_t flags, uint64_t id,
+              uint32_t attempt, const pp_part *parts, size_t nparts,
+              pp_job *job);
+  /* flush: write everything emitted since the last flush, in order.
+   * Returns 0 or a negative pp code (nothing of it will arrive). */
+  int (*flush)(pp__peer *p);
+  /* drop: the peer cannot be used any more (a send failed, the other side
+   * broke the protocol): kill the process / close the connection. Its
+   * jobs are requeued by the transport's loss path, never here, and never
+   * synchronously into a dispatch round (the transport asks for one). */
+  void (*drop)(pp__peer *p, const char *why);
+} pp__peer_ops;
+
+struct pp__peer {
+  const pp__peer_ops *ops;
+  pp_engine *e;
+  int tier;                 /* pp__peer_tier: local peers are tried first */
+  int slots;                /* jobs it runs at once (1, or a node's workers) */
+  int restart;              /* one job per lifetime (restart mode) */
+  char name[280];           /* "local pid N" or "host:port", for logs */
+  pp_jobq inflight;         /* dispatched, no result yet, in dispatch order */
+  uint64_t inflight_est_ns; /* sum of their estimates */
+  uint64_t ndispatched;     /* jobs ever handed to this peer */
+  pp_keyset known;          /* function keys the other side has */
+  pp_buf rbuf;              /* bytes read, not yet framed */
+  int strict;               /* results come back in order (a local pipe): an
+                               unknown (id, attempt) is a protocol error
+                               instead of a late answer to drop */
+  struct pp__peer *pnext;   /* the engine's peer list (engine_int.h) */
+};
+
+/* pp__peer_init: set up p for engine e with the given ops and tier, empty.
+ * Engine thread. */
+void pp__peer_init(pp__peer *p, pp_engine *e, const pp__peer_ops *ops,
+                   int tier, int slots);
+
+/* pp__peer_clear: release p's buffers and keys (not the jobs: they must
+ * have been requeued or completed). */
+void pp__peer_clear(pp__peer *p);
+
+/* pp__peer_link / pp__peer_unlink: add p to (remove it from) the engine's
+ * peer list, local peers before remote ones. The list is [loop]. */
+void pp__peer_link(pp__peer *p);
+void pp__peer_unlink(pp__peer *p);
+
+/* pp__peer_can_take: whether p may be given one more job now: its
+ * transport is ready and the pipelining rule allows it. Pure. */
+int pp__peer_can_take(const pp__peer *p);
+
+/* pp__peer_assign: put j (already RUNNING, attempt counted) at the end of
+ * p's in-flight list. Caller holds the engine mutex. */
+void pp__peer_assign(pp__peer *p, pp_job *j);
+
+/* pp__peer_send: write every in-flight job from `first` on, each preceded
+ * by its function when p does not have it yet, then flush. Returns 0, or a
+ * negative code after which p has been dropped (ops->drop): its jobs stay
+ * on p->inflight and the transport's loss path requeues them. Never calls
+ * the scheduler. */
+int pp__peer_send(pp__peer *p, pp_job *first);
+
+/* Counters a completed result is credited to, under the engine mutex, in
+ * the same critical section that completes the job (so a waiter woken by
+ * the job sees them). Any pointer may be NULL. */
+typedef struct pp__credit {
+  uint64_t *njobs;   /* +1 per job that ran to a result */
+  uint64_t *time_ns; /* + its run time */
+  uint64_t *njobs2;  /* +1 as well (e.g. the worker's own count) */
+} pp__credit;
+
+/* pp__peer_result: a RESULT frame (header h, payload of h->length bytes)
+ * arrived from peer: complete its job and credit `c`. Returns 0 (a late
+ * result that was dropped), 1 if a job completed, or PP_EPROTO /
+ * PP_ENOMEM (the transport drops the peer). Takes and releases the engine
+ * mutex. */
+int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
+                    const uint8_t *payload, const pp__credit *c);
+
+/* pp__peer_requeue: the peer is lost. Every in-flight job goes back to the
+ * front of the engine's queue, in order, uncharged — except the job
+ * `running_id` (0 = none known), which is charged one crash (status and
+ * signal as the transport saw them) and fails with PP_JOB_LOST once it
+ * has crashed more than max_retries times. Forgets the known functions
+ * and the read buffer, and asks for a dispatch. Takes the mutex. */
+void pp__peer_requeue(pp__peer *p, uint64_t running_id, int64_t status,
+                      int sig, const char *how);
+
+/* pp__peer_fail_all: engine stopping: complete every in-flight job with
+ * status/msg. Caller holds the mutex. */
+void pp__peer_fail_all(pp__peer *p, int status, const char *msg);
+
+/* pp__estimate: the run-time estimate used for pipelining decisions.
+ * pp__observe: fold a measured run time into the function's estimate. */
+uint64_t pp__estimate(const pp_job *j);
+void pp__observe(pp_func *f, uint64_t runtime_ns);
+
+#endif
