@@ -79,6 +79,7 @@ tests/c/bin/%: tests/c/%.c $(CORE_SRC) $(CORE_HDR) $(wildcard tests/c/*.h) $(MOD
 ctests: $(CTESTS) $(CHELPERS)
 
 test-c: ctests
+	$(PYTHON) tools/layers.py
 	@set -e; for t in $(CTESTS); do echo "== $$t"; $$t; done
 
 test-py: ext $(PPSERVER)

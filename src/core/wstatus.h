@@ -5,7 +5,7 @@
  * either side. Results are batched in the worker, so a crash can leave
  * finished jobs unreported: the page is how the engine charges a death to
  * the job that was running and requeues the others uncharged.
- * docs/protocol.md section 4.4 is the normative layout. Pure definitions,
+ * docs/protocol.md section 4.1 is the normative layout. Pure definitions,
  * no Python.h: the engine and the worker (src/ext/worker.c) both use it. */
 #ifndef PP_WSTATUS_H
 #define PP_WSTATUS_H

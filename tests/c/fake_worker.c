@@ -29,7 +29,8 @@
  * A RESULT echoes the job's id and attempt. When the engine passes a status
  * page on fd 4 (wstatus.h), the worker marks each job in it while it runs.
  *
- * argv[1] = "die-at-start": exit(7) before HELLO. */
+ * argv[1] = "die-at-start": exit(7) before HELLO.
+ * argv[1] = "slow-start": wait 20 ms before HELLO (an interpreter starting). */
 #include "frame.h"
 #include "wstatus.h"
 #include "keyset.h"
@@ -242,6 +243,8 @@ int main(int argc, char **argv) {
 
   if (argc > 1 && strcmp(argv[1], "die-at-start") == 0)
     _exit(7); /* nothing allocated yet; skips a sanitizer's exit-time scan */
+  if (argc > 1 && strcmp(argv[1], "slow-start") == 0)
+    usleep(20000);
   if (fcntl(FD, F_GETFD) < 0) {
     fprintf(stderr, "fake_worker: no pipe on fd 3\n");
     return 2;

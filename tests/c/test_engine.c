@@ -957,6 +957,107 @@ out:
   pp_func_unref(f);
 }
 
+/* Defect: a crashing job took innocent jobs down. The worker holds the
+ * results of finished jobs back (held:), then one job exits: only that job
+ * is charged and fails; the held jobs run again uncharged and succeed. */
+static void test_crash_blames_running_job(void) {
+  enum { NB = 20 };
+  pp_job *warm = NULL, *bad = NULL, *before[NB] = {0}, *after[NB] = {0};
+  pp_engine *e = start((cfg){.nworkers = 1, .max_retries = 2,
+                             .queue_logs = 1});
+  pp_func *f = pp_func_new("crash-blame", 11);
+  if (e == NULL || !CHECK(f != NULL))
+    goto out;
+  /* learn the run time, so the next jobs are pipelined to the worker */
+  warm = submit(e, f, "echo:w", 0);
+  if (warm)
+    wait_ok(e, warm, "w");
+  char cmd[32];
+  for (int i = 0; i < NB; i++) {
+    snprintf(cmd, sizeof cmd, "held:b%d", i);
+    before[i] = submit(e, f, cmd, 0);
+  }
+  bad = submit(e, f, "exit:1", 0);
+  for (int i = 0; i < NB; i++) {
+    snprintf(cmd, sizeof cmd, "held:a%d", i);
+    after[i] = submit(e, f, cmd, 0);
+  }
+  if (bad && CHECK(pp_engine_wait_job(e, bad, T_WAIT) == PP_OK)) {
+    CHECKF(bad->status == PP_JOB_LOST, "status %s", status_name(bad->status));
+    CHECKF(bad->crashes == 3, "charged %u crashes", bad->crashes);
+    CHECKF(errmsg_has(bad, "job"), "errmsg: %s",
+           bad->errmsg ? bad->errmsg : "(null)");
+  }
+  int failed = 0, charged = 0;
+  for (int i = 0; i < NB; i++) {
+    char want[32];
+    snprintf(want, sizeof want, "b%d", i);
+    if (before[i] && pp_engine_wait_job(e, before[i], T_WAIT) == PP_OK) {
+      failed += before[i]->status != PP_JOB_OK || !result_is(before[i], want);
+      charged += before[i]->crashes != 0;
+    }
+    snprintf(want, sizeof want, "a%d", i);
+    if (after[i] && pp_engine_wait_job(e, after[i], T_WAIT) == PP_OK) {
+      failed += after[i]->status != PP_JOB_OK || !result_is(after[i], want);
+      charged += after[i]->crashes != 0;
+    }
+  }
+  CHECKF(failed == 0, "%d innocent jobs failed", failed);
+  CHECKF(charged == 0, "%d innocent jobs were charged a crash", charged);
+  drain_logs(e, NULL);
+out:
+  pp_job_unref(warm);
+  pp_job_unref(bad);
+  unref_all(before, NB);
+  unref_all(after, NB);
+  pp_engine_free(e);
+  pp_func_unref(f);
+}
+
+/* Defect: workers killed while starting killed the pool. Every new worker
+ * is SIGKILLed before it can say HELLO, over and over for 1.5 s; queued
+ * jobs must wait (not fail) and run once the kills stop. */
+static void test_killed_while_starting(void) {
+  enum { NJ = 50 };
+  pp_job *js[NJ] = {0};
+  char *argv[] = {WORKER, "slow-start", NULL};
+  pp_engine *e = start((cfg){.argv = argv, .nworkers = 2, .queue_logs = 1});
+  pp_func *f = pp_func_new("killed-start", 12);
+  if (e == NULL || !CHECK(f != NULL))
+    goto out;
+  for (int i = 0; i < NJ; i++) {
+    char cmd[32];
+    snprintf(cmd, sizeof cmd, "echo:k%d", i);
+    js[i] = submit(e, f, cmd, 0);
+  }
+  uint64_t t0 = pp_now_ns();
+  int kills = 0;
+  while (secs_since(t0) < 1.5) {
+    int pids[8];
+    int n = pp_engine_worker_pids(e, pids, NULL, 8);
+    for (int i = 0; i < n; i++)
+      if (kill(pids[i], SIGKILL) == 0)
+        kills++;
+    sleep_ms(5);
+  }
+  CHECKF(kills >= 5, "only %d kills", kills);
+  int ok = 0;
+  for (int i = 0; i < NJ; i++) {
+    char want[32];
+    snprintf(want, sizeof want, "k%d", i);
+    if (js[i] && pp_engine_wait_job(e, js[i], T_WAIT) == PP_OK &&
+        js[i]->status == PP_JOB_OK && result_is(js[i], want))
+      ok++;
+  }
+  CHECKF(ok == NJ, "%d of %d jobs ran after %d kills", ok, NJ, kills);
+  CHECK(wait_nlive(e, 2, T_WAIT));
+  drain_logs(e, NULL);
+out:
+  unref_all(js, NJ);
+  pp_engine_free(e);
+  pp_func_unref(f);
+}
+
 /* A worker binary that does not exist: uv_spawn fails outright; the queued
  * job must end FAILED as for early deaths, not wait forever. */
 static void test_spawn_missing_binary(void) {
@@ -1109,6 +1210,8 @@ int main(int argc, char **argv) {
       {"spawn_die_at_start", test_spawn_die_at_start},
       {"spawn_missing_binary", test_spawn_missing_binary},
       {"restart", test_restart},
+      {"crash_blames_running_job", test_crash_blames_running_job},
+      {"killed_while_starting", test_killed_while_starting},
       {"sigpipe_default", test_sigpipe_default},
   };
   /* The host process (Python) ignores SIGPIPE; a worker dying while the
