@@ -12,10 +12,17 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
+
+# the shared helpers live in helpers.py; these names stay importable from here
+from helpers import (PPServer, descendants, free_port, kill_pids, pid_alive, pid_state,
+                     wait_for, wait_pids_gone)
+
+__all__ = ["PPServer", "Script", "bounded", "descendants", "free_port", "kill_pids",
+           "pid_alive", "pid_state", "run_script", "script_env", "wait_for",
+           "wait_pids_gone", "write_script"]
 
 REPO = Path(__file__).resolve().parents[2]
 PYDIR = REPO / "python"
@@ -24,15 +31,40 @@ if str(PYDIR) not in sys.path:
     sys.path.insert(0, str(PYDIR))
 
 # Hard upper bound for any single test: if pp hangs, dump the stacks and exit
-# instead of blocking the whole run forever.
+# instead of blocking the whole run forever. A test that needs longer says so
+# with @pytest.mark.watchdog(seconds).
 TEST_WATCHDOG_SECONDS = 120
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "watchdog(seconds): this test's hard time limit "
+                            "(default %d s)" % TEST_WATCHDOG_SECONDS)
+
+
 @pytest.fixture(autouse=True)
-def _watchdog():
-    faulthandler.dump_traceback_later(TEST_WATCHDOG_SECONDS, exit=True)
+def _watchdog(request):
+    m = request.node.get_closest_marker("watchdog")
+    faulthandler.dump_traceback_later(m.args[0] if m else TEST_WATCHDOG_SECONDS, exit=True)
     yield
     faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture
+def ppserver(tmp_path):
+    """ppserver(*args, workers=1, secret=..., ...): a started helpers.PPServer
+    (bin/ppserver on 127.0.0.1, port 0), stopped by pid when the test ends."""
+    made = []
+
+    def start(*args, **kw):
+        kw.setdefault("pid_file", tmp_path / ("ppserver-%d.pid" % len(made)))
+        n = PPServer(*args, **kw)
+        made.append(n)
+        return n
+    try:
+        yield start
+    finally:
+        for n in made:
+            n.stop()
 
 
 @pytest.fixture
@@ -131,6 +163,7 @@ class Script:
                                      cwd=str(tmp_path), start_new_session=True)
         self.lines = queue.Queue()
         self.err_chunks = []
+        self.err_done = threading.Event()
         threading.Thread(target=self._pump_out, daemon=True).start()
         threading.Thread(target=self._pump_err, daemon=True).start()
 
@@ -142,6 +175,7 @@ class Script:
     def _pump_err(self):
         for chunk in self.proc.stderr:
             self.err_chunks.append(chunk)
+        self.err_done.set()
 
     def readline(self, timeout=30):
         try:
@@ -152,7 +186,11 @@ class Script:
             pytest.fail(f"script ended early (rc={self.proc.poll()}); stderr:\n{self.stderr()}")
         return line
 
-    def stderr(self):
+    def stderr(self, complete=False):
+        """What the script wrote to stderr; complete=True: wait (up to 10 s)
+        until it has closed its stderr (e.g. after it exited)."""
+        if complete:
+            self.err_done.wait(10)
         return "".join(self.err_chunks)
 
     def cleanup(self):
@@ -164,65 +202,4 @@ class Script:
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                pass
-
-
-def pid_state(pid):
-    """'gone', 'zombie' or 'alive'."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("State:"):
-                    return "zombie" if line.split()[1] in ("Z", "X") else "alive"
-    except (FileNotFoundError, ProcessLookupError):
-        return "gone"
-    except OSError:
-        return "gone"
-    return "alive"
-
-
-def pid_alive(pid):
-    return pid_state(pid) == "alive"
-
-
-def wait_pids_gone(pids, timeout=5.0):
-    """Poll until none of pids is a live process; return the list still alive."""
-    deadline = time.monotonic() + timeout
-    alive = [p for p in pids if pid_alive(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.05)
-        alive = [p for p in alive if pid_alive(p)]
-    return alive
-
-
-def descendants(pid):
-    """All live descendant pids of pid, found through /proc/*/stat."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                data = f.read()
-        except OSError:
-            continue
-        # the comm field may contain spaces/parens: parse after the last ')'
-        rest = data[data.rfind(")") + 2:].split()
-        ppid = int(rest[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for c in children.get(p, []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def kill_pids(pids):
-    for p in pids:
-        if pid_alive(p):
-            try:
-                os.kill(p, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
                 pass
