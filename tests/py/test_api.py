@@ -12,7 +12,8 @@ import time
 import pytest
 
 import pp
-from conftest import bounded, wait_pids_gone
+from conftest import bounded
+from helpers import wait_for, wait_pids_gone
 
 
 # ---------------------------------------------------------------------------
@@ -35,6 +36,15 @@ def uses_dep(x):
 
 
 def sleep_return(x, secs):
+    time.sleep(secs)
+    return x
+
+
+def mark_sleep_return(d, x, secs):
+    """Marks that it started (a file named x in directory d), then sleeps."""
+    import os
+    import time
+    open(os.path.join(d, str(x)), "w").close()
     time.sleep(secs)
     return x
 
@@ -108,8 +118,7 @@ def test_zero_ncpus_then_grow_runs_pending_job():
         assert s.get_ncpus() == 0
         assert s.get_active_nodes() == {"local": 0}
         job = s.submit(square, (9,))
-        time.sleep(0.3)
-        assert not job.done()          # nobody to run it
+        assert not job.wait(0.3)       # nobody to run it
         s.set_ncpus(1)
         assert s.get_ncpus() == 1
         assert job.result(timeout=30) == 81
@@ -259,8 +268,7 @@ def test_print_stats(server, capfd):
 
 def test_print_stats_counts_active_tasks(server, capfd):
     jobs = [server.submit(sleep_return, (i, 1.5)) for i in range(2)]
-    time.sleep(0.3)
-    capfd.readouterr()
+    capfd.readouterr()                 # queued or running: both are active
     server.print_stats()
     out = capfd.readouterr().out
     assert re.search(r"^2 active tasks, 2 cores$", out, re.M), out
@@ -341,9 +349,9 @@ def test_set_ncpus_autodetect(server):
     assert server.submit(square, (4,)).result(timeout=30) == 16
 
 
-def test_shrink_while_all_workers_busy(server):
-    jobs = [server.submit(sleep_return, (i, 0.3)) for i in range(2)]
-    time.sleep(0.1)
+def test_shrink_while_all_workers_busy(server, tmp_path):
+    jobs = [server.submit(mark_sleep_return, (str(tmp_path), i, 0.3)) for i in range(2)]
+    wait_for(lambda: len(os.listdir(tmp_path)) == 2, 30, what="the jobs never started")
     server.set_ncpus(1)
     more = [server.submit(sleep_return, (i, 0.01)) for i in range(2, 10)]
     assert [j.result(timeout=60) for j in jobs + more] == list(range(10))

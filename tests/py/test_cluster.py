@@ -2,92 +2,21 @@
 bin/ppserver processes on 127.0.0.1 — remote execution, load balancing,
 statistics, node failure and return, hung nodes, no capacity, wrong secret."""
 import io
-import logging
-import os
 import signal
-import socket
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
 import pp
+from helpers import SECRET, free_port, needs_ppserver, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-PPSERVER = ROOT / "bin" / "ppserver"
-SECRET = "test-cluster-secret"
-
-pytestmark = pytest.mark.skipif(not PPSERVER.exists(),
-                                reason="bin/ppserver not built (make)")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Node:
-    """A ppserver on 127.0.0.1, stopped by pid when the test ends."""
-
-    def __init__(self, workers=1, port=None, secret=SECRET, extra=()):
-        self.port = port or free_port()
-        self.workers = workers
-        self.secret = secret
-        self.extra = list(extra)
-        self.proc = None
-        self.start()
-
-    @property
-    def addr(self):
-        return "127.0.0.1:%d" % self.port
-
-    def start(self):
-        env = dict(os.environ, PP_SECRET=self.secret,
-                   PYTHONPATH=str(ROOT / "python"))
-        self.proc = subprocess.Popen(
-            [str(PPSERVER), "-i", "127.0.0.1", "-p", str(self.port),
-             "-w", str(self.workers), "--python", sys.executable] + self.extra,
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("ppserver exited: %r" % self.proc.stderr.read())
-                time.sleep(0.05)
-        raise RuntimeError("ppserver did not start listening")
-
-    def kill(self, sig=signal.SIGKILL):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            if sig in (signal.SIGKILL, signal.SIGTERM):
-                self.proc.wait(10)
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(10)
-        if self.proc and self.proc.stderr:
-            self.proc.stderr.close()
+pytestmark = needs_ppserver
 
 
 @pytest.fixture
-def nodes():
-    made = []
-
-    def make(*a, **kw):
-        n = Node(*a, **kw)
-        made.append(n)
-        return n
-    yield make
-    for n in made:
-        n.stop()
+def nodes(ppserver):
+    """nodes(workers=1, ...): ppservers on 127.0.0.1 with SECRET."""
+    return ppserver
 
 
 def square(x):
@@ -109,15 +38,6 @@ def whoami(secs):
 
 def raise_value():
     raise ValueError("remote failure")
-
-
-def wait_for(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_remote_only_results_stats_and_nodes(nodes):
@@ -170,7 +90,9 @@ def test_node_killed_mid_run_jobs_rerun_elsewhere(nodes):
                    node_timeout=2.0, logstream=io.StringIO()) as s:
         assert wait_for(lambda: len(s.get_active_nodes()) == 3)
         jobs = [s.submit(slow_square, (i, 0.05)) for i in range(40)]
-        time.sleep(0.4)
+        # a has results back, and more of its jobs are in flight
+        wait_for(lambda: s.get_stats()[a.addr].njobs >= 2, 30)
+        assert not all(j.done() for j in jobs)
         a.kill()
         assert [j.result(timeout=60) for j in jobs] == [i * i for i in range(40)]
         assert s.get_stats()[b.addr].njobs > 0
@@ -184,8 +106,7 @@ def test_node_that_returns_is_used_again(nodes):
         a.kill()
         assert wait_for(lambda: a.addr not in s.get_active_nodes())
         job = s.submit(square, (4,))
-        time.sleep(0.3)
-        assert not job.done()          # no capacity: it waits
+        assert not job.wait(0.3)       # no capacity: it waits
         a.start()                      # same address
         assert job.result(timeout=30) == 16
         assert a.addr in s.get_active_nodes()
@@ -227,7 +148,8 @@ def test_wrong_secret_never_gets_a_job(nodes):
                    logstream=buf) as s:
         jobs = [s.submit(square, (i,)) for i in range(20)]
         assert [j.result(timeout=30) for j in jobs] == [i * i for i in range(20)]
-        time.sleep(0.5)
+        wait_for(lambda: "authentication failed" in buf.getvalue(), 10,
+                 what=buf.getvalue)
         assert n.addr not in s.get_active_nodes()
         assert s.get_stats()[n.addr].njobs == 0
     assert "authentication failed" in buf.getvalue()
@@ -247,10 +169,8 @@ def test_thirty_two_configured_nodes(nodes):
     correct and every node used."""
     ns = [nodes(workers=1) for _ in range(32)]
     with pp.Server(0, ppservers=tuple(n.addr for n in ns), secret=SECRET) as s:
-        deadline = time.monotonic() + 60
-        while len(s.get_active_nodes()) < 33 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(s.get_active_nodes()) == 33, s.get_active_nodes()
+        wait_for(lambda: len(s.get_active_nodes()) == 33, 60,
+                 what=lambda: s.get_active_nodes())
         jobs = [s.submit(square, (i,)) for i in range(6400)]
         assert [j.result(timeout=60) for j in jobs] == [i * i for i in range(6400)]
         slow = [s.submit(slow_square, (i, 0.05)) for i in range(64)]

@@ -19,16 +19,14 @@ import pytest
 
 import pp
 import ppwire
-from test_cluster import PPSERVER, SECRET, Node, square
+from helpers import SECRET, free_port, holds, needs_ppserver, settled, wait_for
+from test_cluster import square
 
-pytestmark = pytest.mark.skipif(not PPSERVER.exists(),
-                                reason="bin/ppserver not built (make)")
+pytestmark = needs_ppserver
 
 
 def free_udp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port("udp")
 
 
 class Announcer:
@@ -51,18 +49,6 @@ class Announcer:
         self.sock.close()
 
 
-def wait_for(pred, timeout, every=None):
-    """Poll pred() until true; call every() between polls. Bounded."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        if every:
-            every()
-        time.sleep(0.1)
-    return pred()
-
-
 @pytest.fixture
 def client():
     """(server, log buffer, announcer) for a client discovering on a free port."""
@@ -83,16 +69,8 @@ def client():
 
 
 @pytest.fixture
-def node():
-    made = []
-
-    def make(**kw):
-        n = Node(**kw)
-        made.append(n)
-        return n
-    yield make
-    for n in made:
-        n.stop()
+def node(ppserver):
+    return ppserver
 
 
 def test_star_entries_are_checked():
@@ -110,8 +88,8 @@ def test_announced_node_is_found_and_used(client, node):
     n = node(workers=2)
     s, buf, a = client()
     name = "127.0.0.1:%d" % n.port
-    assert wait_for(lambda: name in s.get_active_nodes(), 10,
-                    lambda: a.announce(n.port)), buf.getvalue()
+    wait_for(lambda: name in s.get_active_nodes(), 10, every=lambda: a.announce(n.port),
+             interval=0.1, what=buf.getvalue)
     assert s.get_active_nodes()[name] == 2
     jobs = [s.submit(square, (i,)) for i in range(50)]
     assert [j() for j in jobs] == [i * i for i in range(50)]
@@ -126,10 +104,11 @@ def test_announcement_address_field_wins_over_source(client, node):
     s, buf, a = client()
     # sent from 127.0.0.1, but names 127.0.0.2 (also this host) as the node
     name = "127.0.0.2:%d" % n.port
-    assert wait_for(lambda: any(k.startswith("127.0.0.2:") for k in s.get_stats()), 10,
-                    lambda: a.announce(n.port, addr="127.0.0.2")), buf.getvalue()
+    wait_for(lambda: any(k.startswith("127.0.0.2:") for k in s.get_stats()), 10,
+             every=lambda: a.announce(n.port, addr="127.0.0.2"), interval=0.1,
+             what=buf.getvalue)
     # the node listens on 127.0.0.1 only, so this is a failed connect
-    assert wait_for(lambda: "cannot use node %s" % name in buf.getvalue(), 10)
+    wait_for(lambda: "cannot use node %s" % name in buf.getvalue(), 10, what=buf.getvalue)
 
 
 def test_bad_announcements_are_ignored(client, node):
@@ -147,7 +126,7 @@ def test_bad_announcements_are_ignored(client, node):
            ppwire.disco_datagram(SECRET, ppwire.DISCO_ANNOUNCE, port=0),
            b"\x00" * 52, b"x" * 2000]
     deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline:  # a stream of bad datagrams for 1.5 s
         for d in bad:
             a.send(d)
         time.sleep(0.1)
@@ -158,8 +137,8 @@ def test_bad_announcements_are_ignored(client, node):
     assert "discovered" not in log
     # the same node, announced properly, is found
     name = "127.0.0.1:%d" % n.port
-    assert wait_for(lambda: name in s.get_active_nodes(), 10,
-                    lambda: a.announce(n.port))
+    wait_for(lambda: name in s.get_active_nodes(), 10, every=lambda: a.announce(n.port),
+             interval=0.1, what=buf.getvalue)
 
 
 def test_forged_announcement_costs_one_failed_connect(client):
@@ -170,22 +149,23 @@ def test_forged_announcement_costs_one_failed_connect(client):
     dead = free_udp_port()  # nothing listens on this TCP port
     name = "127.0.0.1:%d" % dead
     d = a.announce(dead)
-    assert wait_for(lambda: "cannot use node %s" % name in buf.getvalue(), 10,
-                    lambda: a.send(d)), buf.getvalue()
+    wait_for(lambda: "cannot use node %s" % name in buf.getvalue(), 10,
+             every=lambda: a.send(d), interval=0.1, what=buf.getvalue)
     jobs = [s.submit(square, (i,)) for i in range(20)]
     assert [j() for j in jobs] == [i * i for i in range(20)]
     assert s.get_stats()[name].njobs == 0
     assert name not in s.get_active_nodes()
     for _ in range(5):
         a.send(d)  # a replay: not newer than what was seen
-    time.sleep(0.5)
-    assert buf.getvalue().count("discovered node") == 1
+    assert holds(lambda: buf.getvalue().count("discovered node") == 1, 0.5), buf.getvalue()
     # it stops announcing: the client stops trying after 3 intervals
-    assert wait_for(lambda: "node %s stopped announcing" % name in buf.getvalue(), 10)
-    time.sleep(1.0)
-    tries = buf.getvalue().count("cannot use node %s" % name)
-    time.sleep(1.5)
-    assert buf.getvalue().count("cannot use node %s" % name) == tries
+    wait_for(lambda: "node %s stopped announcing" % name in buf.getvalue(), 10,
+             what=buf.getvalue)
+
+    def tries():
+        return buf.getvalue().count("cannot use node %s" % name)
+    n = settled(tries, quiet=1.0, timeout=10)
+    assert holds(lambda: tries() == n, 1.5), buf.getvalue()
 
 
 def test_node_announced_later_is_used_mid_run(client, node):
@@ -193,8 +173,7 @@ def test_node_announced_later_is_used_mid_run(client, node):
     n = node(workers=1)
     s, buf, a = client()
     jobs = [s.submit(square, (i,)) for i in range(10)]
-    time.sleep(0.5)
-    assert not any(j.done() for j in jobs)
+    assert holds(lambda: not any(j.done() for j in jobs), 0.5)
     a.announce(n.port)
     assert [j.result(timeout=30) for j in jobs] == [i * i for i in range(10)]
 

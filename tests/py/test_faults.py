@@ -10,8 +10,9 @@ import time
 import pytest
 
 import pp
-from conftest import (Script, bounded, descendants, kill_pids, pid_alive, pid_state,
-                      run_script, wait_pids_gone)
+from conftest import Script, bounded, run_script
+from helpers import (descendants, in_futex_wait, holds, kill_pids, pid_alive, pid_state,
+                     wait_for, wait_pids_gone)
 
 
 # ---------------------------------------------------------------------------
@@ -91,16 +92,6 @@ def runs(path):
             return [int(l) for l in f.read().split()]
     except FileNotFoundError:
         return []
-
-
-def wait_for(pred, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.02)
-    return pred()
 
 
 # ---------------------------------------------------------------------------
@@ -237,7 +228,7 @@ def test_sigkill_from_outside_job_is_rerun(tmp_path, logbuf):
     marker = str(tmp_path / "pid")
     with pp.Server(2, logstream=logbuf) as s:
         job = s.submit(pid_file_then_sleep, (marker, 5.0))
-        assert wait_for(lambda: os.path.exists(marker), 30), "job never started"
+        wait_for(lambda: os.path.exists(marker), 30, what="job never started")
         with open(marker) as f:
             victim = int(f.read())
         assert victim != os.getpid()
@@ -277,7 +268,7 @@ def test_destroy_with_running_and_queued_jobs(tmp_path):
     s = pp.Server(2, logstream=io.StringIO())
     try:
         jobs = [s.submit(pid_into_dir_then_sleep, (str(d), 20)) for _ in range(6)]
-        assert wait_for(lambda: len(os.listdir(d)) >= 2, 30), "jobs never started"
+        wait_for(lambda: len(os.listdir(d)) >= 2, 30, what="jobs never started")
         pids = [int(p) for p in os.listdir(d)]
         t0 = time.monotonic()
         bounded(s.destroy, timeout=30)
@@ -293,10 +284,12 @@ def test_destroy_with_running_and_queued_jobs(tmp_path):
 
 
 def test_wait_released_by_destroy(tmp_path):
+    marker = str(tmp_path / "pid")
     s = pp.Server(1, logstream=io.StringIO())
     try:
-        job = s.submit(sleep_pid, (20,))
-        time.sleep(0.3)
+        job = s.submit(pid_file_then_sleep, (marker, 20))
+        wait_for(lambda: os.path.exists(marker), 30, what="job never started")
+        # destroy() while wait() blocks
         threading.Timer(0.5, s.destroy).start()
         try:
             bounded(s.wait, timeout=15)
@@ -331,14 +324,16 @@ def test_ctrl_c_interrupts_blocking_call(tmp_path, call):
     try:
         worker = int(sc.readline(timeout=60))
         assert sc.readline(timeout=30) == "ready"
-        time.sleep(1.0)
+        # the main thread is blocked in the call (on the engine's condition
+        # variable, in 50 ms slices), not still on its way to it
+        wait_for(lambda: holds(lambda: in_futex_wait(sc.proc.pid), 0.3), 30,
+                 what=lambda: "the client's main thread never blocked")
         sc.proc.send_signal(signal.SIGINT)
         try:
             rc = sc.proc.wait(timeout=5)
         except Exception:
             pytest.fail("client did not exit within 5 s of SIGINT; stderr:\n" + sc.stderr())
-        time.sleep(0.2)
-        err = sc.stderr()
+        err = sc.stderr(complete=True)
         assert rc != 0
         assert "KeyboardInterrupt" in err, err
         # the worker does not outlive the client
@@ -371,17 +366,31 @@ print(" ".join(str(p) for p in sorted(pids)), flush=True)
 time.sleep(60)
 """
 
+# both workers busy: each job marks that it started, then sleeps
+BUSY = """
+def mark_sleep(d):
+    import os, time
+    open(os.path.join(d, str(os.getpid())), "w").close()
+    time.sleep(60)
+
+for _ in range(2):
+    s.submit(mark_sleep, ({d!r},))
+"""
+
 
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
 def test_workers_die_with_killed_client(tmp_path, busy):
-    extra = "s.submit(time.sleep, (60,)); s.submit(time.sleep, (60,)); time.sleep(0.5)" if busy else ""
+    d = tmp_path / "started"
+    d.mkdir()
+    extra = BUSY.format(d=str(d)) if busy else ""
     sc = Script(tmp_path, KILLED_CLIENT_SCRIPT.format(extra=extra))
     procs = []
     try:
         line = sc.readline(timeout=60)
         workers = [int(p) for p in line.split()]
         assert len(workers) == 2
-        time.sleep(0.8 if busy else 0.2)
+        if busy:
+            wait_for(lambda: len(os.listdir(d)) == 2, 30, what=sc.stderr)
         procs = sorted(set(workers) | set(descendants(sc.proc.pid)))
         assert all(pid_alive(p) for p in workers)
         sc.proc.kill()

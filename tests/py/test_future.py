@@ -6,6 +6,7 @@ import time
 import pytest
 
 import pp
+from helpers import wait_for
 
 
 # ---------------------------------------------------------------------------
@@ -171,10 +172,7 @@ def test_cancel_queued_job(server1, tmp_path):
     marker = tmp_path / "cancelled-job-ran"
     started = tmp_path / "busy-started"
     busy = server1.submit(touch_then_sleep, (str(started), "busy", 1.5))
-    deadline = time.monotonic() + 30
-    while not started.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert started.exists(), "busy job never started"
+    wait_for(started.exists, 30, what="busy job never started")
     # the only worker is now running `busy`
     queued = server1.submit(touch, (str(marker),))
     ev = threading.Event()

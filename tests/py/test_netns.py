@@ -11,12 +11,11 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
 
 import netns
-from conftest import pid_alive, wait_pids_gone
+from helpers import pid_alive, wait_for, wait_pids_gone
 
 PORT = 47123
 
@@ -32,8 +31,10 @@ class Proc:
         self.err = []
         threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put),
                          daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.err.append),
-                         daemon=True).start()
+        self.err_thread = threading.Thread(target=self._pump,
+                                           args=(self.proc.stderr, self.err.append),
+                                           daemon=True)
+        self.err_thread.start()
 
     @staticmethod
     def _pump(stream, put):
@@ -50,7 +51,7 @@ class Proc:
         except queue.Empty:
             pytest.fail(f"no output within {timeout} s; stderr:\n" + "\n".join(map(str, self.err)))
         if line is None:
-            time.sleep(0.1)
+            self.err_thread.join(5)  # all of its stderr
             pytest.fail(f"process ended (rc={self.proc.poll()}); stderr:\n"
                         + "\n".join(e for e in self.err if e))
         return line
@@ -225,10 +226,7 @@ def test_stale_namespaces_are_removed():
     try:
         squatter = subprocess.Popen(["ip", "netns", "exec", stale, "sleep", "60"],
                                     start_new_session=True)
-        deadline = time.monotonic() + 5
-        while squatter.pid not in netns._ns_pids([stale]) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert squatter.pid in netns._ns_pids([stale])
+        wait_for(lambda: squatter.pid in netns._ns_pids([stale]), 5, interval=0.01)
         with netns.Lab("stale") as lab:
             assert stale not in netns.list_namespaces()
             assert squatter.wait(timeout=5) == -signal.SIGKILL

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import LogPump, wait_for
 from netns import lab_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,47 +32,25 @@ pytestmark = pytest.mark.skipif(not PPSERVER.exists(),
                                 reason="bin/ppserver not built (make)")
 
 
-def _pump(stream, sink, cond):
-    for line in stream:
-        with cond:
-            sink.append(line.rstrip("\n"))
-            cond.notify_all()
-
-
 class PPNode:
     """bin/ppserver -a in one host; its log collected."""
 
     def __init__(self, host, secret=SECRET, workers=1, extra=()):
         self.host = host
-        self.lines = []
-        self.cond = threading.Condition()
         env = dict(os.environ, PP_SECRET=secret, PYTHONPATH=str(ROOT / "python"))
         self.proc = host.popen(
             [PPSERVER, "-a", "-d", "-w", str(workers), "--announce-interval",
              str(INTERVAL), "--python", sys.executable] + list(extra),
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True, errors="replace")
-        threading.Thread(target=_pump, args=(self.proc.stderr, self.lines, self.cond),
-                         daemon=True).start()
         self.name = "%s:60000" % host.ip
+        self.log_pump = LogPump(self.proc.stderr, "ppserver on %s" % self.name)
 
     def wait_log(self, pattern, timeout=10):
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for line in self.lines:
-                    if rx.search(line):
-                        return line
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError("no log line /%s/ from %s in %.0f s:\n%s" % (
-                        pattern, self.name, timeout, "\n".join(self.lines[-30:])))
-                self.cond.wait(left)
+        return self.log_pump.wait_log(pattern, timeout)
 
     def log(self):
-        with self.cond:
-            return "\n".join(self.lines)
+        return self.log_pump.text()
 
     def kill(self):
         self.host.kill(self.proc)
@@ -88,11 +67,8 @@ class Client:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             errors="replace", cwd=str(CLIENT.parent))
         self.answers = queue.Queue()
-        self.lines = []
-        self.cond = threading.Condition()
+        self.log_pump = LogPump(self.proc.stderr, "client in %s" % host.name)
         threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=_pump, args=(self.proc.stderr, self.lines, self.cond),
-                         daemon=True).start()
         first = self._next(30)
         assert first.get("event") == "ready", first
 
@@ -117,8 +93,12 @@ class Client:
         return self._next(timeout)
 
     def log(self):
-        with self.cond:
-            return "\n".join(self.lines)
+        return self.log_pump.text()
+
+    def wait_done_on(self, node, k, timeout=30):
+        """Wait until node has finished at least k of this client's jobs."""
+        wait_for(lambda: self.cmd("stats")["stats"].get(node.name, 0) >= k, timeout,
+                 what=self.log, interval=0.05)
 
     def close(self):
         try:
@@ -158,7 +138,7 @@ def test_node_killed_and_node_started_mid_run():
         c = Client(lab.add_host("client"))
         assert c.cmd("wait_nodes 2 15")["ok"], c.log()
         c.cmd("submit 80 0.1")
-        time.sleep(1.0)
+        c.wait_done_on(n1, 2)
         n1.kill()  # its worker dies with it (PR_SET_PDEATHSIG)
         n3 = PPNode(lab.add_host("n3"))
         n3.wait_log("listening on")
@@ -187,17 +167,15 @@ def test_node_that_vanishes_from_the_network():
         c = Client(lab.add_host("client"), node_timeout=1.5)
         assert c.cmd("wait_nodes 2 15")["ok"], c.log()
         c.cmd("submit 40 0.1")
-        time.sleep(0.8)
+        c.wait_done_on(n1, 2)
         h1.unplug()
         r = c.cmd("collect 60")
         assert r["ok"] and r["n"] == 40, (r, c.log()[-3000:])
         assert "lost node %s (no answer to heartbeats)" % n1.name in c.log()
         a = c.cmd("stats")
         assert n1.name not in a["active"] and n2.name in a["active"]
-        deadline = time.monotonic() + 10
-        while "node %s stopped announcing" % n1.name not in c.log():
-            assert time.monotonic() < deadline, c.log()
-            time.sleep(0.1)
+        wait_for(lambda: "node %s stopped announcing" % n1.name in c.log(), 10,
+                 what=c.log, interval=0.1)
         # back on the network: it announces again and is used again
         h1.plug()
         assert c.cmd("wait_node %s 10" % n1.name)["ok"], c.log()
@@ -211,7 +189,9 @@ def test_rogue_announcer_never_gets_a_job():
         c = Client(lab.add_host("client"))
         assert c.cmd("wait_nodes 1 15")["ok"], c.log()
         rogue.wait_log("announcing port 60000")
-        time.sleep(3 * INTERVAL)  # several rogue announcements arrive
+        # the client has received and refused the rogue's announcements
+        wait_for(lambda: re.search(r"discovery: ignored .* from %s" % re.escape(rogue.host.ip),
+                                   c.log()), 10, what=c.log, interval=0.1)
         c.cmd("submit 30 0.01")
         assert c.cmd("collect 60")["ok"]
         st = c.cmd("stats")

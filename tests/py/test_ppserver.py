@@ -27,32 +27,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ppwire  # noqa: E402
-from conftest import descendants, pid_state, wait_pids_gone  # noqa: E402
+from helpers import (PPSERVER_BIN as PPSERVER, SECRET, PPServer,  # noqa: E402
+                     descendants, free_port, holds, in_sleep, node_env, pid_state,
+                     wait_for, wait_pids_gone)
 
-REPO = Path(__file__).resolve().parents[2]
-PPSERVER = Path(os.environ.get("PPSERVER_BIN", REPO / "bin" / "ppserver"))  # override: e.g. an ASan build
-SECRET = "test-secret-0123456789"
 # allowed RSS growth of the node across a hostile-input test; sanitizer builds
 # keep freed memory in quarantine, so raise it for them (e.g. 65536)
 RSS_SLACK_KB = int(os.environ.get("PPSERVER_RSS_SLACK_KB", 8 * 1024))
 
 pytestmark = pytest.mark.skipif(not PPSERVER.exists(),
                                 reason="bin/ppserver not built (make bin/ppserver)")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def node_env(secret=SECRET):
-    env = dict(os.environ)
-    env.pop("PP_SECRET", None)
-    if secret is not None:
-        env["PP_SECRET"] = secret
-    env["PYTHONPATH"] = str(REPO / "python")
-    return env
 
 
 def rss_kb(pid):
@@ -63,82 +47,19 @@ def rss_kb(pid):
     return 0
 
 
-class Node:
-    """A running bin/ppserver on 127.0.0.1, its stderr collected in a thread."""
+class Node(PPServer):
+    """A running bin/ppserver on 127.0.0.1 (helpers.PPServer: port 0, its log
+    collected), with a pid file in tmp_path, 2 workers by default, the node's
+    own choice of python, and a ppwire client."""
 
     count = 0
 
     def __init__(self, tmp_path, *args, secret=SECRET, workers=2, env=None, ready=True,
                  ready_workers=None):
         Node.count += 1
-        self.port = None
-        self.pid_file = Path(tmp_path) / f"ppserver-{Node.count}.pid"
-        # port 0: the node picks a free port and logs it (no race with others)
-        argv = [str(PPSERVER), "-i", "127.0.0.1", "-p", "0",
-                "-w", str(workers), "-P", str(self.pid_file)] + list(args)
-        self.proc = subprocess.Popen(argv, env=env or node_env(secret),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, errors="replace")
-        self.pid = self.proc.pid
-        self.lines = []
-        self.cond = threading.Condition()
-        self.reader = threading.Thread(target=self._pump, daemon=True)
-        self.reader.start()
-        self.workers_seen = set()
-        if ready:
-            line = self.wait_log(r"listening on \S+:\d+ ", timeout=10)
-            self.port = int(re.search(r"listening on \S+:(\d+) ", line).group(1))
-            self.wait_workers(workers if ready_workers is None else ready_workers)
-
-    def _pump(self):
-        for line in self.proc.stderr:
-            with self.cond:
-                self.lines.append(line.rstrip("\n"))
-                self.cond.notify_all()
-        with self.cond:
-            self.lines.append(None)
-            self.cond.notify_all()
-
-    def log(self):
-        with self.cond:
-            return "\n".join(l for l in self.lines if l is not None)
-
-    def wait_log(self, pattern, timeout=10, start=0):
-        """Wait for a log line matching the regex; return it."""
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            i = start
-            while True:
-                while i < len(self.lines):
-                    line = self.lines[i]
-                    if line is None:
-                        pytest.fail(f"ppserver exited (rc={self.proc.poll()}) before "
-                                    f"logging {pattern!r}:\n{self.log()}")
-                    if rx.search(line):
-                        return line
-                    i += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    pytest.fail(f"no log line matching {pattern!r} within {timeout} s:\n"
-                                f"{self.log()}")
-                self.cond.wait(left)
-
-    def mark(self):
-        with self.cond:
-            return len(self.lines)
-
-    def wait_workers(self, n, timeout=10):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            kids = self.worker_pids()
-            if len(kids) >= n:
-                return kids
-            time.sleep(0.05)
-        pytest.fail(f"ppserver did not start {n} workers:\n{self.log()}")
-
-    def worker_pids(self):
-        return [p for p in descendants(self.pid) if pid_state(p) == "alive"]
+        super().__init__(*args, secret=secret, workers=workers, env=env, ready=ready,
+                         ready_workers=ready_workers, python=None,
+                         pid_file=Path(tmp_path) / f"ppserver-{Node.count}.pid")
 
     def client(self, secret=SECRET, host="127.0.0.1", **kw):
         return ppwire.Client(host, self.port, secret, **kw)
@@ -152,32 +73,6 @@ class Node:
             assert c.call("math", "sqrt", 16) == (ppwire.RES_OK, 4.0)
             c.bye()
         assert self.proc.poll() is None, self.log()
-
-    def wait_exit(self, timeout=10):
-        try:
-            rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"ppserver did not exit within {timeout} s:\n{self.log()}")
-        self.reader.join(timeout=5)  # the last log lines
-        return rc
-
-    def kill(self):
-        kids = descendants(self.pid) if self.proc.poll() is None else []
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        for p in kids:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.reader.join(timeout=5)
 
 
 @pytest.fixture
@@ -498,14 +393,14 @@ def test_client_disconnect_mid_job(start_node):
     c = n.client()
     for _ in range(20):
         c.submit(sleep, (1.0,))
-    time.sleep(0.3)  # two are running, the rest queued
+    # two are running, the rest queued
+    wait_for(lambda: sum(map(in_sleep, workers)) == 2, 10, what=n.log)
     c.close()
     t0 = time.monotonic()
     n.assert_serves()  # cancelled jobs do not hold the workers
     assert time.monotonic() - t0 < 3.0
-    time.sleep(0.2)
-    kids = descendants(n.pid)
-    assert not [p for p in kids if pid_state(p) == "zombie"]
+    wait_for(lambda: not [p for p in descendants(n.pid) if pid_state(p) == "zombie"], 5,
+             what=lambda: "zombies: %s" % descendants(n.pid))
     assert set(n.worker_pids()) == workers  # nobody was killed or restarted
 
 
@@ -530,7 +425,7 @@ def test_sigterm_stops_cleanly(start_node):
     assert len(workers) == 2
     c = n.client()
     c.submit(ppwire.ref_descriptor("time", "sleep"), (30,))
-    time.sleep(0.2)
+    wait_for(lambda: any(map(in_sleep, workers)), 10, what=n.log)  # the job runs
     os.kill(n.pid, signal.SIGTERM)
     # the client is told BYE, then the connection closes
     with pytest.raises(ppwire.Closed, match="BYE"):
@@ -598,8 +493,7 @@ def test_wrong_secret_rejected(shared_node, tmp_path):
     with pytest.raises(ppwire.AuthError):
         n.client(secret=SECRET + "x")
     n.assert_serves()
-    time.sleep(0.2)
-    assert not target.exists()
+    assert holds(lambda: not target.exists(), 0.2)
 
 
 def test_replayed_handshake_rejected(shared_node, tmp_path):
@@ -619,8 +513,7 @@ def test_replayed_handshake_rejected(shared_node, tmp_path):
     s.close()
     n.wait_log(r"handshake failed: authentication failed", start=m)
     n.assert_serves()
-    time.sleep(0.2)
-    assert not target.exists()
+    assert holds(lambda: not target.exists(), 0.2)
 
 
 def test_altered_frame_after_auth(shared_node):
