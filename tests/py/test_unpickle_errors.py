@@ -4,21 +4,13 @@ message, locally and through a ppserver node, and the worker lives on.
 (Before the fix the job failed with SystemError from memoryview.release.)"""
 import importlib
 import os
-import re
-import subprocess
 import sys
-import threading
-import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 import pp
-
-ROOT = Path(__file__).resolve().parents[2]
-PPSERVER = ROOT / "bin" / "ppserver"
-SECRET = "test-unpickle-secret"
+from helpers import REPO, SECRET, needs_ppserver, node_env
 
 # unpickling a Boom calls boom("boom"), which raises
 BOOM_SRC = '''
@@ -102,69 +94,16 @@ def test_missing_module_raises_modulenotfound_locally(modules):
         check_missing(s, mod)
 
 
-class Node:
-    """bin/ppserver on 127.0.0.1, port 0 (read back from its log)."""
-
-    def __init__(self, pythonpath):
-        env = dict(os.environ, PP_SECRET=SECRET, PYTHONPATH=pythonpath)
-        self.proc = subprocess.Popen(
-            [str(PPSERVER), "-i", "127.0.0.1", "-p", "0", "-w", "1",
-             "--python", sys.executable],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, errors="replace")
-        self.lines = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._pump, daemon=True).start()
-        line = self.wait_log(r"listening on \S+:\d+ ")
-        self.addr = "127.0.0.1:%s" % re.search(r"listening on \S+:(\d+) ",
-                                                line).group(1)
-
-    def _pump(self):
-        for line in self.proc.stderr:
-            with self.cond:
-                self.lines.append(line)
-                self.cond.notify_all()
-        with self.cond:
-            self.lines.append(None)
-            self.cond.notify_all()
-
-    def wait_log(self, pattern, timeout=10):
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        i = 0
-        with self.cond:
-            while True:
-                while i < len(self.lines):
-                    if self.lines[i] is None:
-                        pytest.fail("ppserver exited: %s" % "".join(self.lines[:-1]))
-                    if rx.search(self.lines[i]):
-                        return self.lines[i]
-                    i += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    pytest.fail("ppserver never logged %r" % pattern)
-                self.cond.wait(left)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-
-
 @pytest.fixture
-def node_for(modules):
-    made = []
-
+def node_for(ppserver):
+    """node_for(*dirs): a 1-worker ppserver whose workers also import from dirs."""
     def make(*extra_paths):
-        n = Node(os.pathsep.join([str(ROOT / "python")] + [str(p) for p in extra_paths]))
-        made.append(n)
-        return n
-    yield make
-    for n in made:
-        n.stop()
+        path = os.pathsep.join([str(REPO / "python")] + [str(p) for p in extra_paths])
+        return ppserver(workers=1, env=node_env(SECRET, extra={"PYTHONPATH": path}))
+    return make
 
 
-@pytest.mark.skipif(not PPSERVER.exists(), reason="bin/ppserver not built (make)")
+@needs_ppserver
 def test_failing_reduce_raises_its_error_on_a_node(modules, node_for):
     mod = modules(BOOM_SRC)
     node = node_for(modules.dir)  # the node's workers can import it
@@ -172,7 +111,7 @@ def test_failing_reduce_raises_its_error_on_a_node(modules, node_for):
         check_boom(s, mod)
 
 
-@pytest.mark.skipif(not PPSERVER.exists(), reason="bin/ppserver not built (make)")
+@needs_ppserver
 def test_missing_module_raises_modulenotfound_on_a_node(modules, node_for):
     mod = modules(PAYLOAD_SRC)
     node = node_for()  # the node's workers cannot import it
