@@ -117,23 +117,19 @@ static PyObject *format_exc(wstate *w, int serial) {
   return r;
 }
 
+/* append_result: queue one RESULT frame (u64 run time + data) in the output
+ * batch, through the core's one frame builder. 0, or -1 when out of memory
+ * or too large for a frame at all (fatal for the worker). GIL held. */
 static int append_result(wstate *w, uint64_t id, uint32_t attempt,
                          unsigned status, uint64_t runtime, PyObject *data) {
-  const char *p = PyBytes_AS_STRING(data);
-  size_t n = (size_t)PyBytes_GET_SIZE(data);
   uint8_t rt[8];
   pp_put_u64(rt, runtime);
-  if (n + 8 > UINT32_MAX)
-    return -1;
-  if (pp_buf_reserve(&w->out, PP_FRAME_HDR + 8 + n) != PP_OK)
-    return -1;
-  pp_frame_hdr h = {PP_PROTO_VERSION, PP_MSG_RESULT, status, (uint32_t)(n + 8),
-                    attempt, id};
-  pp_frame_encode_hdr(w->out.data + w->out.len, &h);
-  w->out.len += PP_FRAME_HDR;
-  pp_buf_append(&w->out, rt, 8); /* room reserved above */
-  pp_buf_append(&w->out, p, n);
-  return 0;
+  pp_part parts[2] = {{rt, 8},
+                      {PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data)}};
+  return pp_frame_build(&w->out, PP_MSG_RESULT, status, id, attempt, parts, 2) ==
+                 PP_OK
+             ? 0
+             : -1;
 }
 
 /* call_chunk: args is a list of argument tuples; returns a list. */
@@ -305,6 +301,9 @@ fail:
   return -1;
 }
 
+/* watch_parent: make the kernel kill this worker when the engine thread
+ * that started it goes (Linux), and exit at once if the parent (pid
+ * `parent`) is already gone. Worker's main thread, at start. */
 static void watch_parent(long parent) {
 #ifdef __linux__
   /* die with the engine thread that started us, even on SIGKILL */
