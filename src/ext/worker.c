@@ -243,7 +243,7 @@ done_timed:
                  "the job's %s is %zd bytes when pickled, above the frame "
                  "limit of %u bytes (max_frame)",
                  status == PP_RES_OK ? "result" : "exception",
-                 PyBytes_GET_SIZE(data), (unsigned)(w->max_frame - 8));
+                 PyBytes_GET_SIZE(data), (unsigned)w->max_frame);
     Py_DECREF(data);
     status = PP_RES_SERIAL;
     data = format_exc(w, 1);
