@@ -14,7 +14,7 @@ import time
 import types
 import weakref
 
-from . import _core, _ship
+from . import _boot, _core, _ship
 from ._errors import (CancelledError, DestroyedError, PPError, RemoteError,
                       RemoteTraceback, SerializationError, WorkerLostError)
 
@@ -157,22 +157,14 @@ def as_completed(jobs, timeout=None):
                 continue
 
 
-# A worker needs pp._worker and pp._core only: it registers a bare `pp`
-# package (the full one loads on first use, see _worker.lazy_package) instead
-# of importing pp/__init__, which costs more than the interpreter's start.
-_WORKER_BOOT = ("import sys, types; p = types.ModuleType('pp'); "
-                "p.__path__ = [%r]; p.__package__ = 'pp'; sys.modules['pp'] = p; "
-                "import pp._worker as w; w.main()")
+# How a worker starts (a bare `pp` package, -S, the client's sys.path): one
+# definition in _boot, which ppserver uses too.
+_WORKER_BOOT = _boot.WORKER_BOOT
 
 
 def _worker_env():
     env = dict(os.environ)
-    paths = []
-    for p in sys.path:
-        p = os.path.abspath(p) if p else os.getcwd()
-        if p not in paths:
-            paths.append(p)
-    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONPATH"] = _boot.worker_pythonpath()
     return ["%s=%s" % kv for kv in env.items()]
 
 
@@ -226,7 +218,7 @@ class Server:
         # Workers get the client's whole sys.path through PYTHONPATH, so they
         # skip the site module (-S): a worker starts in a quarter of the time.
         # PP_WORKER_SITE=1 restores it (for sitecustomize or .pth hooks).
-        site = [] if os.environ.get("PP_WORKER_SITE") == "1" else ["-S"]
+        site = _boot.site_flags()
         argv = [sys.executable] + site + [
             "-c", _WORKER_BOOT % os.path.dirname(os.path.abspath(__file__)),
             str(os.getpid()), str(self._proto), "1" if restart else "0"]

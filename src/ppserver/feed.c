@@ -380,21 +380,20 @@ void ppsrv__feed_init(srv *s) {
 
 int ppsrv__start_engine(srv *s) {
   const ppsrv_config *cfg = s->cfg;
-  char pid[24], proto[16];
-  snprintf(pid, sizeof pid, "%d", (int)getpid());
-  snprintf(proto, sizeof proto, "%d", cfg->proto >= 0 ? cfg->proto : 4);
-  char *argv[] = {cfg->python, "-c",  "import pp._worker as w; w.main()",
-                  pid,         proto, cfg->restart ? "1" : "0",
-                  NULL};
+  ppsrv_wcmd w;
+  if (ppsrv__wcmd_init(&w, cfg) != PP_OK)
+    return -1;
   pp_engine_opts o;
   memset(&o, 0, sizeof o);
-  o.worker_argv = argv;
+  o.worker_argv = w.argv; /* copied by the engine, like env */
+  o.worker_env = w.env;
   o.nworkers = cfg->nworkers;
   o.restart = cfg->restart;
   o.max_retries = 2;
   o.on_complete = on_job_complete;
   o.on_complete_ctx = s;
   int rc = pp_engine_new(&o, &s->engine);
+  ppsrv__wcmd_free(&w);
   if (rc != PP_OK) {
     pp_log(PP_LOG_ERROR, "cannot start the engine: %s", pp_strerror(rc));
     s->engine = NULL;

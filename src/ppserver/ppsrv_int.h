@@ -212,6 +212,26 @@ void ppsrv__feed_init(srv *s);
  * after logging why. Main thread, at start-up. */
 int ppsrv__start_engine(srv *s);
 
+/* ---- wboot.c ----------------------------------------------------------- */
+
+/* The command that starts one worker (pp_engine_opts.worker_argv/env). */
+typedef struct ppsrv_wcmd {
+  char *argv[8];  /* NULL-terminated; borrows cfg->python and the fields */
+  char **env;     /* owned; NULL = inherit (the fallback) */
+  char *boot;     /* owned: the boot text the interpreter gave */
+  char pid[24], proto[16];
+  int fast;       /* 1: the client's fast boot; 0: the full-import fallback */
+} ppsrv_wcmd;
+
+/* ppsrv__wcmd_init: ask cfg->python for pp's worker boot and fill *w (see
+ * wboot.c). Returns 0 (with the fallback command when the interpreter
+ * could not answer, logged as a WARNING) or PP_ENOMEM. Blocks for one
+ * interpreter start. Main thread, before the engine exists. */
+int ppsrv__wcmd_init(ppsrv_wcmd *w, const ppsrv_config *cfg);
+
+/* ppsrv__wcmd_free: release what *w owns. */
+void ppsrv__wcmd_free(ppsrv_wcmd *w);
+
 /* ---- server.c ---------------------------------------------------------- */
 
 /* ppsrv__maybe_finish: once stopping and every connection is closed, close

@@ -355,6 +355,49 @@ def test_workers_that_cannot_start_give_failed(start_node):
         assert "no worker process could be started" in data.decode()
 
 
+def test_workers_start_with_the_clients_fast_boot(start_node):
+    """ppserver's workers start as pp.Server's do (pp._boot, one definition):
+    python -S -c <bare-package boot> with the interpreter's sys.path as
+    PYTHONPATH; jobs still see every module the interpreter sees."""
+    sys.path.insert(0, str(REPO / "python"))
+    try:
+        from pp import _boot
+    finally:
+        sys.path.pop(0)
+    n = start_node("-d")
+    n.wait_log(r"workers start with \S+ -S -c <pp._boot.WORKER_BOOT>")
+    pkgdir = str((REPO / "python" / "pp").resolve())
+    for pid in n.worker_pids():
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        argv = [a.decode() for a in argv]
+        assert argv[1:4] == ["-S", "-c", _boot.WORKER_BOOT % pkgdir], argv
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        path = [e for e in env if e.startswith(b"PYTHONPATH=")][0][11:].decode()
+        # -S: the site directories come through PYTHONPATH instead
+        site_dirs = subprocess.run(
+            ["python3", "-c", "import site; print('\\n'.join(site.getsitepackages()))"],
+            env=node_env(), capture_output=True, text=True, check=True).stdout.split()
+        for d in site_dirs:
+            if os.path.isdir(d):
+                assert d in path.split(os.pathsep), (d, path)
+    n.assert_serves()
+    assert "cannot ask" not in n.log()
+
+
+def test_worker_boot_falls_back_when_the_interpreter_cannot_say(start_node, tmp_path):
+    """An interpreter that cannot import pp._boot: a WARNING, and the workers
+    start with the full package import (as before), which still serves."""
+    wrapper = tmp_path / "python-without-boot"
+    wrapper.write_text("#!/bin/sh\n"
+                       "case \"$2\" in *_boot*) exit 3;; esac\n"
+                       f"exec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    n = start_node("--python", str(wrapper))
+    n.wait_log(r"WARNING cannot ask .*python-without-boot for pp's worker boot "
+               r"\(exit status 3\): workers start with the full package import")
+    n.assert_serves()
+
+
 def test_python_not_found_exits_2():
     r = run_ppserver(["--python", "/nonexistent/python3"], node_env())
     assert r.returncode == 2 and "--python" in r.stderr
@@ -728,3 +771,4 @@ def test_socket_timeout_after_auth(start_node):
             time.sleep(0.9)
             assert c.ping() == b"ping"
     n.assert_serves()
+
