@@ -27,7 +27,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ppwire  # noqa: E402
-from helpers import (PPSERVER_BIN as PPSERVER, SECRET, PPServer,  # noqa: E402
+from helpers import (PPSERVER_BIN as PPSERVER, REPO, SECRET, PPServer,  # noqa: E402
                      descendants, free_port, holds, in_sleep, node_env, pid_state,
                      wait_for, wait_pids_gone)
 
