@@ -91,7 +91,8 @@ test: deps
 	$(MAKE) test-py
 
 # runs the unchanged example, then shows how many jobs each worker process ran
-run: ext
+run: deps
+	$(MAKE) ext
 	PYTHONPATH=$(CURDIR)/python $(PYTHON) -c "import runpy, pp._server as s; \
 	runpy.run_path('examples/sum_primes.py', run_name='__main__'); \
 	[print('Jobs run by each local worker process (pid: jobs):', x.get_worker_stats()) for x in list(s._servers)]"
