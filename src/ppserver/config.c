@@ -28,7 +28,7 @@
 enum opt_id {
   O_HELP, O_DEBUG, O_LOGFMT, O_AUTO, O_RESTART, O_PROTO, O_CONFIG, O_IFACE,
   O_BCAST, O_PORT, O_WORKERS, O_SECRET, O_SECRET_FILE, O_TIMEOUT, O_SOCKTO,
-  O_PIDFILE, O_PYTHON, O_ANNOUNCE, O_COUNT
+  O_PIDFILE, O_PYTHON, O_ANNOUNCE, O_MAXFRAME, O_COUNT
 };
 
 /* One row per option: long name (also the config key, with '-' or '_'),
@@ -58,6 +58,7 @@ static const struct optdef {
     [O_PIDFILE] = {"pid-file", 'P', 1, 1},
     [O_PYTHON] = {"python", 0, 1, 1},
     [O_ANNOUNCE] = {"announce-interval", 0, 1, 1},
+    [O_MAXFRAME] = {"max-frame", 0, 1, 1},
 };
 
 /* A layer of settings as strings, with where each came from. */
@@ -136,6 +137,7 @@ static const char usage_text[] =
     "Usage: ppserver [-hdar] [-f format] [-n proto] [-c config_path] [-i interface]\n"
     "                [-b broadcast] [-p port] [-w nworkers] [-s secret] [-t seconds]\n"
     "                [-k seconds] [-P pid_file] [--secret-file PATH] [--python PATH]\n"
+    "                [--announce-interval SECONDS] [--max-frame BYTES]\n"
     "\n"
     "Parallel Python execution node: authenticates pp clients with a shared\n"
     "secret and runs their jobs on a pool of local Python worker processes.\n"
@@ -169,6 +171,11 @@ static const char usage_text[] =
     "  -P, --pid-file PATH        write the process id here; removed at exit\n"
     "      --python PATH          Python interpreter for the workers (default python3;\n"
     "                             it must be able to import pp)\n"
+    "      --max-frame BYTES      largest frame payload accepted from a client (a\n"
+    "                             JOB's arguments) or a worker (a result), 1024 to\n"
+    "                             4294967295 (default 1073741824, 1 GiB); a client\n"
+    "                             frame above it closes that connection, a result\n"
+    "                             above it fails its job\n"
     "\n"
     "Secret (required; there is no default), first found wins:\n"
     "  -s/--secret, --secret-file, the PP_SECRET environment variable, then the\n"
@@ -178,8 +185,8 @@ static const char usage_text[] =
     "blank lines are ignored; a value may be wrapped in double quotes. Keys are\n"
     "the long option names (`-` or `_`): debug, log_format, autodiscovery, restart,\n"
     "proto, interface, broadcast, port, workers, secret, secret_file, timeout,\n"
-    "socket_timeout, pid_file, python, announce_interval. Flags take true/false,\n"
-    "yes/no, on/off, 1/0.\n"
+    "socket_timeout, pid_file, python, announce_interval, max_frame. Flags take\n"
+    "true/false, yes/no, on/off, 1/0.\n"
     "Options given on the command line override the file. Example:\n"
     "    # /etc/ppserver.conf  (chmod 600 if it holds the secret)\n"
     "    port = 35000\n"
@@ -413,7 +420,8 @@ static int parse_config_file(ppsrv_config *cfg, layer *file, const char *path,
       set_err(err, errlen, "%s:%d: unknown key '%s' (keys: debug, log_format,"
               " autodiscovery, restart, proto, interface, broadcast, port,"
               " workers, secret, secret_file, timeout, socket_timeout,"
-              " pid_file, python, announce_interval)", path, lineno, key);
+              " pid_file, python, announce_interval, max_frame)", path,
+              lineno, key);
       goto out;
     }
     if (!optdefs[id].has_arg) {
@@ -479,6 +487,25 @@ static int to_int(const layer *l, int id, long lo, long hi, int *out,
     return 2;
   }
   *out = (int)x;
+  return 0;
+}
+
+/* to_u32: like to_int, for an unsigned 32-bit value. */
+static int to_u32(const layer *l, int id, unsigned long long lo,
+                  unsigned long long hi, uint32_t *out, char *err,
+                  size_t errlen) {
+  const char *v = l->val[id];
+  char *end;
+  errno = 0;
+  unsigned long long x = strtoull(v, &end, 10);
+  if (*v < '0' || *v > '9' || *end != '\0' || errno != 0 || x < lo ||
+      x > hi) {
+    set_err(err, errlen,
+            "%s: %s must be an integer from %llu to %llu, not '%s'",
+            l->origin[id], optdefs[id].name, lo, hi, v);
+    return 2;
+  }
+  *out = (uint32_t)x;
   return 0;
 }
 
@@ -598,6 +625,10 @@ int ppsrv_config_load(ppsrv_config *cfg, int argc, char **argv, char *err,
     goto out;
   if (m.val[O_SOCKTO] &&
       to_int(&m, O_SOCKTO, 1, 100000000, &cfg->socket_timeout, err, errlen))
+    goto out;
+  cfg->max_frame = PP_FRAME_MAX_DEFAULT;
+  if (m.val[O_MAXFRAME] && to_u32(&m, O_MAXFRAME, PPSRV_MAX_FRAME_MIN,
+                                  UINT32_MAX, &cfg->max_frame, err, errlen))
     goto out;
   cfg->announce_ms = PPSRV_DEFAULT_ANNOUNCE_MS;
   if (m.val[O_ANNOUNCE] &&

@@ -15,6 +15,7 @@
 #define PPSRV_DEFAULT_SOCKET_TIMEOUT 30
 #define PPSRV_DEFAULT_PYTHON "python3"
 #define PPSRV_DEFAULT_ANNOUNCE_MS 2000
+#define PPSRV_MAX_FRAME_MIN 1024u /* --max-frame lower bound */
 #define PPSRV_DEFAULT_LOG_FORMAT "%(asctime)s %(levelname)s %(message)s"
 
 /* Where the secret came from (for the log and for the ps(1) warning). */
@@ -47,6 +48,7 @@ typedef struct ppsrv_config {
   int socket_timeout;   /* -k: seconds of silence after which a client is dropped */
   char *pid_file;       /* -P: owned, may be NULL */
   char *python;         /* --python: owned */
+  uint32_t max_frame;   /* --max-frame: payload limit, clients and workers */
   int help;             /* -h given: print usage, exit 0 */
   /* Warnings found while parsing, to be logged once the log sink is set up
    * (parsing runs before it). Owned, NUL-separated, may be NULL. */

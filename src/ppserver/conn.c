@@ -12,6 +12,10 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <sys/ioctl.h>
+#ifdef __linux__
+#include <linux/sockios.h> /* SIOCOUTQ */
+#endif
 
 typedef struct wreq {
   uv_write_t req;
@@ -110,7 +114,7 @@ static void on_write(uv_write_t *req, int status) {
     }
     return;
   }
-  c->write_ms = uv_now(&c->s->loop);
+  c->write_ms = c->tx_ms = uv_now(&c->s->loop);
   if (c->state != C_READY)
     return;
   ppsrv__feed_write_progress(c);
@@ -389,7 +393,7 @@ static void process_session(conn *c) {
   const uint8_t *p;
   int rc = 0;
   while (c->state == C_READY &&
-         (rc = pp_session_next(&c->sess, &c->rbuf, PP_FRAME_MAX_DEFAULT, &h,
+         (rc = pp_session_next(&c->sess, &c->rbuf, c->s->cfg->max_frame, &h,
                                &p)) == 1) {
     if (handle_frame(c, &h, p) != PP_OK)
       return;
@@ -649,11 +653,30 @@ void ppsrv__on_connection(uv_stream_t *server, int status) {
 
 /* ---- deadlines -------------------------------------------------------- */
 
+/* unsent: bytes of ours c's client has not taken yet: libuv's write queue
+ * plus, on Linux, what the kernel holds unacknowledged (SIOCOUTQ; several
+ * MiB of a result can sit there while a slow client drains them). */
+static size_t unsent(conn *c) {
+  size_t n = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+#ifdef SIOCOUTQ
+  uv_os_fd_t fd;
+  int k = 0;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 &&
+      ioctl(fd, SIOCOUTQ, &k) == 0 && k > 0)
+    n += (size_t)k;
+#endif
+  return n;
+}
+
 /* ppsrv__conn_sweep: close connections past their deadline: the handshake
- * deadline; the socket timeout (-k) since the last byte received (not while
- * reading is paused for back-pressure); the socket timeout since the last
- * write progress while results wait to be written (a client that does not
- * read); and the grace period of a closing connection. */
+ * deadline; the socket timeout (-k) without progress in either direction
+ * (a byte received, or the client taking bytes of ours: the unsent count
+ * falling), not while reading is paused for back-pressure; the socket
+ * timeout without write progress while bytes of ours wait (a client that
+ * does not read); and the grace period of a closing connection. A large
+ * upload or download that moves is progress: on_write's completion alone
+ * would come too late (one result can take longer than -k to cross a slow
+ * link, and its tail drains from the kernel after the write completed). */
 void ppsrv__conn_sweep(srv *s) {
   uint64_t now = uv_now(&s->loop);
   conn *next;
@@ -667,13 +690,17 @@ void ppsrv__conn_sweep(srv *s) {
                 ? "handshake not completed in time (partial frame)"
                 : "handshake not completed in time");
     } else if (c->state == C_READY) {
-      if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > 0 &&
-          now - c->write_ms >= s->idle_timeout_ms) {
+      size_t wq = unsent(c);
+      if (wq < c->wq_seen) /* the client took bytes since the last sweep */
+        c->write_ms = c->tx_ms = now;
+      c->wq_seen = wq;
+      uint64_t heard = c->last_rx_ms > c->tx_ms ? c->last_rx_ms : c->tx_ms;
+      if (wq > 0 && now - c->write_ms >= s->idle_timeout_ms) {
         ppsrv__conn_close(c, PP_LOG_WARNING,
                           "client stopped reading its results");
       } else if (c->paused) {
         /* waiting for its own jobs to drain: not the client's silence */
-      } else if (now - c->last_rx_ms >= s->idle_timeout_ms) {
+      } else if (now - heard >= s->idle_timeout_ms) {
         ppsrv__conn_close(c, PP_LOG_WARNING,
                           pp_buf_avail(&c->rbuf)
                               ? "socket timeout in the middle of a frame"

@@ -390,6 +390,7 @@ int ppsrv__start_engine(srv *s) {
   o.nworkers = cfg->nworkers;
   o.restart = cfg->restart;
   o.max_retries = 2;
+  o.max_frame = cfg->max_frame;
   o.on_complete = on_job_complete;
   o.on_complete_ctx = s;
   int rc = pp_engine_new(&o, &s->engine);

@@ -92,7 +92,12 @@ struct conn {
   pp_buf rbuf;
   int starved;        /* out of the round robin until its writes drain */
   uint64_t accepted_ms, last_rx_ms, closing_ms;
-  uint64_t write_ms;  /* last write completed or started on an empty queue */
+  uint64_t write_ms;  /* last write progress, or a write started on an
+                         empty queue (times a stall) */
+  uint64_t tx_ms;     /* last write progress: a write completed, or the
+                         queue shrank between two sweeps (liveness) */
+  size_t wq_seen;     /* bytes not yet taken by the client at the last sweep
+                         (write queue and kernel, see conn.c unsent) */
   tlist queued;    /* not yet handed to the engine */
   size_t queued_bytes;
   tlist engine;    /* handed to the engine, no result yet */

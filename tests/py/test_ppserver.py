@@ -772,3 +772,57 @@ def test_socket_timeout_after_auth(start_node):
             assert c.ping() == b"ping"
     n.assert_serves()
 
+
+def test_slow_download_is_progress_not_silence(start_node):
+    """Liveness counts progress in both directions (issue 8, defect 13, node
+    side): a client that sends nothing while it slowly downloads a result
+    bigger than the socket timeout allows in one write stays connected (the
+    node used to drop it after -k: "client stopped reading its results"),
+    while a silent client is still dropped (test_socket_timeout_after_auth)."""
+    n = start_node("-k", "1")
+    c = ppwire.Client("127.0.0.1", n.port, SECRET, connect=False, timeout=30)
+    c.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)  # before connect
+    c.sock.settimeout(30)
+    c.sock.connect(("127.0.0.1", n.port))
+    c.handshake()
+    c.read_hello()
+    size = 12 << 20
+    c.submit(ppwire.ref_descriptor("os", "urandom"), (size,))
+    # read at about 3 MiB/s, sending nothing: 4 s for one frame, -k is 1 s
+    rate, t0 = 3 << 20, time.monotonic()
+    need, buf = ppwire.HDR_LEN, bytearray()
+    while len(buf) < need:
+        chunk = c.sock.recv(min(65536, need - len(buf)))
+        assert chunk, f"dropped after {len(buf)} of {need} bytes:\n{n.log()}"
+        buf += chunk
+        if need == ppwire.HDR_LEN and len(buf) >= need:  # the RESULT's length
+            need += ppwire.HDR.unpack(bytes(buf[:ppwire.HDR_LEN]))[4] + ppwire.MAC_LEN
+        ahead = len(buf) / rate - (time.monotonic() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+    assert time.monotonic() - t0 > 2.5  # the download did outlast -k
+    c.rbuf = buf
+    _, _, status, _, data = c.result()
+    assert status == ppwire.RES_OK and len(pickle.loads(data)) == size
+    assert c.ping() == b"ping"  # still connected
+    c.bye()
+    assert "stopped reading its results" not in n.log()
+    assert "socket timeout (" not in n.log()
+
+
+def test_max_frame_limits_client_frames(start_node):
+    """--max-frame BYTES: a JOB above it closes that connection only."""
+    n = start_node("--max-frame", "4096")
+    with n.client() as c:
+        status, value = c.call("operator", "add", b"x" * 1000, b"y")
+        assert status == ppwire.RES_OK and value == b"x" * 1000 + b"y"
+        # the limit reaches the workers too: a result above it fails its job
+        status, info = c.call("os", "urandom", 10000)
+        assert status == ppwire.RES_SERIAL and "4096" in info[1], info[:2]
+        c.submit(ppwire.ref_descriptor("operator", "add"), (b"x" * 5000, b"y"))
+        assert ppwire.connection_closed(c.sock, 5)
+    n.wait_log("bad frame: frame payload too large")
+    n.assert_serves()
+    r = run_ppserver(["--max-frame", "100"], node_env())
+    assert r.returncode == 2 and "max-frame must be an integer from 1024" in r.stderr
