@@ -3,6 +3,7 @@
 Run with:
     cd <repo> && PYTHONPATH=python:/usr/lib/python3/dist-packages python3 -m pytest -q tests/py
 """
+import contextlib
 import faulthandler
 import io
 import os
@@ -18,7 +19,7 @@ import pytest
 
 # the shared helpers live in helpers.py; these names stay importable from here
 from helpers import (PPServer, descendants, free_port, kill_pids, pid_alive, pid_state,
-                     wait_for, wait_pids_gone)
+                     stop_all_ppservers, wait_for, wait_pids_gone)
 
 __all__ = ["PPServer", "Script", "bounded", "descendants", "free_port", "kill_pids",
            "pid_alive", "pid_state", "run_script", "script_env", "wait_for",
@@ -43,9 +44,31 @@ def pytest_configure(config):
 
 @pytest.fixture(autouse=True)
 def _watchdog(request):
+    """Past the limit: print every thread's stack on the real stderr (not the
+    captured one, which nobody would see) and end the run with status 1."""
     m = request.node.get_closest_marker("watchdog")
-    faulthandler.dump_traceback_later(m.args[0] if m else TEST_WATCHDOG_SECONDS, exit=True)
+    secs = m.args[0] if m else TEST_WATCHDOG_SECONDS
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+
+    def fire():
+        try:
+            with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+                sys.stderr.write("\n*** %s exceeded its watchdog of %g s; the stacks:\n"
+                                 % (request.node.nodeid, secs))
+                sys.stderr.flush()
+                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                sys.stderr.flush()
+            stop_all_ppservers()
+        finally:
+            os._exit(1)
+
+    timer = threading.Timer(secs, fire)
+    timer.daemon = True
+    timer.start()
+    # in case no Python thread can run any more
+    faulthandler.dump_traceback_later(secs + 30, exit=True)
     yield
+    timer.cancel()
     faulthandler.cancel_dump_traceback_later()
 
 

@@ -284,6 +284,18 @@ def node_env(secret=SECRET, extra=None):
     return env
 
 
+_running = set()  # PPServer instances not yet stopped
+
+
+def stop_all_ppservers():
+    """Stop every PPServer still running (e.g. before a watchdog ends the run)."""
+    for n in list(_running):
+        try:
+            n.stop()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+
+
 class PPServer:
     """bin/ppserver on 127.0.0.1 with its stderr log collected.
 
@@ -331,6 +343,7 @@ class PPServer:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, errors="replace")
         self.log_pump = LogPump(self.proc.stderr, "ppserver %d" % self.proc.pid)
+        _running.add(self)
         if ready:
             line = self.wait_log(r"listening on \S+:\d+ ", timeout=15)
             self.port = int(re.search(r"listening on \S+:(\d+) ", line).group(1))
@@ -350,9 +363,14 @@ class PPServer:
 
     def wait_log(self, pattern, timeout=10, start=0):
         """The first log line (from index start) matching the regex."""
-        return self.log_pump.wait_log(
-            pattern, timeout, start,
-            on_end=lambda: "ppserver exited (rc=%s)" % self.proc.poll())
+        return self.log_pump.wait_log(pattern, timeout, start, on_end=self._exited)
+
+    def _exited(self):
+        try:
+            rc = self.proc.wait(timeout=5)  # it closed its log: it is exiting
+        except subprocess.TimeoutExpired:
+            rc = None
+        return "ppserver exited (rc=%s)" % rc
 
     # -- its processes ---------------------------------------------------
     def worker_pids(self):
@@ -402,6 +420,7 @@ class PPServer:
             except subprocess.TimeoutExpired:
                 pass
         kill_pids(kids)
+        _running.discard(self)
         self.log_pump.join(timeout=5)
         if self.proc.stderr:
             self.proc.stderr.close()
