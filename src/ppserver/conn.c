@@ -53,6 +53,7 @@ static pp_func *fm_get(const funcmap *m, const uint8_t *key) {
   return e ? e->f : NULL;
 }
 
+/* ppsrv__func_slot (ppsrv_int.h): feed.c keeps its estimates there. */
 fslot *ppsrv__func_slot(conn *c, const uint8_t *key) {
   return fm_find(&c->funcs, key);
 }
@@ -193,6 +194,8 @@ int ppsrv__conn_send(conn *c, uint8_t type, uint32_t flags, uint64_t id,
   return conn_write(c, out);
 }
 
+/* ppsrv__flush_batch (ppsrv_int.h): connections that closed meanwhile
+ * drop what they queued. Main thread. */
 void ppsrv__flush_batch(srv *s) {
   conn *c = s->flush_head;
   s->flush_head = NULL;
@@ -257,6 +260,7 @@ static void conn_resume(conn *c) {
     pp_log(PP_LOG_DEBUG, "%s: reading again", c->peer);
 }
 
+/* ppsrv__conn_maybe_resume (ppsrv_int.h). Main thread. */
 void ppsrv__conn_maybe_resume(conn *c) {
   if (c->paused && conn_relaxed(c))
     conn_resume(c);

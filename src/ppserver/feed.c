@@ -193,6 +193,8 @@ int ppsrv__feed_job(conn *c, pp_func *f, uint32_t flags, uint64_t id,
   return PP_OK;
 }
 
+/* ppsrv__feed_detach (ppsrv_int.h): tickets in the engine stay alive,
+ * detached (t->c = NULL), until their completion reaches drain_done. */
 void ppsrv__feed_detach(conn *c) {
   srv *s = c->s;
   ticket *t;
@@ -273,6 +275,9 @@ static void send_result(conn *c, ticket *t) {
                    parts, 2);
 }
 
+/* ppsrv__drain_done (ppsrv_int.h): takes the whole done list under
+ * done_mu, then works without the lock; learns run times, frees each
+ * ticket. Main thread (on_done_async, or at stop). */
 void ppsrv__drain_done(srv *s) {
   uv_mutex_lock(&s->done_mu);
   ticket *t = s->done_head;
@@ -361,6 +366,7 @@ void ppsrv__feed(srv *s) {
   }
 }
 
+/* ppsrv__feed_write_progress (ppsrv_int.h). Main thread, from on_write. */
 void ppsrv__feed_write_progress(conn *c) {
   if (c->starved && !ppsrv__conn_backlogged(c, 2)) {
     c->starved = 0;
@@ -371,6 +377,7 @@ void ppsrv__feed_write_progress(conn *c) {
   }
 }
 
+/* ppsrv__feed_init (ppsrv_int.h). */
 void ppsrv__feed_init(srv *s) {
   uv_async_init(&s->loop, &s->done_async, on_done_async);
   s->done_async.data = s;

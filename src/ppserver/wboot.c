@@ -45,6 +45,7 @@ static const char wboot_fallback[] = "import pp._worker as w; w.main()";
 #define WBOOT_ANSWER_MAX (1u << 20)
 #define WBOOT_TIMEOUT_MS 30000
 
+/* now_ms: CLOCK_MONOTONIC in milliseconds. */
 static uint64_t now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -135,6 +136,7 @@ static char *ask_python(const char *python, size_t *len, char *err,
   return NULL;
 }
 
+/* ppsrv__wcmd_free (ppsrv_int.h). */
 void ppsrv__wcmd_free(ppsrv_wcmd *w) {
   free(w->boot);
   if (w->env != NULL)
@@ -188,6 +190,7 @@ static int split_answer(const char *ans, size_t len, const char *f[3]) {
   return off == len ? 0 : -1;
 }
 
+/* ppsrv__wcmd_init (ppsrv_int.h). */
 int ppsrv__wcmd_init(ppsrv_wcmd *w, const ppsrv_config *cfg) {
   char err[128] = "";
   size_t len = 0;
