@@ -66,14 +66,16 @@ int pp_disco_open(const uint8_t key[PP_AUTH_KEY_LEN], const uint8_t *data,
   uint64_t skew = t > now_ms ? t - now_ms : now_ms - t;
   if (skew > PP_DISCO_WINDOW_MS)
     return PP_DISCO_ESTALE;
+  uint16_t port = (uint16_t)(data[6] | data[7] << 8);
+  /* every check before the first write: a refused datagram leaves m alone */
+  if (data[5] == PP_DISCO_ANNOUNCE && port == 0)
+    return PP_DISCO_EFORMAT;
   m->kind = data[5];
-  m->port = (uint16_t)(data[6] | data[7] << 8);
+  m->port = port;
   memcpy(m->addr, data + 8, 4);
   m->interval_ms = pp_get_u32(data + 12);
   m->nworkers = pp_get_u32(data + 16);
   m->time_ms = t;
-  if (m->kind == PP_DISCO_ANNOUNCE && m->port == 0)
-    return PP_DISCO_EFORMAT;
   return PP_OK;
 }
 
