@@ -6,6 +6,8 @@
 #   make install    install pp for the current python3
 #   make SANITIZER=address test   the same under AddressSanitizer + UBSan
 #   make valgrind   C unit tests under valgrind (leaks are errors)
+#   make fuzz       run every fuzz target (tests/fuzz) for FUZZ_TIME s each
+#   make test-fuzz  replay every committed fuzz corpus under ASan/UBSan
 PYTHON   ?= python3
 CC       ?= cc
 SANITIZER ?=
@@ -41,7 +43,7 @@ endif
 # pytest: the interpreter's own, or Debian's python3-pytest on its path
 PYTEST = PYTHONPATH=$(CURDIR)/python:/usr/lib/python3/dist-packages $(PYENV) $(PYTHON) -m pytest
 
-.PHONY: all ext ctests deps test test-c test-py run bench install valgrind clean
+.PHONY: all ext ctests deps test test-c test-py test-fuzz fuzz fuzz-build run bench install valgrind clean
 
 PPSERVER_SRC = $(wildcard src/ppserver/*.c)
 PPSERVER     = $(if $(PPSERVER_SRC),bin/ppserver)
@@ -88,7 +90,47 @@ test-py: ext $(PPSERVER)
 test: deps
 	$(MAKE) all
 	$(MAKE) test-c
+	$(MAKE) test-fuzz
 	$(MAKE) test-py
+
+# ---- fuzzing (tests/fuzz, docs in tests/fuzz/README.md) ---------------
+# Each target tests/fuzz/fuzz_NAME.c is built twice: with libFuzzer (clang,
+# `make fuzz`) and with a plain driver main (any cc, `make test-fuzz`), both
+# under ASan and UBSan. The ppserver's sources except main.c are linked in.
+FUZZ_TARGETS = $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_TIME   ?= 60
+FUZZ_CC     ?= clang-14
+FUZZ_SAN     = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS  = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g -O1 -Isrc/core -Isrc/ppserver -Itests/fuzz
+FUZZ_SRC     = $(CORE_SRC) $(filter-out src/ppserver/main.c,$(PPSERVER_SRC))
+FUZZ_DEPS    = $(FUZZ_SRC) $(CORE_HDR) $(wildcard src/ppserver/*.h) tests/fuzz/fuzz.h
+REPLAY_BINS  = $(patsubst %,tests/fuzz/bin/replay_%,$(FUZZ_TARGETS))
+FUZZ_BINS    = $(patsubst %,tests/fuzz/bin/fuzz_%,$(FUZZ_TARGETS))
+
+tests/fuzz/bin/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/driver.c $(FUZZ_DEPS)
+	@mkdir -p tests/fuzz/bin
+	$(CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $< tests/fuzz/driver.c $(FUZZ_SRC) $(LIBS)
+
+tests/fuzz/bin/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_DEPS)
+	@mkdir -p tests/fuzz/bin
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -fsanitize=fuzzer -o $@ $< $(FUZZ_SRC) $(LIBS)
+
+# every committed corpus file (and every regression input) through its target
+test-fuzz: $(REPLAY_BINS)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	    tests/fuzz/bin/replay_$$t tests/fuzz/corpus/$$t; done
+
+fuzz-build: $(FUZZ_BINS)
+
+# FUZZ_TIME seconds per target; new inputs go to tests/fuzz/work/NAME (not
+# committed), crashes to tests/fuzz/artifacts/. FUZZ_ARGS adds options.
+fuzz: $(FUZZ_BINS)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p tests/fuzz/work/$$t tests/fuzz/artifacts; echo "== fuzz $$t ($(FUZZ_TIME) s)"; \
+	  tests/fuzz/bin/fuzz_$$t -max_total_time=$(FUZZ_TIME) -print_final_stats=1 \
+	    -artifact_prefix=tests/fuzz/artifacts/$$t- $(FUZZ_ARGS) \
+	    tests/fuzz/work/$$t tests/fuzz/corpus/$$t; done
 
 # runs the unchanged example, then shows how many jobs each worker process ran
 run: deps
@@ -120,4 +162,4 @@ valgrind: ctests
 	    --trace-children=no $$t; done
 
 clean:
-	rm -rf build bin tests/c/bin python/pp/*.so python/pp/.built-*
+	rm -rf build bin tests/c/bin tests/fuzz/bin python/pp/*.so python/pp/.built-*

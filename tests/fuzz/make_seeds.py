@@ -1,0 +1,117 @@
+"""make_seeds.py — writes the hand-made seed inputs of tests/fuzz/corpus/
+(a few small files per target, each a well-formed example of what the
+target parses, plus typical broken ones). Run from the repository root:
+    python3 tests/fuzz/make_seeds.py
+The fuzzers grow their own corpora from these (tests/fuzz/work/, not
+committed); inputs worth keeping (findings, new coverage) are copied into
+corpus/NAME/ by hand and replayed by `make test` from then on."""
+import hashlib
+import hmac
+import os
+import struct
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "py"))
+import ppwire  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SECRET = b"fuzz-secret-0123456789"
+
+
+def put(target, name, data):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def frame(t, payload=b"", flags=0, attempt=0, fid=0, version=1, magic=0x7070):
+    return ppwire.header(t, len(payload), flags, attempt, fid, magic, version) + payload
+
+
+# ---- frame: [limit selector][chunk size][stream]
+stream = (frame(1, struct.pack("<I", 1234)) + frame(2, b"k" * 32 + b"desc") +
+          frame(3, b"k" * 32 + b"args", flags=1, attempt=2, fid=7) +
+          frame(4, struct.pack("<Q", 5) + b"data", attempt=2, fid=7) + frame(5))
+put("frame", "stream", bytes([5, 255]) + stream)
+put("frame", "stream-bytewise", bytes([4, 0]) + stream)
+put("frame", "bad-magic", bytes([5, 7]) + b"GET / HTTP/1.0\r\n\r\n")
+put("frame", "bad-version", bytes([5, 255]) + frame(1, b"1234", version=2))
+put("frame", "too-big", bytes([3, 255]) + ppwire.header(3, 1 << 30))
+put("frame", "unknown-type", bytes([5, 255]) + frame(9, b"x"))
+
+# ---- auth: [role][secret][ops...]; see fuzz_auth.c for the ops
+seal = bytes([6, 3, 0, 1, 7, 0, 5, 0]) + b"hello"   # JOB frame, 5 bytes
+ping = bytes([6, 6, 0, 0, 0, 0, 4, 0]) + b"ping"
+put("auth", "server-ok", bytes([0, 0, 0, 5, 0, 5]) + seal + ping + bytes([0]))
+put("auth", "client-ok", bytes([1, 0, 5, 0, 5, 0]) + seal + bytes([0]))
+put("auth", "server-wrong-secret", bytes([0, 3, 0, 5, 0, 5, 0]))
+put("auth", "client-wrong-secret", bytes([1, 3, 5, 0, 5, 0]))
+put("auth", "server-flip", bytes([0, 0, 0, 5, 0, 5]) + seal + bytes([1, 30, 0, 4]))
+put("auth", "server-replay", bytes([0, 0, 0, 5, 0, 5]) + seal + bytes([0, 7]))
+put("auth", "server-drop", bytes([0, 0, 0, 5, 0, 5]) + seal + bytes([3]) + ping + bytes([0]))
+put("auth", "server-garbage", bytes([0, 0, 4, 60]) + frame(16, b"\x01\x00\x00\x00" + b"n" * 32))
+put("auth", "server-split", bytes([0, 0, 2, 10, 2, 200, 5, 2, 3, 0]))
+
+# ---- disco: [mode][clock offset][datagram]
+def disco(kind, port=60000, t=None):
+    return ppwire.disco_datagram(SECRET, kind, port=port, interval_ms=2000, nworkers=4,
+                                 time_ms=t if t is not None else 1700000000000)
+put("disco", "announce", bytes([0, 0]) + disco(1))
+put("disco", "query", bytes([0, 0]) + disco(2, port=0))
+put("disco", "announce-resign-fresh", bytes([3, 5]) + disco(1))
+put("disco", "announce-stale", bytes([3, 100]) + disco(1))
+put("disco", "announce-port0", bytes([3, 0]) + disco(1, port=0))
+put("disco", "bad-mac", bytes([2, 0]) + disco(1)[:-1] + b"\x00")
+put("disco", "short", bytes([3, 0]) + disco(1)[:40])
+put("disco", "bad-kind", bytes([3, 0]) + disco(1)[:5] + b"\x09" + disco(1)[6:])
+
+# ---- config: the file's bytes
+put("config", "example", b"""# /etc/ppserver.conf
+port = 35000
+workers = 8
+socket_timeout = 60
+log_format = "%(asctime)s ppserver %(levelname)s %(message)s"
+""")
+put("config", "all-keys", b"""debug = yes
+log-format = %(levelname)-8s %(process)d %(name)s %(levelno)d %%
+autodiscovery = on
+restart = false
+proto = 2
+interface = 127.0.0.1
+broadcast = 127.255.255.255
+port = 0
+workers = 1
+timeout = 10
+socket_timeout = 5
+pid_file = /nonexistent/pp.pid
+python = python3
+announce_interval = 0.5
+""")
+put("config", "secret-in-file", b"secret = \"abc def\"\n")
+put("config", "bad-line", b"port 35000\n")
+put("config", "unknown-key", b"colour = blue\n")
+put("config", "bad-values", b"port = 99999\nworkers = -1\n")
+put("config", "bad-bool", b"debug = maybe\n")
+put("config", "bad-format", b"log_format = %(nope)s\n")
+put("config", "nul", b"port = 1\x00\n")
+put("config", "ini-section", b"[general]\nport = 35000\n")
+
+# ---- intake: [flags][njobs][attempt seed][limit][chunk][stream]
+def result(jid, status=0, data=b"x", attempt=1):
+    return frame(4, struct.pack("<Q", 1000) + data, flags=status, attempt=attempt, fid=jid)
+put("intake", "worker-results", bytes([0, 3, 0, 3, 255]) +
+    frame(1, struct.pack("<I", 99)) + result(1) + result(2, 1) + result(3, 2))
+put("intake", "worker-out-of-order", bytes([0, 3, 0, 3, 255]) + result(2) + result(1))
+put("intake", "worker-unknown-id", bytes([0, 3, 0, 3, 255]) + result(9))
+put("intake", "worker-bytewise", bytes([0, 2, 0, 2, 0]) + result(1) + result(2))
+put("intake", "node-lost-failed", bytes([1, 4, 0, 3, 255]) +
+    result(1, 3, struct.pack("<ii", 1, 9) + b"worker died") + result(3, 4, b"cannot run") +
+    result(2, 0) + result(7))
+put("intake", "node-attempts", bytes([1, 4, 0xff, 3, 255]) + result(1, attempt=2) +
+    result(2, attempt=1) + result(4, attempt=2))
+put("intake", "short-result", bytes([0, 1, 0, 3, 255]) + frame(4, b"abc", fid=1, attempt=1))
+put("intake", "job-from-worker", bytes([0, 1, 0, 3, 255]) + frame(3, b"k" * 32))
+put("intake", "over-limit", bytes([0, 1, 0, 0, 255]) + result(1, data=b"x" * 20))
+print("seeds written under", os.path.join(HERE, "corpus"))
