@@ -190,7 +190,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       break;
     }
     case 5: /* the peer reads what the side under test wrote */
-      if (!w.peer.dead &&
+      if (!w.peer.dead && pp_buf_avail(&w.to_peer) > 0 &&
           pp_buf_append(&w.peer.in, w.to_peer.data + w.to_peer.off,
                         pp_buf_avail(&w.to_peer)) == PP_OK)
         end_process(&w, &w.peer, &w.to_t, 0);
