@@ -1,4 +1,4 @@
-/* ppsrv_int.h — ppserver's internals shared by its three files:
+/* ppsrv_int.h — ppserver's internals shared by its files:
  *
  *   conn.c    client connections and the protocol: accepting, reading,
  *             the handshake, sealed frames in and out, writing,
@@ -8,6 +8,8 @@
  *             engine, completions and results back to the clients.
  *   server.c  lifecycle: start, listening, pid file, signals, idle exit,
  *             stop, the statistics log line (ppsrv_run, see server.h).
+ *   wboot.c   the command that starts a worker (asked of the interpreter
+ *             once at start-up: pp._boot, the client's fast boot).
  *
  * Threads: everything runs in the main thread's libuv loop, except
  * ppsrv__on_job_complete (feed.c), which the engine calls from its own

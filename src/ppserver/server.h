@@ -3,8 +3,9 @@
  * sealed FUNC/JOB frames, feeds jobs to a pp engine (its own thread and
  * worker pool) fairly across clients, and writes sealed RESULT frames back.
  * docs/protocol.md section 7 describes the conversation. The code is in
- * three files (conn.c: connections and the protocol; feed.c: feeding the
- * engine; server.c: lifecycle) sharing ppsrv_int.h. */
+ * conn.c (connections and the protocol), feed.c (feeding the engine),
+ * server.c (lifecycle) and wboot.c (the worker command), sharing
+ * ppsrv_int.h. */
 #ifndef PPSRV_SERVER_H
 #define PPSRV_SERVER_H
 
