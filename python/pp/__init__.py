@@ -7,8 +7,9 @@
 
 The API is Parallel Python's (Server, submit, Template, wait, get_stats,
 print_stats, set_ncpus, ...); the engine beneath is C. See docs/api.md."""
-from ._errors import (CancelledError, DestroyedError, PPError, RemoteError,
-                      RemoteTraceback, SerializationError, WorkerLostError)
+from ._errors import (CancelledError, DestroyedError, JobAbortedError,
+                      JobTimeoutError, PPError, RemoteError, RemoteTraceback,
+                      SerializationError, WorkerLostError)
 from ._server import Job, Server, Statistics, Template, as_completed
 
 version = __version__ = "2.0.0"
@@ -16,4 +17,5 @@ copyright = "Copyright (c) 2026 the pp developers"
 
 __all__ = ["Server", "Template", "Job", "Statistics", "as_completed", "PPError",
            "WorkerLostError", "DestroyedError", "SerializationError",
-           "RemoteError", "RemoteTraceback", "CancelledError", "version"]
+           "RemoteError", "RemoteTraceback", "CancelledError", "JobTimeoutError",
+           "JobAbortedError", "version"]

@@ -17,6 +17,15 @@ class WorkerLostError(PPError):
         self.termsignal = termsignal
 
 
+class JobTimeoutError(PPError, TimeoutError):
+    """The job ran longer than its timeout (submit(timeout=) or
+    Server(job_timeout=)) and was stopped; its worker was replaced."""
+
+
+class JobAbortedError(PPError):
+    """The job was aborted (job.abort() or Server.abort())."""
+
+
 class DestroyedError(PPError):
     """The Server was destroyed before the job finished."""
 

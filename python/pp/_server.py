@@ -15,7 +15,8 @@ import types
 import weakref
 
 from . import _boot, _core, _ship
-from ._errors import (CancelledError, DestroyedError, PPError, RemoteError,
+from ._errors import (CancelledError, DestroyedError, JobAbortedError,
+                      JobTimeoutError, PPError, RemoteError,
                       RemoteTraceback, SerializationError, WorkerLostError)
 
 _log = logging.getLogger("pp")
@@ -78,7 +79,73 @@ class Job(_core.Job):
         return self._status() == _core.ST_CANCELLED
 
     def running(self):
-        return not self.done()
+        """Whether the job is on a worker or node now (not queued, not
+        finished)."""
+        return self._info()[0] == _core.STATE_RUNNING
+
+    # -- job control and observation ---------------------------------------
+    def abort(self, grace=1.0):
+        """Stop the job. A queued job never runs; a running one gets
+        KeyboardInterrupt raised inside it, and its worker is killed and
+        replaced if it has not ended `grace` seconds later. The job then
+        raises pp.JobAbortedError. Returns False if it had already
+        finished."""
+        return self._abort(float(grace))
+
+    _STATUS = {}
+
+    @property
+    def status(self):
+        """"queued", "running", "done", "failed" or "cancelled"."""
+        state = self._info()[0]
+        if state == _core.STATE_QUEUED:
+            return "queued"
+        if state == _core.STATE_RUNNING:
+            return "running"
+        st = self._status()
+        if st == _core.ST_OK:
+            return "done"
+        if st in (_core.ST_CANCELLED, _core.ST_ABORTED) and \
+                not self._info()[5]:
+            return "cancelled"
+        return "failed"
+
+    @property
+    def submit_time(self):
+        """When the job was submitted (seconds since the epoch)."""
+        return _epoch(self._info()[1])
+
+    @property
+    def start_time(self):
+        """When its last run started (seconds since the epoch), or None if
+        it never ran."""
+        info = self._info()
+        if not info[2] or not info[5]:
+            return None
+        return _epoch(info[2] - info[3])
+
+    @property
+    def end_time(self):
+        """When it finished (seconds since the epoch), None until then."""
+        info = self._info()
+        return _epoch(info[2]) if info[2] else None
+
+    @property
+    def node(self):
+        """"local" or the node's "host:port" that ran it; None if it never
+        ran (or has not finished)."""
+        return self._info()[5] or None
+
+    @property
+    def worker_pid(self):
+        """The pid of the local worker process that ran it, or None (a job
+        run on a node, or not finished)."""
+        return self._info()[4] or None
+
+    @property
+    def attempts(self):
+        """How many times the job was handed to a worker or node."""
+        return self._info()[6]
 
     def add_done_callback(self, fn):
         """Call fn(job) when the job finishes (now, if it has)."""
@@ -131,6 +198,10 @@ class Job(_core.Job):
             raise DestroyedError(msg)
         if st == _core.ST_CANCELLED:
             raise CancelledError("job %d was cancelled" % self.tid)
+        if st == _core.ST_TIMEOUT:
+            raise JobTimeoutError(msg or "job %d timed out" % self.tid)
+        if st == _core.ST_ABORTED:
+            raise JobAbortedError(msg or "job %d was aborted" % self.tid)
         raise PPError(msg or "job %d failed" % self.tid)
 
     def __repr__(self):
@@ -180,8 +251,11 @@ class Server:
                  loglevel=logging.WARNING, logstream=sys.stderr, restart=False,
                  proto=pickle.HIGHEST_PROTOCOL, socket_timeout=3600,
                  max_retries=2, node_timeout=5.0, no_capacity_timeout=None,
-                 *, max_frame=None):
+                 *, max_frame=None, job_timeout=None, job_memory_limit=None):
         self._closed = True
+        self._job_timeout = _check_limit("job_timeout", job_timeout, float)
+        self._job_memory_limit = _check_limit("job_memory_limit",
+                                              job_memory_limit, int)
         nodes, ports = self._check_nodes(ppservers)
         if nodes or ports:
             if secret is None:
@@ -357,7 +431,8 @@ class Server:
 
     # -- pp API ------------------------------------------------------------
     def submit(self, func, args=(), depfuncs=(), modules=(), callback=None,
-               callbackargs=(), group="default", globals=None):
+               callbackargs=(), group="default", globals=None, *,
+               timeout=None, memory_limit=None, retries=0):
         """Submit func(*args) for execution; returns a Job.
 
         depfuncs: functions and classes func uses (shipped by source);
@@ -381,8 +456,33 @@ class Server:
         gid = self._groups.get(group)
         if gid is None:
             gid = self._group_id(group)
+        timeout = _check_limit("timeout", timeout, float)
+        memory_limit = _check_limit("memory_limit", memory_limit, int)
+        if timeout is None:
+            timeout = self._job_timeout
+        if memory_limit is None:
+            memory_limit = self._job_memory_limit
+        if isinstance(retries, bool) or not isinstance(retries, int) \
+                or retries < 0:
+            raise ValueError("retries must be an int >= 0")
+        if timeout is None and memory_limit is None and not retries:
+            return self._engine.submit(f, data, gid, 0, callback,
+                                       tuple(callbackargs))
         return self._engine.submit(f, data, gid, 0, callback,
-                                   tuple(callbackargs))
+                                   tuple(callbackargs),
+                                   (timeout, memory_limit, retries))
+
+    def abort(self, group=None, grace=1.0):
+        """Abort every unfinished job (of group, when given): queued ones
+        never run, running ones are stopped as by job.abort(grace); each
+        then raises pp.JobAbortedError."""
+        if group is None:
+            gid = -1
+        else:
+            gid = self._groups.get(group)
+            if gid is None:
+                return
+        self._engine.abort_group(gid, float(grace))
 
     def wait(self, group=None):
         """Wait for all jobs (of group, when given) to finish, callbacks
@@ -524,11 +624,34 @@ class Server:
             pass
 
 
+def _check_limit(name, value, kind):
+    """A positive number of seconds/bytes, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (kind is int and not isinstance(value, int)) or value <= 0:
+        raise ValueError("%s must be a positive %s or None" % (
+            name, "number of seconds" if kind is float else "number of bytes"))
+    return kind(value)
+
+
+_MONO_TO_EPOCH = time.time() - time.monotonic()
+
+
+def _epoch(mono_ns):
+    """A CLOCK_MONOTONIC time in ns as seconds since the epoch."""
+    return _MONO_TO_EPOCH + mono_ns / 1e9
+
+
 class Template:
     """Stores submit() arguments; Template.submit(*args) submits with them."""
 
     def __init__(self, job_server, func, depfuncs=(), modules=(), callback=None,
-                 callbackargs=(), group="default", globals=None):
+                 callbackargs=(), group="default", globals=None, *,
+                 timeout=None, memory_limit=None, retries=0):
+        self.timeout = timeout
+        self.memory_limit = memory_limit
+        self.retries = retries
         self.job_server = job_server
         self.func = func
         self.depfuncs = depfuncs
@@ -543,7 +666,9 @@ class Template:
         return self.job_server.submit(self.func, args, self.depfuncs,
                                       self.modules, self.callback,
                                       self.callbackargs, self.group,
-                                      self.globals)
+                                      self.globals, timeout=self.timeout,
+                                      memory_limit=self.memory_limit,
+                                      retries=self.retries)
 
 
 @atexit.register

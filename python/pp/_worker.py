@@ -123,7 +123,10 @@ def lazy_package():
 def main():
     global _proto
     lazy_package()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's
+    # Ctrl-C is the client's: the worker loop ignores SIGINT itself, while
+    # Python's handler stays the default one, so that an abort (SIGUSR2 from
+    # the engine) can raise KeyboardInterrupt inside the running job.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parent, proto, restart = (int(a) for a in sys.argv[1:4])
     _proto = proto
     try:

@@ -71,7 +71,27 @@ static void run_dispatch(pp_engine *e) {
  * requeued jobs) wakes the loop for another turn instead of recursing. */
 static void on_dispatcher(uv_prepare_t *h) {
   pp_engine *e = h->data;
-  if (!e->dispatch_wanted || e->stopping)
+  if (e->stopping)
+    return;
+  uv_mutex_lock(&e->mu);
+  int stops = e->stops_wanted;
+  e->stops_wanted = 0;
+  if (e->abort_wanted) { /* mark the group's running jobs */
+    e->abort_wanted = 0;
+    for (pp__peer *p = e->peers; p; p = p->pnext)
+      for (pp_job *j = p->inflight.head; j; j = j->next)
+        if (j->stop_reason == 0 &&
+            (e->abort_group < 0 || j->group == (uint64_t)e->abort_group)) {
+          j->stop_reason = PP_JOB_ABORTED;
+          j->stop_grace_ns = e->abort_grace_ns;
+          stops = 1;
+        }
+  }
+  uv_mutex_unlock(&e->mu);
+  if (stops) /* stop requests from other threads: tell the transports */
+    for (pp__peer *p = e->peers; p; p = p->pnext)
+      pp__peer_stop_pending(p);
+  if (!e->dispatch_wanted)
     return;
   e->dispatch_wanted = 0;
   run_dispatch(e);
@@ -125,6 +145,7 @@ static void on_tick(uv_timer_t *t) {
   if (e->stopping)
     return;
   pp__nodes_tick(e, now);
+  pp__pool_tick(e, now);
   if (e->disco)
     pp__disco_tick(e, now);
   check_capacity(e, now);
@@ -367,6 +388,7 @@ int pp_engine_submit(pp_engine *e, pp_job *j) {
     return PP_ENOMEM;
   }
   j->id = ++e->next_id;
+  j->submit_ns = pp_now_ns();
   e->group_pending[j->group]++;
   e->total_pending++;
   pp_job_ref(j);
@@ -386,6 +408,51 @@ int pp_engine_cancel(pp_engine *e, pp_job *j) {
   }
   uv_mutex_unlock(&e->mu);
   return done;
+}
+
+int pp_engine_abort(pp_engine *e, pp_job *j, uint64_t grace_ns) {
+  int rc = 0, wake = 0;
+  uv_mutex_lock(&e->mu);
+  int st = atomic_load(&j->state);
+  if (st == PP_JOB_QUEUED && !e->stopped) {
+    pp_jobq_remove(&e->pending, j);
+    j->stop_reason = PP_JOB_ABORTED; /* it never runs */
+    pp__complete(e, j, PP_JOB_ABORTED, NULL, 0, pp__stop_message(j));
+    rc = 1;
+  } else if (st == PP_JOB_RUNNING) {
+    if (j->stop_reason == 0) {
+      j->stop_reason = PP_JOB_ABORTED;
+      j->stop_grace_ns = grace_ns;
+      e->stops_wanted = 1;
+      wake = 1;
+    }
+    rc = j->stop_reason == PP_JOB_ABORTED;
+  }
+  uv_mutex_unlock(&e->mu);
+  if (wake)
+    uv_async_send(&e->async);
+  return rc;
+}
+
+void pp_engine_abort_group(pp_engine *e, int64_t group, uint64_t grace_ns) {
+  uv_mutex_lock(&e->mu);
+  if (e->stopped) {
+    uv_mutex_unlock(&e->mu);
+    return;
+  }
+  for (pp_job *j = e->pending.head, *next; j; j = next) {
+    next = j->next;
+    if (group < 0 || j->group == (uint64_t)group) {
+      pp_jobq_remove(&e->pending, j);
+      j->stop_reason = PP_JOB_ABORTED;
+      pp__complete(e, j, PP_JOB_ABORTED, NULL, 0, pp__stop_message(j));
+    }
+  }
+  e->abort_group = group;
+  e->abort_grace_ns = grace_ns;
+  e->abort_wanted = 1;
+  uv_mutex_unlock(&e->mu);
+  uv_async_send(&e->async);
 }
 
 int pp_engine_want_callback(pp_engine *e, pp_job *j, void *udata) {

@@ -90,6 +90,19 @@ int pp_engine_submit(pp_engine *e, pp_job *j);
  * Returns 1 when cancelled (j is then DONE/CANCELLED), 0 otherwise. */
 int pp_engine_cancel(pp_engine *e, pp_job *j);
 
+/* pp_engine_abort: stop j. A queued job completes ABORTED at once; a
+ * running one is interrupted (a local worker gets KeyboardInterrupt raised
+ * inside the job, a node is sent STOP) and killed with its worker if it has
+ * not ended grace_ns later; it then completes ABORTED (never retried).
+ * Returns 1 when j will end ABORTED, 0 when it had already finished. Any
+ * thread. */
+int pp_engine_abort(pp_engine *e, pp_job *j, uint64_t grace_ns);
+
+/* pp_engine_abort_group: pp_engine_abort for every unfinished job of group
+ * (every group when group < 0). Queued ones end at once, running ones as
+ * the engine thread reaches them. Any thread. */
+void pp_engine_abort_group(pp_engine *e, int64_t group, uint64_t grace_ns);
+
 /* pp_engine_want_callback: ask that j's completion be delivered through
  * pp_engine_next_event, with udata attached. Returns 1 if registered (udata
  * now belongs to the job until the event is taken), 0 if j is already done

@@ -81,6 +81,10 @@ struct pp_engine {
 
   /* [loop] */
   int dispatch_wanted; /* something may have freed capacity or added work */
+  int stops_wanted;    /* [mu] a running job was asked to stop */
+  int64_t abort_group; /* [mu] with abort_wanted: the group (-1 = all) */
+  uint64_t abort_grace_ns; /* [mu] */
+  int abort_wanted;    /* [mu] pp_engine_abort_group for running jobs */
   int stopping;
   pp__peer *peers;     /* every place jobs go, local first (peer.c) */
   pp__worker *workers; /* pool.c's processes */
@@ -128,6 +132,8 @@ void pp__pool_free(pp_engine *e);
 void pp__pool_adjust(pp_engine *e);
 /* pp__pool_stop: engine stopping: kill every worker, close the timer. */
 void pp__pool_stop(pp_engine *e);
+/* pp__pool_tick: job timeouts and abort deadlines of local workers. */
+void pp__pool_tick(pp_engine *e, uint64_t now);
 /* pp__pool_live: workers alive and not retiring (the pool's size now). */
 int pp__pool_live(const pp_engine *e);
 

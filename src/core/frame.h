@@ -25,7 +25,8 @@ enum pp_msg_type {
   PP_MSG_BYE = 5,    /* engine -> worker: finish and exit, no payload */
   PP_MSG_PING = 6,   /* TCP, either side: are you there? payload echoed */
   PP_MSG_PONG = 7,   /* TCP: answer to PING, same payload */
-  PP_MSG_TYPE_MAX = 7,
+  PP_MSG_STOP = 8,   /* client -> node: stop job (id, attempt); u32 grace ms */
+  PP_MSG_TYPE_MAX = 8,
   /* TCP handshake frames (see auth.h), valid only before authentication */
   PP_MSG_AUTH_FIRST = 16,
   PP_MSG_AUTH_LAST = 19
@@ -39,6 +40,10 @@ static inline int pp_frame_type_known(unsigned t) {
 
 /* JOB flags */
 #define PP_JOBF_CHUNK 0x1u /* args is a list of argument tuples; result a list */
+/* the payload is key[32] + limits[PP_LIMITS_LEN] + args: u64 timeout ns,
+ * u64 memory limit bytes (0 = none) */
+#define PP_JOBF_LIMITS 0x2u
+#define PP_LIMITS_LEN 16u
 /* FUNC flags */
 #define PP_FUNCF_RESET 0x1u /* forget every cached function before this one */
 /* RESULT flags: the low byte is the status */
@@ -49,7 +54,9 @@ enum pp_result_status {
   PP_RES_LOST = 3,   /* node's worker died too often: i32 exitstatus,
                         i32 termsignal, UTF-8 message */
   PP_RES_FAILED = 4, /* node could not run the job: UTF-8 message */
-  PP_RES_MAX = 4
+  PP_RES_TIMEOUT = 5, /* node: ran past its timeout, stopped: UTF-8 message */
+  PP_RES_ABORTED = 6, /* node or worker: stopped by STOP: UTF-8 message */
+  PP_RES_MAX = 6
 };
 #define PP_RES_STATUS(flags) ((flags)&0xffu)
 

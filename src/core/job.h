@@ -35,7 +35,9 @@ enum pp_job_status {
   PP_JOB_LOST = 10,              /* worker died too often; errmsg says how */
   PP_JOB_DESTROYED = 11,         /* engine destroyed first */
   PP_JOB_CANCELLED = 12,         /* cancelled before it started */
-  PP_JOB_FAILED = 13             /* could not be run (e.g. no worker starts) */
+  PP_JOB_FAILED = 13,            /* could not be run (e.g. no worker starts) */
+  PP_JOB_TIMEOUT = 14,           /* ran longer than its timeout; stopped */
+  PP_JOB_ABORTED = 15            /* aborted (pp_engine_abort) */
 };
 
 typedef struct pp_job {
@@ -60,6 +62,19 @@ typedef struct pp_job {
   uint32_t crashes;      /* workers that died while running it */
   uint64_t runtime_ns;   /* as measured by the worker */
   uint64_t est_ns;       /* engine thread: run-time estimate at dispatch */
+  /* Job control, set before submit (immutable after): */
+  uint64_t timeout_ns;   /* stop it after this long running; 0 = never */
+  uint64_t mem_limit;    /* bytes of address space it may add; 0 = none */
+  uint32_t retries;      /* re-runs left after its function raised */
+  /* [mu] stopping it: */
+  int stop_reason;       /* 0, or PP_JOB_TIMEOUT / PP_JOB_ABORTED: it ends so */
+  int stop_acted;        /* [loop] the transport was told */
+  uint64_t stop_grace_ns;    /* abort: how long it may clean up */
+  uint64_t stop_deadline_ns; /* [loop] kill after this (monotonic) */
+  /* [mu] where and when it ran (for job.status/timing): */
+  uint64_t submit_ns, end_ns; /* monotonic; start = end - runtime */
+  int worker_pid;        /* local worker that returned it, or 0 */
+  char where[64];        /* "local" or the node's "host:port"; "" = none */
   /* Links: the engine's pending queue, a worker's in-flight list, or the
    * callback queue; a job is on at most one list at a time. */
   struct pp_job *next, *prev;

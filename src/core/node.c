@@ -85,6 +85,7 @@ static pp__node *node_new(pp_engine *e, char *host, char *port) {
   else
     snprintf(n->st.name, sizeof n->st.name, "%s:%s", n->host, n->port);
   snprintf(n->peer.name, sizeof n->peer.name, "node %.270s", n->st.name);
+  snprintf(n->peer.where, sizeof n->peer.where, "%.63s", n->st.name);
   pp_buf_init(&n->out);
   n->backoff_ms = BACKOFF_MIN_MS;
   pp__peer_link(&n->peer);
@@ -227,7 +228,27 @@ static void n_drop(pp__peer *p, const char *why) {
   node_down(n, why);
 }
 
-static const pp__peer_ops node_ops = {n_ready, n_emit, n_flush, n_drop};
+/* n_stop: ops->stop: ask the node to stop the job (STOP, with the grace in
+ * ms); it answers with the job's RESULT (ABORTED, TIMEOUT or its real
+ * outcome), which ends it with its stop status. */
+static void n_stop(pp__peer *p, pp_job *j) {
+  pp__node *n = (pp__node *)p;
+  uint8_t g[4];
+  uint64_t ms = j->stop_grace_ns / 1000000u;
+  pp_put_u32(g, ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms);
+  pp_part part = {g, 4};
+  pp_buf out;
+  pp_buf_init(&out);
+  int rc = seal_frame(n, &out, PP_MSG_STOP, 0, j->id, j->attempt, &part, 1);
+  if (rc == PP_OK)
+    rc = node_write(n, &out);
+  pp_buf_free(&out);
+  if (rc != PP_OK)
+    node_down(n, pp_strerror(rc));
+}
+
+static const pp__peer_ops node_ops = {n_ready, n_emit, n_flush, n_drop,
+                                      n_stop};
 
 /* ---- losing a node ------------------------------------------------------- */
 

@@ -97,10 +97,19 @@ int pp__peer_send(pp__peer *p, pp_job *first) {
       if (rc == PP_OK)
         rc = p->ops->emit(p, PP_MSG_FUNC, fl, 0, 0, fparts, 2, j);
     }
-    pp_part jparts[2] = {{f->key, PP_KEY_LEN}, {j->args, j->args_len}};
+    uint8_t lim[PP_LIMITS_LEN];
+    uint32_t jf = j->flags & ~PP_JOBF_LIMITS;
+    pp_part jparts[3] = {{f->key, PP_KEY_LEN}, {lim, 0}, {j->args, j->args_len}};
+    if (j->timeout_ns || j->mem_limit) {
+      /* the node enforces them with its workers; a local worker applies
+       * the memory limit (the engine itself watches the time) */
+      pp_put_u64(lim, j->timeout_ns);
+      pp_put_u64(lim + 8, j->mem_limit);
+      jparts[1].len = PP_LIMITS_LEN;
+      jf |= PP_JOBF_LIMITS;
+    }
     if (rc == PP_OK)
-      rc = p->ops->emit(p, PP_MSG_JOB, j->flags, j->id, j->attempt, jparts, 2,
-                        j);
+      rc = p->ops->emit(p, PP_MSG_JOB, jf, j->id, j->attempt, jparts, 3, j);
   }
   if (rc == PP_OK)
     rc = p->ops->flush(p);
@@ -131,7 +140,7 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
   pp_engine *e = peer->e;
   unsigned status = PP_RES_STATUS(h->flags);
   if (h->length < 8 || status > PP_RES_MAX ||
-      (peer->strict && status > PP_RES_SERIAL))
+      (peer->strict && status > PP_RES_SERIAL && status != PP_RES_ABORTED))
     return PP_EPROTO;
   pp_job *j = find_inflight(peer, h->id, h->attempt);
   if (j == NULL) {
@@ -148,8 +157,9 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
   uint8_t *copy = NULL;
   char *msg = NULL;
   int exitstatus = -1, termsignal = 0;
-  if (status == PP_RES_LOST || status == PP_RES_FAILED) {
-    /* the node's own engine gave up on the job */
+  if (status == PP_RES_LOST || status == PP_RES_FAILED ||
+      status == PP_RES_TIMEOUT || status == PP_RES_ABORTED) {
+    /* the node's own engine gave up on the job, or stopped it */
     size_t skip = status == PP_RES_LOST ? 8 : 0;
     if (len < skip)
       return PP_EPROTO;
@@ -161,9 +171,12 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
     msg = malloc(ml + 300);
     if (msg == NULL)
       return PP_ENOMEM;
-    snprintf(msg, ml + 300, "on node %s: %.*s", peer->name, (int)ml,
+    snprintf(msg, ml + 300, "on %s: %.*s", peer->name, (int)ml,
              (const char *)data + skip);
-    jstatus = status == PP_RES_LOST ? PP_JOB_LOST : PP_JOB_FAILED;
+    jstatus = status == PP_RES_LOST      ? PP_JOB_LOST
+              : status == PP_RES_FAILED  ? PP_JOB_FAILED
+              : status == PP_RES_TIMEOUT ? PP_JOB_TIMEOUT
+                                         : PP_JOB_ABORTED;
   } else {
     copy = malloc(len ? len : 1);
     if (copy == NULL)
@@ -171,12 +184,35 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
     memcpy(copy, data, len);
   }
   j->runtime_ns = pp_get_u64(payload);
-  pp__observe(j->func, j->runtime_ns);
+  if (jstatus <= PP_JOB_SERIAL)
+    pp__observe(j->func, j->runtime_ns);
   uv_mutex_lock(&e->mu);
   pp_jobq_remove(&peer->inflight, j);
   peer->inflight_est_ns -= j->est_ns;
   j->exitstatus = exitstatus;
   j->termsignal = termsignal;
+  j->end_ns = pp_now_ns();
+  j->worker_pid = peer->pid;
+  snprintf(j->where, sizeof j->where, "%s", peer->where);
+  if (j->stop_reason != 0) {
+    /* stopped: it ends so, whatever it managed to return */
+    free(copy);
+    copy = NULL;
+    free(msg);
+    msg = pp__stop_message(j);
+    jstatus = j->stop_reason;
+  } else if (jstatus == PP_JOB_EXC && j->retries > 0) {
+    /* its function raised: run it again (retries=) */
+    j->retries--;
+    free(copy);
+    atomic_store(&j->state, PP_JOB_QUEUED);
+    if (e->running > 0)
+      e->running--;
+    pp_jobq_push_front(&e->pending, j);
+    uv_mutex_unlock(&e->mu);
+    pp__want_dispatch(e);
+    return 1;
+  }
   if (jstatus == PP_JOB_OK || jstatus == PP_JOB_EXC ||
       jstatus == PP_JOB_SERIAL) {
     if (c && c->njobs)
@@ -209,6 +245,13 @@ void pp__peer_requeue(pp__peer *p, uint64_t running_id, int64_t status,
   /* from the tail, each to the front: the queue keeps their order */
   while ((j = p->inflight.tail) != NULL) {
     pp_jobq_remove(&p->inflight, j);
+    if (j->stop_reason != 0) { /* it was being stopped: that is how it ends */
+      j->end_ns = pp_now_ns();
+      j->worker_pid = p->pid;
+      snprintf(j->where, sizeof j->where, "%s", p->where);
+      pp__complete(e, j, j->stop_reason, NULL, 0, pp__stop_message(j));
+      continue;
+    }
     if (running_id == 0 || j->id != running_id) {
       back_to_queue(e, j);
       continue;
@@ -217,12 +260,17 @@ void pp__peer_requeue(pp__peer *p, uint64_t running_id, int64_t status,
     j->exitstatus = (int)status;
     j->termsignal = sig;
     if (j->crashes > (uint32_t)e->max_retries) {
-      char *msg = malloc(512);
-      if (msg)
-        snprintf(msg, 512,
+      char *msg = malloc(640);
+      if (msg) {
+        int k = snprintf(msg, 640,
                  "%.280s died with %.150s while running job %llu (%u attempts)",
                  p->name, how ? how : "an unknown cause",
                  (unsigned long long)j->id, j->attempt);
+        if (j->mem_limit && k > 0 && k < 500)
+          snprintf(msg + k, 640 - (size_t)k,
+                   "; it ran with a memory limit of %llu bytes",
+                   (unsigned long long)j->mem_limit);
+      }
       pp__complete(e, j, PP_JOB_LOST, NULL, 0, msg);
     } else {
       back_to_queue(e, j);
@@ -233,6 +281,39 @@ void pp__peer_requeue(pp__peer *p, uint64_t running_id, int64_t status,
   pp_keyset_clear(&p->known);
   pp_buf_free(&p->rbuf);
   pp__want_dispatch(e);
+}
+
+char *pp__stop_message(const pp_job *j) {
+  char *m = malloc(200);
+  if (m == NULL)
+    return NULL;
+  if (j->stop_reason == PP_JOB_TIMEOUT)
+    snprintf(m, 200,
+             "job %llu ran longer than its timeout of %.3f s and was stopped",
+             (unsigned long long)j->id, j->timeout_ns / 1e9);
+  else
+    snprintf(m, 200, "job %llu was aborted", (unsigned long long)j->id);
+  return m;
+}
+
+void pp__peer_stop_pending(pp__peer *p) {
+  enum { MAX = 64 };
+  pp_job *todo[MAX];
+  int n = 0;
+  pp_engine *e = p->e;
+  uv_mutex_lock(&e->mu);
+  for (pp_job *j = p->inflight.head; j && n < MAX; j = j->next)
+    if (j->stop_reason != 0 && !j->stop_acted) {
+      j->stop_acted = 1;
+      j->stop_deadline_ns = pp_now_ns() + j->stop_grace_ns;
+      pp_job_ref(j);
+      todo[n++] = j;
+    }
+  uv_mutex_unlock(&e->mu);
+  for (int i = 0; i < n; i++) {
+    p->ops->stop(p, todo[i]);
+    pp_job_unref(todo[i]);
+  }
 }
 
 void pp__peer_fail_all(pp__peer *p, int status, const char *msg) {

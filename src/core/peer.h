@@ -55,6 +55,12 @@ typedef struct pp__peer_ops {
    * jobs are requeued by the transport's loss path, never here, and never
    * synchronously into a dispatch round (the transport asks for one). */
   void (*drop)(pp__peer *p, const char *why);
+  /* stop: carry out a stop request for j, one of p's in-flight jobs
+   * (j->stop_reason says why, j->stop_grace_ns how long it may clean up):
+   * a local worker is interrupted or killed, a node is sent STOP. The job
+   * then ends with its stop status when its result (or the peer's loss)
+   * comes back; the transport never completes it here. */
+  void (*stop)(pp__peer *p, pp_job *j);
 } pp__peer_ops;
 
 struct pp__peer {
@@ -63,7 +69,9 @@ struct pp__peer {
   int tier;                 /* pp__peer_tier: local peers are tried first */
   int slots;                /* jobs it runs at once (1, or a node's workers) */
   int restart;              /* one job per lifetime (restart mode) */
-  char name[280];           /* "local pid N" or "host:port", for logs */
+  char name[280];           /* "worker process (pid N)" or "node host:port" */
+  char where[64];           /* what job.node says: "local" or "host:port" */
+  int pid;                  /* a local worker's pid, else 0 */
   pp_jobq inflight;         /* dispatched, no result yet, in dispatch order */
   uint64_t inflight_est_ns; /* sum of their estimates */
   uint64_t ndispatched;     /* jobs ever handed to this peer */
@@ -129,6 +137,15 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
  * and the read buffer, and asks for a dispatch. Takes the mutex. */
 void pp__peer_requeue(pp__peer *p, uint64_t running_id, int64_t status,
                       int sig, const char *how);
+
+/* pp__peer_stop_pending: act on every stop request (abort, timeout) of p's
+ * in-flight jobs that its transport has not been told of yet. Takes the
+ * mutex to read the requests, calls ops->stop without it. */
+void pp__peer_stop_pending(pp__peer *p);
+
+/* pp__stop_message: the error message a stopped job ends with (malloc'd,
+ * or NULL when out of memory). */
+char *pp__stop_message(const pp_job *j);
 
 /* pp__peer_fail_all: engine stopping: complete every in-flight job with
  * status/msg. Caller holds the mutex. */

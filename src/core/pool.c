@@ -33,6 +33,7 @@ struct pp__worker {
   int retiring;     /* gets no new jobs; BYE once drained */
   int bye_sent;
   int hello;        /* HELLO received: the interpreter started */
+  int stopping;     /* killed to stop a job (timeout, abort) */
   int broke;        /* killed for breaking the protocol: the oldest job in
                        flight (the one its bad frame was about) is charged */
   int open_handles; /* proc and pipe handles not yet closed */
@@ -283,7 +284,113 @@ static void w_drop(pp__peer *p, const char *why) {
   worker_kill(w);
 }
 
-static const pp__peer_ops worker_ops = {w_ready, w_emit, w_flush, w_drop};
+/* add_abort: put id on the worker's abort list. 0, or -1 when it is full. */
+static int add_abort(pp__worker *w, uint64_t id) {
+  if (w->status == NULL)
+    return -1;
+  if (pp_wstatus_aborting(w->status, id))
+    return 0;
+  for (unsigned i = 0; i < PP_WSTATUS_NABORT; i++) {
+    uint64_t zero = 0;
+    if (atomic_compare_exchange_strong(&w->status->abort_ids[i], &zero, id))
+      return 0;
+  }
+  return -1;
+}
+
+/* clear_aborts: free the abort slots of jobs the worker no longer holds. */
+static void clear_aborts(pp__worker *w) {
+  if (w->status == NULL)
+    return;
+  for (unsigned i = 0; i < PP_WSTATUS_NABORT; i++) {
+    uint64_t id = atomic_load(&w->status->abort_ids[i]);
+    if (id == 0)
+      continue;
+    int held = 0;
+    for (const pp_job *j = w->peer.inflight.head; j && !held; j = j->next)
+      held = j->id == id;
+    if (!held)
+      atomic_store(&w->status->abort_ids[i], 0);
+  }
+}
+
+/* running_now: the id of the job the worker is processing (0: none, or no
+ * status page). */
+static uint64_t running_now(const pp__worker *w) {
+  return w->status ? atomic_load_explicit(&w->status->job_id,
+                                          memory_order_acquire)
+                   : 0;
+}
+
+/* w_stop: ops->stop. A timeout kills the worker at once (the job ends
+ * TIMEOUT when the exit is seen). An abort puts the job on the worker's
+ * abort list: not started yet, the worker skips it; running, SIGUSR2 makes
+ * the worker raise KeyboardInterrupt inside it, and pp__pool_tick kills the
+ * worker if it is still at it after the grace. */
+static void w_stop(pp__peer *p, pp_job *j) {
+  pp__worker *w = (pp__worker *)p;
+  if (!w->alive)
+    return;
+  if (j->stop_reason == PP_JOB_TIMEOUT || add_abort(w, j->id) != 0) {
+    pp__log(p->e, PP_LOG_INFO, "stopping job %llu: killing worker pid %d",
+            (unsigned long long)j->id, w->pid);
+    w->stopping = 1;
+    worker_kill(w);
+    return;
+  }
+  if (running_now(w) == j->id) {
+    if (j->stop_grace_ns == 0) {
+      w->stopping = 1;
+      worker_kill(w);
+    } else
+      uv_process_kill(&w->proc, SIGUSR2);
+  }
+}
+
+static const pp__peer_ops worker_ops = {w_ready, w_emit, w_flush, w_drop,
+                                        w_stop};
+
+void pp__pool_tick(pp_engine *e, uint64_t now) {
+  for (pp__worker *w = e->workers; w; w = w->next) {
+    uint64_t id = running_now(w);
+    if (!w->alive || id == 0)
+      continue;
+    pp_job *j = NULL;
+    for (pp_job *k = w->peer.inflight.head; k; k = k->next)
+      if (k->id == id) {
+        j = k;
+        break;
+      }
+    if (j == NULL)
+      continue;
+    uint64_t started = atomic_load(&w->status->started_ns);
+    int act = 0;
+    uv_mutex_lock(&e->mu);
+    if (j->stop_reason == 0 && j->timeout_ns != 0 &&
+        now > started && now - started >= j->timeout_ns) {
+      j->stop_reason = PP_JOB_TIMEOUT;
+      j->stop_acted = 1;
+      act = 1;
+    } else if (j->stop_reason != 0 && j->stop_acted &&
+               now >= j->stop_deadline_ns) {
+      act = 2; /* the grace is over */
+    }
+    uv_mutex_unlock(&e->mu);
+    if (act)
+      w->stopping = 1;
+    if (act == 1) {
+      pp__log(e, PP_LOG_INFO,
+              "job %llu ran longer than its timeout of %.3f s; killing worker"
+              " pid %d", (unsigned long long)id, j->timeout_ns / 1e9, w->pid);
+      worker_kill(w);
+    } else if (act == 2) {
+      pp__log(e, PP_LOG_INFO,
+              "job %llu did not stop within its grace; killing worker pid %d",
+              (unsigned long long)id, w->pid);
+      worker_kill(w);
+    }
+  }
+}
 
 /* send_bye: ask an idle retiring worker to exit. */
 static void send_bye(pp__worker *w) {
@@ -327,8 +434,10 @@ static int process_frames(pp__worker *w) {
     }
     pp_buf_consume(&w->peer.rbuf, PP_FRAME_HDR + h.length);
   }
-  if (nresults > 0)
+  if (nresults > 0) {
+    clear_aborts(w);
     pp__want_dispatch(e);
+  }
   if (rc < 0) {
     pp__log(e, PP_LOG_ERROR,
             "worker pid %d sent a malformed frame (%s); killing it", w->pid,
@@ -445,6 +554,10 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
                 "worker pid %d exited with %s before it was ready", w->pid,
                 how);
       }
+    } else if (running != 0 && w->stopping) {
+      pp__log(e, PP_LOG_INFO, "worker pid %d (%s) was stopped with job %llu; "
+              "starting a replacement", w->pid, how,
+              (unsigned long long)running);
     } else if (running != 0) {
       pp__log(e, PP_LOG_WARNING,
               "worker pid %d died with %s while running job %llu; "
@@ -545,6 +658,8 @@ static int spawn_worker(pp_engine *e) {
   w->alive = 1;
   snprintf(w->peer.name, sizeof w->peer.name, "worker process (pid %d)",
            w->pid);
+  snprintf(w->peer.where, sizeof w->peer.where, "local");
+  w->peer.pid = w->pid;
   pids_add(e, w->pid);
   pp__peer_link(&w->peer);
   uv_read_start((uv_stream_t *)&w->pipe, on_alloc, on_read);

@@ -17,6 +17,7 @@
 #define PP_WSTATUS_SIZE 4096u
 #define PP_WSTATUS_MAGIC 0x74737070u /* "ppst" */
 #define PP_WSTATUS_VERSION 1u
+#define PP_WSTATUS_NABORT 16u /* jobs one worker can be told to abort at once */
 
 typedef struct pp_wstatus {
   /* written by the engine before the worker starts, read-only after */
@@ -30,7 +31,22 @@ typedef struct pp_wstatus {
   uint32_t reserved2;
   _Atomic uint64_t started_ns; /* CLOCK_MONOTONIC when it started */
   _Atomic uint64_t njobs;      /* jobs the worker has started so far */
+  /* written by the engine: jobs to abort (0 = free slot). The worker skips
+   * such a job when it reaches it, and turns SIGUSR2 into KeyboardInterrupt
+   * inside it while it runs. */
+  _Atomic uint64_t abort_ids[PP_WSTATUS_NABORT];
 } pp_wstatus;
+
+/* pp_wstatus_aborting: whether id is on the abort list. Any side; also
+ * from a signal handler (lock-free atomics only). */
+static inline int pp_wstatus_aborting(pp_wstatus *s, uint64_t id) {
+  if (s == NULL || id == 0)
+    return 0;
+  for (unsigned i = 0; i < PP_WSTATUS_NABORT; i++)
+    if (atomic_load_explicit(&s->abort_ids[i], memory_order_acquire) == id)
+      return 1;
+  return 0;
+}
 
 /* pp_wstatus_begin: the worker starts processing (id, attempt): called
  * before the arguments are unpickled. Worker's main thread. */

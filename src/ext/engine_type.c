@@ -243,7 +243,9 @@ static void Engine_dealloc(ppx_engine_object *self) {
   Py_DECREF(tp);
 }
 
-/* Engine.submit(func, data, group, flags, callback, callbackargs) -> Job.
+/* Engine.submit(func, data, group, flags, callback, callbackargs[, limits])
+ * -> Job, limits being None or (timeout seconds or None, memory limit
+ * bytes or None, retries).
  * Copies the pickled arguments into a new job record and queues it. With a
  * callback, the engine's record holds a reference to the Job object until
  * the callback thread took the completion event. Positional (fast call):
@@ -253,11 +255,34 @@ static PyObject *Engine_submit(ppx_engine_object *self, PyObject *const *args,
   Py_buffer b;
   if (!engine_ok(self))
     return NULL;
-  if (nargs != 6 || !PyObject_TypeCheck(args[0], self->st->func_type)) {
+  if ((nargs != 6 && nargs != 7) ||
+      !PyObject_TypeCheck(args[0], self->st->func_type)) {
     PyErr_SetString(PyExc_TypeError,
                     "submit(func: Func, data: bytes, group: int, flags: int, "
-                    "callback, callbackargs)");
+                    "callback, callbackargs[, limits])");
     return NULL;
+  }
+  double timeout_s = 0;
+  unsigned long long mem = 0, retries = 0;
+  if (nargs == 7 && args[6] != Py_None) {
+    PyObject *to, *mo;
+    if (!PyArg_ParseTuple(args[6], "OOK", &to, &mo, &retries))
+      return NULL;
+    if (to != Py_None && (timeout_s = PyFloat_AsDouble(to)) <= 0) {
+      if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "timeout must be > 0 seconds");
+      return NULL;
+    }
+    if (mo != Py_None && ((mem = PyLong_AsUnsignedLongLong(mo)) == 0 ||
+                          PyErr_Occurred())) {
+      if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "memory_limit must be > 0 bytes");
+      return NULL;
+    }
+    if (retries > 1000000) {
+      PyErr_SetString(PyExc_ValueError, "retries must be 0 .. 1000000");
+      return NULL;
+    }
   }
   long group = PyLong_AsLong(args[2]);
   long flags = PyLong_AsLong(args[3]);
@@ -303,6 +328,9 @@ static PyObject *Engine_submit(ppx_engine_object *self, PyObject *const *args,
     free(copy);
     return ppx_raise(PP_ENOMEM, "submit");
   }
+  j->timeout_ns = (uint64_t)(timeout_s * 1e9);
+  j->mem_limit = mem;
+  j->retries = (uint32_t)retries;
   ppx_job_object *job =
       (ppx_job_object *)self->job_type->tp_alloc(self->job_type, 0);
   if (job == NULL) {
@@ -328,6 +356,22 @@ static PyObject *Engine_submit(ppx_engine_object *self, PyObject *const *args,
     return ppx_raise(rc, "cannot submit the job");
   }
   return (PyObject *)job;
+}
+
+/* Engine.abort_group(group, grace_seconds): pp_engine_abort_group. */
+static PyObject *Engine_abort_group(ppx_engine_object *self, PyObject *args) {
+  long long group;
+  double grace;
+  if (!engine_ok(self) || !PyArg_ParseTuple(args, "Ld", &group, &grace))
+    return NULL;
+  if (grace < 0 || grace > 86400) {
+    PyErr_SetString(PyExc_ValueError, "grace must be 0 .. 86400 seconds");
+    return NULL;
+  }
+  Py_BEGIN_ALLOW_THREADS
+  pp_engine_abort_group(self->e, group, (uint64_t)(grace * 1e9));
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
 }
 
 static int wait_group_fn(pp_engine *e, void *arg, int64_t ns) {
@@ -513,6 +557,9 @@ static PyObject *Engine_callback_done(ppx_engine_object *self, PyObject *arg) {
 }
 
 static PyMethodDef Engine_methods[] = {
+    {"abort_group", (PyCFunction)Engine_abort_group, METH_VARARGS,
+     "abort_group(group, grace): abort the group's (-1: every) unfinished "
+     "jobs"},
     {"submit", (PyCFunction)(void (*)(void))Engine_submit, METH_FASTCALL,
      "submit(func, data, group, flags, callback, callbackargs) -> Job"},
     {"wait_group", (PyCFunction)(void (*)(void))Engine_wait_group,

@@ -228,6 +228,40 @@ static PyObject *Job_failure(ppx_job_object *self, PyObject *unused) {
                        self->j->exitstatus, self->j->termsignal);
 }
 
+/* _abort(grace_seconds) -> bool: pp_engine_abort (see engine.h). */
+static PyObject *Job_abort(ppx_job_object *self, PyObject *arg) {
+  double g = PyFloat_AsDouble(arg);
+  if (g == -1.0 && PyErr_Occurred())
+    return NULL;
+  if (g < 0 || g > 86400) {
+    PyErr_SetString(PyExc_ValueError, "grace must be 0 .. 86400 seconds");
+    return NULL;
+  }
+  if (self->engine == NULL || self->engine->e == NULL)
+    Py_RETURN_FALSE;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS
+  rc = pp_engine_abort(self->engine->e, self->j, (uint64_t)(g * 1e9));
+  Py_END_ALLOW_THREADS
+  return PyBool_FromLong(rc);
+}
+
+/* _info() -> (state, submit_ns, end_ns, runtime_ns, worker_pid, where,
+ * attempts): where and when the job ran (monotonic ns; end 0 while not
+ * done; where "" when it never ran). The fields after submit are written
+ * before the job is marked done, so a done job's are complete. */
+static PyObject *Job_info(ppx_job_object *self, PyObject *unused) {
+  PP_UNUSED(unused);
+  pp_job *j = self->j;
+  int state = atomic_load_explicit(&j->state, memory_order_acquire);
+  int done = state == PP_JOB_DONE;
+  return Py_BuildValue("(iKKKisI)", state, (unsigned long long)j->submit_ns,
+                       (unsigned long long)(done ? j->end_ns : 0),
+                       (unsigned long long)(done ? j->runtime_ns : 0),
+                       done ? j->worker_pid : 0, done ? j->where : "",
+                       j->attempt);
+}
+
 static PyObject *Job_tid(ppx_job_object *self, void *c) {
   PP_UNUSED(c);
   return PyLong_FromUnsignedLongLong(self->j ? self->j->id : 0);
@@ -256,6 +290,8 @@ static PyMethodDef Job_methods[] = {
     {"_status", (PyCFunction)Job_status, METH_NOARGS, NULL},
     {"_payload", (PyCFunction)Job_payload, METH_NOARGS, NULL},
     {"_failure", (PyCFunction)Job_failure, METH_NOARGS, NULL},
+    {"_abort", (PyCFunction)Job_abort, METH_O, NULL},
+    {"_info", (PyCFunction)Job_info, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL}};
 
 static PyMemberDef Job_members[] = {

@@ -17,7 +17,9 @@
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <stdio.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #ifdef __linux__
@@ -153,13 +155,86 @@ static PyObject *call_chunk(PyObject *fn, PyObject *items) {
   return res;
 }
 
+/* The status page, for the SIGUSR2 handler (a signal handler cannot reach
+ * module state; there is one worker loop per process). */
+static pp_wstatus *abort_page;
+
+/* on_abort_signal: SIGUSR2 from the engine: if the running job is on the
+ * abort list, raise KeyboardInterrupt inside it (PyErr_SetInterruptEx is
+ * async-signal-safe). Any other time it does nothing. */
+static void on_abort_signal(int sig) {
+  PP_UNUSED(sig);
+  pp_wstatus *s = abort_page;
+  if (s != NULL &&
+      pp_wstatus_aborting(s, atomic_load_explicit(&s->job_id,
+                                                  memory_order_acquire)))
+    PyErr_SetInterruptEx(SIGINT);
+}
+
+/* install_abort: SIGUSR2 interrupts an aborted job; SIGINT itself (the
+ * terminal's Ctrl-C, which is the client's) stays ignored by the process
+ * while Python's SIGINT handler stays the default one, so an interrupt
+ * scheduled by on_abort_signal raises KeyboardInterrupt. */
+static void install_abort(wstate *w) {
+  struct sigaction sa;
+  abort_page = w->status;
+  signal(SIGINT, SIG_IGN);
+  if (w->status == NULL)
+    return;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_abort_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGUSR2, &sa, NULL);
+}
+
+/* mem_limit_set: allow the process `add` more bytes of address space than
+ * it has now; the old limit goes to *old. 0 or -1 (no limit applied). */
+static int mem_limit_set(uint64_t add, struct rlimit *old) {
+  unsigned long long pages = 0;
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (f == NULL)
+    return -1;
+  int n = fscanf(f, "%llu", &pages);
+  fclose(f);
+  if (n != 1 || getrlimit(RLIMIT_AS, old) != 0)
+    return -1;
+  uint64_t want = (uint64_t)pages * (uint64_t)sysconf(_SC_PAGESIZE) + add;
+  struct rlimit nl = *old;
+  if (old->rlim_max != RLIM_INFINITY && want > old->rlim_max)
+    want = old->rlim_max;
+  nl.rlim_cur = (rlim_t)want;
+  return setrlimit(RLIMIT_AS, &nl);
+}
+
 /* run_job: execute one JOB frame and append its RESULT. 0, or -1 when the
  * result could not even be encoded (fatal for the worker). */
 static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p) {
   unsigned status = PP_RES_OK;
   PyObject *data = NULL, *res = NULL, *args = NULL, *entry = NULL;
   uint64_t t0 = pp_now_ns(), t1;
+  uint64_t mem_limit = 0;
+  size_t args_off = PP_KEY_LEN;
+  struct rlimit old_limit;
+  int limited = 0;
   pp_wstatus_begin(w->status, h->id, h->attempt, t0);
+  if (pp_wstatus_aborting(w->status, h->id)) {
+    /* aborted before it started: it never runs */
+    static const char msg[] = "aborted before it started";
+    PyObject *m = PyBytes_FromStringAndSize(msg, sizeof msg - 1);
+    int rc = m ? append_result(w, h->id, h->attempt, PP_RES_ABORTED, 0, m) : -1;
+    Py_XDECREF(m);
+    pp_wstatus_end(w->status);
+    return rc;
+  }
+  if (h->flags & PP_JOBF_LIMITS) {
+    if (h->length < PP_KEY_LEN + PP_LIMITS_LEN) {
+      pp_wstatus_end(w->status);
+      return -1; /* the engine broke the protocol */
+    }
+    mem_limit = pp_get_u64(p + PP_KEY_LEN + 8);
+    args_off += PP_LIMITS_LEN;
+  }
   PyObject *key = PyBytes_FromStringAndSize((const char *)p, PP_KEY_LEN);
   if (key == NULL) {
     pp_wstatus_end(w->status);
@@ -184,8 +259,10 @@ static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p) {
   }
   if (set_main(w, PyTuple_GET_ITEM(entry, 1)) < 0)
     goto exc;
-  PyObject *mv = PyMemoryView_FromMemory((char *)p + PP_KEY_LEN,
-                                         (Py_ssize_t)(h->length - PP_KEY_LEN),
+  if (mem_limit != 0)
+    limited = mem_limit_set(mem_limit, &old_limit) == 0;
+  PyObject *mv = PyMemoryView_FromMemory((char *)p + args_off,
+                                         (Py_ssize_t)(h->length - args_off),
                                          PyBUF_READ);
   if (mv == NULL)
     goto exc;
@@ -218,6 +295,10 @@ static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p) {
     Py_XDECREF(t);
   }
   t1 = pp_now_ns();
+  if (limited) { /* the next job runs with the limit lifted */
+    setrlimit(RLIMIT_AS, &old_limit);
+    limited = 0;
+  }
   if (res == NULL)
     goto exc;
   data = PyObject_CallFunction(w->dumps, "Oi", res, w->proto);
@@ -235,6 +316,8 @@ exc:
 done:
   t1 = pp_now_ns();
 done_timed:
+  if (limited)
+    setrlimit(RLIMIT_AS, &old_limit);
   Py_XDECREF(args);
   Py_XDECREF(res);
   if (data != NULL && (uint64_t)PyBytes_GET_SIZE(data) + 8 > w->max_frame) {
@@ -259,6 +342,9 @@ done_timed:
   int rc = append_result(w, h->id, h->attempt, status, t1 - t0, data);
   Py_DECREF(data);
   pp_wstatus_end(w->status);
+  /* an abort that arrived as the job ended must not hit the next one */
+  if (PyErr_CheckSignals() < 0)
+    PyErr_Clear();
   return rc;
 }
 
@@ -328,6 +414,7 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
     return NULL;
   watch_parent(parent);
   map_status(&w);
+  install_abort(&w);
   w.sys_modules = PyImport_GetModuleDict(); /* borrowed */
   w.default_main = PyDict_GetItemString(w.sys_modules, "__main__");
   if (w.default_main == NULL) {

@@ -86,7 +86,16 @@ static void f_drop(pp__peer *p, const char *why) {
   pp__peer_requeue(p, 0, 0, 0, NULL);
 }
 
-static const pp__peer_ops fake_ops = {f_ready, f_emit, f_flush, f_drop};
+static int stops_seen;
+
+static void f_stop(pp__peer *p, pp_job *j) {
+  PP_UNUSED(p);
+  PP_UNUSED(j);
+  stops_seen++;
+}
+
+static const pp__peer_ops fake_ops = {f_ready, f_emit, f_flush, f_drop,
+                                      f_stop};
 
 static void on_complete(void *ctx, pp_job *j) {
   PP_UNUSED(ctx);
