@@ -171,8 +171,19 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
     msg = malloc(ml + 300);
     if (msg == NULL)
       return PP_ENOMEM;
-    snprintf(msg, ml + 300, "on %s: %.*s", peer->name, (int)ml,
-             (const char *)data + skip);
+    if (status == PP_RES_TIMEOUT)
+      /* say it with the client's job id, not the node's */
+      snprintf(msg, ml + 300,
+               "job %llu ran longer than its timeout of %.3f s and was "
+               "stopped on %s", (unsigned long long)j->id,
+               j->timeout_ns / 1e9, peer->name);
+    else if (status == PP_RES_ABORTED)
+      snprintf(msg, ml + 300, "job %llu was aborted on %s (%.*s)",
+               (unsigned long long)j->id, peer->name, (int)ml,
+               (const char *)data + skip);
+    else
+      snprintf(msg, ml + 300, "on %s: %.*s", peer->name, (int)ml,
+               (const char *)data + skip);
     jstatus = status == PP_RES_LOST      ? PP_JOB_LOST
               : status == PP_RES_FAILED  ? PP_JOB_FAILED
               : status == PP_RES_TIMEOUT ? PP_JOB_TIMEOUT

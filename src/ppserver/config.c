@@ -28,7 +28,7 @@
 enum opt_id {
   O_HELP, O_DEBUG, O_LOGFMT, O_AUTO, O_RESTART, O_PROTO, O_CONFIG, O_IFACE,
   O_BCAST, O_PORT, O_WORKERS, O_SECRET, O_SECRET_FILE, O_TIMEOUT, O_SOCKTO,
-  O_PIDFILE, O_PYTHON, O_ANNOUNCE, O_MAXFRAME, O_COUNT
+  O_PIDFILE, O_PYTHON, O_ANNOUNCE, O_MAXFRAME, O_JOBMEM, O_COUNT
 };
 
 /* One row per option: long name (also the config key, with '-' or '_'),
@@ -59,6 +59,7 @@ static const struct optdef {
     [O_PYTHON] = {"python", 0, 1, 1},
     [O_ANNOUNCE] = {"announce-interval", 0, 1, 1},
     [O_MAXFRAME] = {"max-frame", 0, 1, 1},
+    [O_JOBMEM] = {"job-memory-limit", 0, 1, 1},
 };
 
 /* A layer of settings as strings, with where each came from. */
@@ -138,6 +139,7 @@ static const char usage_text[] =
     "                [-b broadcast] [-p port] [-w nworkers] [-s secret] [-t seconds]\n"
     "                [-k seconds] [-P pid_file] [--secret-file PATH] [--python PATH]\n"
     "                [--announce-interval SECONDS] [--max-frame BYTES]\n"
+    "                [--job-memory-limit BYTES]\n"
     "\n"
     "Parallel Python execution node: authenticates pp clients with a shared\n"
     "secret and runs their jobs on a pool of local Python worker processes.\n"
@@ -176,6 +178,9 @@ static const char usage_text[] =
     "                             4294967295 (default 1073741824, 1 GiB); a client\n"
     "                             frame above it closes that connection, a result\n"
     "                             above it fails its job\n"
+    "      --job-memory-limit BYTES  the most memory any client's job may add\n"
+    "                             on this node; a job asking more (or nothing)\n"
+    "                             runs with this limit (default: no cap)\n"
     "\n"
     "Secret (required; there is no default), first found wins:\n"
     "  -s/--secret, --secret-file, the PP_SECRET environment variable, then the\n"
@@ -420,7 +425,8 @@ static int parse_config_file(ppsrv_config *cfg, layer *file, const char *path,
       set_err(err, errlen, "%s:%d: unknown key '%s' (keys: debug, log_format,"
               " autodiscovery, restart, proto, interface, broadcast, port,"
               " workers, secret, secret_file, timeout, socket_timeout,"
-              " pid_file, python, announce_interval, max_frame)", path,
+              " pid_file, python, announce_interval, max_frame, job_memory_limit)",
+              path,
               lineno, key);
       goto out;
     }
@@ -626,6 +632,19 @@ int ppsrv_config_load(ppsrv_config *cfg, int argc, char **argv, char *err,
   if (m.val[O_SOCKTO] &&
       to_int(&m, O_SOCKTO, 1, 100000000, &cfg->socket_timeout, err, errlen))
     goto out;
+  if (m.val[O_JOBMEM]) {
+    const char *v = m.val[O_JOBMEM];
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (*v < '0' || *v > '9' || *end != '\0' || errno != 0 || x < 1048576) {
+      set_err(err, errlen,
+              "%s: job-memory-limit must be a number of bytes of at least "
+              "1048576, not '%s'", m.origin[O_JOBMEM], v);
+      goto out;
+    }
+    cfg->job_memory_limit = x;
+  }
   cfg->max_frame = PP_FRAME_MAX_DEFAULT;
   if (m.val[O_MAXFRAME] && to_u32(&m, O_MAXFRAME, PPSRV_MAX_FRAME_MIN,
                                   UINT32_MAX, &cfg->max_frame, err, errlen))

@@ -347,15 +347,29 @@ static int handle_func(conn *c, const pp_frame_hdr *h, const uint8_t *p) {
  * copies the arguments); ppsrv__feed hands it to the engine later. Returns
  * 0, or an error after which c is closing. */
 static int handle_job(conn *c, const pp_frame_hdr *h, const uint8_t *p) {
+  size_t off = PP_KEY_LEN;
+  uint64_t limits[2] = {0, 0};
   if (h->length < PP_KEY_LEN)
     return proto_error(c, "JOB frame shorter than its key");
-  if (h->flags & ~PP_JOBF_CHUNK)
+  if (h->flags & ~(PP_JOBF_CHUNK | PP_JOBF_LIMITS))
     return proto_error(c, "JOB frame with unknown flags");
+  if (h->flags & PP_JOBF_LIMITS) {
+    if (h->length < PP_KEY_LEN + PP_LIMITS_LEN)
+      return proto_error(c, "JOB frame shorter than its key and limits");
+    limits[0] = pp_get_u64(p + PP_KEY_LEN);     /* timeout ns */
+    limits[1] = pp_get_u64(p + PP_KEY_LEN + 8); /* memory limit bytes */
+    if (c->s->cfg->job_memory_limit &&
+        (limits[1] == 0 || limits[1] > c->s->cfg->job_memory_limit))
+      limits[1] = c->s->cfg->job_memory_limit; /* the node's cap */
+    off += PP_LIMITS_LEN;
+  } else if (c->s->cfg->job_memory_limit) {
+    limits[1] = c->s->cfg->job_memory_limit;
+  }
   pp_func *f = fm_get(&c->funcs, p);
   if (f == NULL)
     return proto_error(c, "JOB names a function key never sent in a FUNC");
   if (ppsrv__feed_job(c, f, h->flags & PP_JOBF_CHUNK, h->id, h->attempt,
-                      p + PP_KEY_LEN, h->length - PP_KEY_LEN) != PP_OK) {
+                      p + off, h->length - off, limits) != PP_OK) {
     ppsrv__conn_close(c, PP_LOG_ERROR, "out of memory");
     return PP_ENOMEM;
   }
@@ -378,6 +392,13 @@ static int handle_frame(conn *c, const pp_frame_hdr *h, const uint8_t *p) {
   }
   case PP_MSG_PONG:
     return PP_OK; /* we send no PINGs; a stray PONG is harmless */
+  case PP_MSG_STOP:
+    if (h->length != 4)
+      return proto_error(c, "STOP payload is not 4 bytes");
+    /* a job this connection does not hold is ignored */
+    ppsrv__feed_stop(c, h->id, h->attempt,
+                     (uint64_t)pp_get_u32(p) * 1000000u);
+    return PP_OK;
   case PP_MSG_BYE:
     ppsrv__conn_close(c, PP_LOG_INFO, "client said BYE");
     return PP_ECLOSED;

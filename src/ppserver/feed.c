@@ -165,7 +165,8 @@ static void learn(conn *c, const pp_job *j) {
 /* ---- tickets in and out ---------------------------------------------- */
 
 int ppsrv__feed_job(conn *c, pp_func *f, uint32_t flags, uint64_t id,
-                    uint32_t attempt, const uint8_t *args, size_t n) {
+                    uint32_t attempt, const uint8_t *args, size_t n,
+                    const uint64_t limits[2]) {
   uint8_t *copy = malloc(n ? n : 1);
   ticket *t = calloc(1, sizeof *t);
   pp_job *j = NULL;
@@ -179,6 +180,8 @@ int ppsrv__feed_job(conn *c, pp_func *f, uint32_t flags, uint64_t id,
     free(t);
     return PP_ENOMEM;
   }
+  j->timeout_ns = limits[0];
+  j->mem_limit = limits[1];
   t->job = j;
   t->c = c;
   t->client_id = id;
@@ -193,6 +196,32 @@ int ppsrv__feed_job(conn *c, pp_func *f, uint32_t flags, uint64_t id,
   return PP_OK;
 }
 
+void ppsrv__feed_stop(conn *c, uint64_t id, uint32_t attempt,
+                      uint64_t grace_ns) {
+  ticket *t;
+  for (t = c->queued.head; t; t = t->next)
+    if (t->client_id == id && t->client_attempt == attempt) {
+      /* not in the engine yet: it ends here, reported as aborted */
+      tlist_remove(&c->queued, t);
+      c->queued_bytes -= t->job->args_len;
+      update_active(c);
+      static const char msg[] = "aborted before it started";
+      uint8_t pre[8];
+      pp_put_u64(pre, 0);
+      pp_part parts[2] = {{pre, 8}, {msg, sizeof msg - 1}};
+      ppsrv__conn_send(c, PP_MSG_RESULT, PP_RES_ABORTED, id, attempt, parts,
+                       2);
+      ticket_free(t);
+      return;
+    }
+  for (t = c->engine.head; t; t = t->next)
+    if (t->client_id == id && t->client_attempt == attempt) {
+      if (c->s->engine != NULL)
+        pp_engine_abort(c->s->engine, t->job, grace_ns);
+      return;
+    }
+}
+
 /* ppsrv__feed_detach (ppsrv_int.h): tickets in the engine stay alive,
  * detached (t->c = NULL), until their completion reaches drain_done. */
 void ppsrv__feed_detach(conn *c) {
@@ -204,10 +233,12 @@ void ppsrv__feed_detach(conn *c) {
   c->queued_bytes = 0;
   while ((t = tlist_pop(&c->engine)) != NULL) {
     t->c = NULL;
-    /* On success the completion hook runs now, in this thread, and the
-     * ticket reaches the done list like any other. */
+    /* The client is gone: its queued jobs are dropped and its running ones
+     * stopped (as an abort with a short grace), so other clients never
+     * wait behind a departed client's work. The completion hook moves the
+     * ticket to the done list like any other. */
     if (s->engine != NULL)
-      pp_engine_cancel(s->engine, t->job);
+      pp_engine_abort(s->engine, t->job, PPSRV_DEPARTED_GRACE_NS);
   }
   c->engine_est_ns = 0;
   c->capped = 0;
@@ -260,6 +291,12 @@ static void send_result(conn *c, ticket *t) {
     pp_put_u32(pre + 8, (uint32_t)(int32_t)j->exitstatus);
     pp_put_u32(pre + 12, (uint32_t)(int32_t)j->termsignal);
     parts[0].len = 16;
+    parts[1].len = strlen(msg);
+    break;
+  case PP_JOB_TIMEOUT:
+  case PP_JOB_ABORTED:
+    status = j->status == PP_JOB_TIMEOUT ? PP_RES_TIMEOUT : PP_RES_ABORTED;
+    pp_put_u64(pre, j->runtime_ns);
     parts[1].len = strlen(msg);
     break;
   default: /* FAILED, DESTROYED, CANCELLED */

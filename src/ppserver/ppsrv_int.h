@@ -188,8 +188,10 @@ void ppsrv__conn_sweep(srv *s);
 /* ppsrv__feed_job: queue one client job on c: a pp_job for function f with
  * a copy of the n argument bytes at args, remembering the client's id and
  * attempt. Returns 0 or PP_ENOMEM (nothing queued; the caller closes c). */
+/* limits: {timeout ns, memory limit bytes} for the job (0 = none). */
 int ppsrv__feed_job(conn *c, pp_func *f, uint32_t flags, uint64_t id,
-                    uint32_t attempt, const uint8_t *args, size_t n);
+                    uint32_t attempt, const uint8_t *args, size_t n,
+                    const uint64_t limits[2]);
 
 /* ppsrv__feed: hand waiting tickets to the engine, one per connection in
  * turn, as far as the engine's and each client's share allow (feed.c,
@@ -201,6 +203,16 @@ void ppsrv__feed(srv *s);
  * was starved (no job started while its results pile up) joins the round
  * robin again once below half the limit. */
 void ppsrv__feed_write_progress(conn *c);
+
+/* ppsrv__feed_stop: the client sent STOP for its job (id, attempt): a job
+ * still queued here ends at once (RESULT ABORTED), one in the engine is
+ * aborted with the grace; a job c does not hold is ignored. Main thread. */
+void ppsrv__feed_stop(conn *c, uint64_t id, uint32_t attempt,
+                      uint64_t grace_ns);
+
+/* How long a departed client's running jobs may clean up before their
+ * workers are killed. */
+#define PPSRV_DEPARTED_GRACE_NS 200000000ull
 
 /* ppsrv__feed_detach: c is closing: drop its queued tickets and cancel its
  * tickets still queued in the engine (a running job finishes; its result is
