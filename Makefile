@@ -141,6 +141,7 @@ run: deps
 
 bench: ext $(PPSERVER)
 	PYTHONPATH=$(CURDIR)/python $(PYTHON) bench/bench.py
+	PYTHONPATH=$(CURDIR)/python $(PYTHON) bench/jobcontrol.py
 	$(PYTHON) bench/scale.py
 
 # Offline: no build isolation. setuptools needs the `wheel` package for

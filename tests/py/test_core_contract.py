@@ -80,14 +80,16 @@ def test_entry_points():
         "Engine", "Func", "Job", "worker_main", "parse_ppserver", "errorcode",
         "DEFAULT_PORT", "SECRET_MAX", "FRAME_MAX", "JOBF_CHUNK", "ST_OK",
         "ST_EXC", "ST_SERIAL", "ST_LOST", "ST_DESTROYED", "ST_CANCELLED",
-        "ST_FAILED"}
+        "ST_FAILED", "ST_TIMEOUT", "ST_ABORTED", "STATE_QUEUED",
+        "STATE_RUNNING", "STATE_DONE"}
     assert names(_core.Engine) == {
         "submit", "wait_group", "next_event", "set_nworkers", "stats", "pids",
-        "node_stats", "shutdown", "want_callback", "callback_done"}
+        "node_stats", "shutdown", "want_callback", "callback_done",
+        "abort_group"}
     assert names(_core.Job) == {
         "result", "done", "cancel", "_wait", "_status", "_payload",
         "_failure", "callback", "callbackargs", "_done_callbacks", "_engine",
-        "tid"}
+        "tid", "_abort", "_info"}
     assert names(_core.Func) == set()
     e = engine()
     assert set(e.stats()) == {"njobs", "time", "queued", "running"}
@@ -261,7 +263,8 @@ def test_public_api_callables_and_signatures():
     assert sorted(pp.__all__) == sorted([
         "Server", "Template", "Job", "Statistics", "as_completed", "PPError",
         "WorkerLostError", "DestroyedError", "SerializationError",
-        "RemoteError", "RemoteTraceback", "CancelledError", "version"])
+        "RemoteError", "RemoteTraceback", "CancelledError", "JobTimeoutError",
+        "JobAbortedError", "version"])
     for name in pp.__all__:
         assert hasattr(pp, name), name
     S = pp.Server
@@ -269,10 +272,13 @@ def test_public_api_callables_and_signatures():
         "(self, ncpus='autodetect', ppservers=(), secret=None, loglevel=30, "
         "logstream=%r, restart=False, proto=%d, socket_timeout=3600, "
         "max_retries=2, node_timeout=5.0, no_capacity_timeout=None, *, "
-        "max_frame=None)" % (sys.stderr, pickle.HIGHEST_PROTOCOL))
+        "max_frame=None, job_timeout=None, job_memory_limit=None)"
+        % (sys.stderr, pickle.HIGHEST_PROTOCOL))
     expected = {
         "submit": "(self, func, args=(), depfuncs=(), modules=(), callback=None, "
-                  "callbackargs=(), group='default', globals=None)",
+                  "callbackargs=(), group='default', globals=None, *, "
+                  "timeout=None, memory_limit=None, retries=0)",
+        "abort": "(self, group=None, grace=1.0)",
         "wait": "(self, group=None)",
         "get_ncpus": "(self)",
         "set_ncpus": "(self, ncpus='autodetect')",
@@ -289,17 +295,22 @@ def test_public_api_callables_and_signatures():
         assert sig(getattr(S, name)) == s, name
     assert sig(pp.Template.__init__) == (
         "(self, job_server, func, depfuncs=(), modules=(), callback=None, "
-        "callbackargs=(), group='default', globals=None)")
+        "callbackargs=(), group='default', globals=None, *, timeout=None, "
+        "memory_limit=None, retries=0)")
     assert sig(pp.Template.submit) == "(self, *args)"
     assert sig(pp.as_completed) == "(jobs, timeout=None)"
     job_methods = ["result", "exception", "done", "cancel", "cancelled",
                    "running", "add_done_callback", "ready", "wait", "get",
-                   "successful"]
+                   "successful", "abort"]
     for name in job_methods:
         assert callable(getattr(pp.Job, name)), name
     assert sig(pp.Job.exception) == "(self, timeout=None)"
     assert sig(pp.Job.wait) == "(self, timeout=None)"
     assert issubclass(pp.WorkerLostError, pp.PPError)
+    assert issubclass(pp.JobTimeoutError, pp.PPError)
+    assert issubclass(pp.JobTimeoutError, TimeoutError)
+    assert issubclass(pp.JobAbortedError, pp.PPError)
+    assert sig(pp.Job.abort) == "(self, grace=1.0)"
     assert issubclass(pp.DestroyedError, pp.PPError)
     assert issubclass(pp.SerializationError, pp.PPError)
     assert issubclass(pp.RemoteError, pp.PPError)
