@@ -196,6 +196,9 @@ int ppsrv__feed_job(conn *c, pp_func *f, uint32_t flags, uint64_t id,
   return PP_OK;
 }
 
+/* ppsrv__feed_stop (ppsrv_int.h): main thread; a queued ticket is answered
+ * and freed here, one in the engine is aborted and ends through
+ * drain_done like any other. */
 void ppsrv__feed_stop(conn *c, uint64_t id, uint32_t attempt,
                       uint64_t grace_ns) {
   ticket *t;
