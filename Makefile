@@ -101,7 +101,8 @@ FUZZ_TARGETS = $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_TIME   ?= 60
 FUZZ_CC     ?= clang-14
 FUZZ_SAN     = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-FUZZ_CFLAGS  = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g -O1 -Isrc/core -Isrc/ppserver -Itests/fuzz
+FUZZ_CFLAGS  = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g -O1 -Isrc/core -Isrc/ppserver -Itests/fuzz \
+               $(if $(PP_VERSION),-DPP_VERSION='"$(PP_VERSION)"')
 FUZZ_SRC     = $(CORE_SRC) $(filter-out src/ppserver/main.c,$(PPSERVER_SRC))
 FUZZ_DEPS    = $(FUZZ_SRC) $(CORE_HDR) $(wildcard src/ppserver/*.h) tests/fuzz/fuzz.h
 REPLAY_BINS  = $(patsubst %,tests/fuzz/bin/replay_%,$(FUZZ_TARGETS))

@@ -6,6 +6,7 @@
 #include "config.h"
 
 #include "auth.h"
+#include "files.h"
 #include "logsink.h"
 
 #include <ctype.h>
@@ -28,7 +29,7 @@
 enum opt_id {
   O_HELP, O_DEBUG, O_LOGFMT, O_AUTO, O_RESTART, O_PROTO, O_CONFIG, O_IFACE,
   O_BCAST, O_PORT, O_WORKERS, O_SECRET, O_SECRET_FILE, O_TIMEOUT, O_SOCKTO,
-  O_PIDFILE, O_PYTHON, O_ANNOUNCE, O_MAXFRAME, O_JOBMEM, O_COUNT
+  O_PIDFILE, O_PYTHON, O_ANNOUNCE, O_MAXFRAME, O_JOBMEM, O_MAXCLIENTS, O_COUNT
 };
 
 /* One row per option: long name (also the config key, with '-' or '_'),
@@ -60,6 +61,7 @@ static const struct optdef {
     [O_ANNOUNCE] = {"announce-interval", 0, 1, 1},
     [O_MAXFRAME] = {"max-frame", 0, 1, 1},
     [O_JOBMEM] = {"job-memory-limit", 0, 1, 1},
+    [O_MAXCLIENTS] = {"max-clients", 0, 1, 1},
 };
 
 /* A layer of settings as strings, with where each came from. */
@@ -140,6 +142,7 @@ static const char usage_text[] =
     "                [-k seconds] [-P pid_file] [--secret-file PATH] [--python PATH]\n"
     "                [--announce-interval SECONDS] [--max-frame BYTES]\n"
     "                [--job-memory-limit BYTES]\n"
+    "                [--max-clients N]\n"
     "\n"
     "Parallel Python execution node: authenticates pp clients with a shared\n"
     "secret and runs their jobs on a pool of local Python worker processes.\n"
@@ -181,6 +184,9 @@ static const char usage_text[] =
     "      --job-memory-limit BYTES  the most memory any client's job may add\n"
     "                             on this node; a job asking more (or nothing)\n"
     "                             runs with this limit (default: no cap)\n"
+    "      --max-clients N        connections open at once, handshakes included\n"
+    "                             (default: the open-files limit less what the\n"
+    "                             workers need); more are closed at once\n"
     "\n"
     "Secret (required; there is no default), first found wins:\n"
     "  -s/--secret, --secret-file, the PP_SECRET environment variable, then the\n"
@@ -190,8 +196,8 @@ static const char usage_text[] =
     "blank lines are ignored; a value may be wrapped in double quotes. Keys are\n"
     "the long option names (`-` or `_`): debug, log_format, autodiscovery, restart,\n"
     "proto, interface, broadcast, port, workers, secret, secret_file, timeout,\n"
-    "socket_timeout, pid_file, python, announce_interval, max_frame. Flags take\n"
-    "true/false, yes/no, on/off, 1/0.\n"
+    "socket_timeout, pid_file, python, announce_interval, max_frame,\n"
+    "max_clients. Flags take true/false, yes/no, on/off, 1/0.\n"
     "Options given on the command line override the file. Example:\n"
     "    # /etc/ppserver.conf  (chmod 600 if it holds the secret)\n"
     "    port = 35000\n"
@@ -325,7 +331,7 @@ static const char *parse_bool(const char *v) {
  * NUL-terminated buffer; *mode gets the file's permission bits. Returns the
  * buffer or NULL with err set. */
 static char *read_small_file(const char *path, size_t max, size_t *len_out,
-                             mode_t *mode, const char *what, char *err,
+                             struct stat *st_out, const char *what, char *err,
                              size_t errlen) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   struct stat st;
@@ -344,7 +350,7 @@ static char *read_small_file(const char *path, size_t max, size_t *len_out,
             max);
     goto fail;
   }
-  *mode = st.st_mode;
+  *st_out = st;
   buf = malloc(max + 1);
   if (buf == NULL) {
     set_err(err, errlen, "out of memory");
@@ -387,8 +393,9 @@ fail:
 static int parse_config_file(ppsrv_config *cfg, layer *file, const char *path,
                              char *err, size_t errlen) {
   size_t len = 0;
-  mode_t mode = 0;
-  char *text = read_small_file(path, 1 << 20, &len, &mode, "config file",
+  struct stat st;
+  PP_UNUSED(cfg); /* kept for warnings found while parsing */
+  char *text = read_small_file(path, 1 << 20, &len, &st, "config file",
                                err, errlen);
   int rc = 2, lineno = 0, has_secret = 0;
   if (text == NULL)
@@ -425,7 +432,8 @@ static int parse_config_file(ppsrv_config *cfg, layer *file, const char *path,
       set_err(err, errlen, "%s:%d: unknown key '%s' (keys: debug, log_format,"
               " autodiscovery, restart, proto, interface, broadcast, port,"
               " workers, secret, secret_file, timeout, socket_timeout,"
-              " pid_file, python, announce_interval, max_frame, job_memory_limit)",
+              " pid_file, python, announce_interval, max_frame, job_memory_limit,"
+              " max_clients)",
               path,
               lineno, key);
       goto out;
@@ -448,10 +456,9 @@ static int parse_config_file(ppsrv_config *cfg, layer *file, const char *path,
       goto out;
     }
   }
-  if (has_secret && (mode & 077))
-    add_warning(cfg, "config file %s holds the secret and is readable by "
-                "other users (mode %03o); chmod 600 it", path,
-                (unsigned)(mode & 0777));
+  /* it holds the secret, or names the interpreter every job runs in */
+  if (ppsrv_file_trusted(&st, path, "config file", has_secret, err, errlen))
+    goto out;
   rc = 0;
 out:
   OPENSSL_cleanse(text, len);
@@ -547,17 +554,19 @@ static int take_secret(ppsrv_config *cfg, const char *s, size_t len,
 static int secret_from_file(ppsrv_config *cfg, const char *path, int source,
                             char *err, size_t errlen) {
   size_t len = 0;
-  mode_t mode = 0;
-  char *text = read_small_file(path, PP_AUTH_SECRET_MAX + 2, &len, &mode,
+  struct stat st;
+  char *text = read_small_file(path, PP_AUTH_SECRET_MAX + 2, &len, &st,
                                "secret file", err, errlen);
   if (text == NULL)
     return 2;
   size_t full = len;
   while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r'))
     len--;
-  if (mode & 077)
-    add_warning(cfg, "secret file %s is readable by other users (mode %03o);"
-                " chmod 600 it", path, (unsigned)(mode & 0777));
+  if (ppsrv_file_trusted(&st, path, "secret file", 1, err, errlen)) {
+    OPENSSL_cleanse(text, full);
+    free(text);
+    return 2;
+  }
   int rc = take_secret(cfg, text, len, source, path, err, errlen);
   OPENSSL_cleanse(text, full);
   free(text);
@@ -646,6 +655,9 @@ int ppsrv_config_load(ppsrv_config *cfg, int argc, char **argv, char *err,
     cfg->job_memory_limit = x;
   }
   cfg->max_frame = PP_FRAME_MAX_DEFAULT;
+  if (m.val[O_MAXCLIENTS] &&
+      to_int(&m, O_MAXCLIENTS, 1, 10000000, &cfg->max_clients, err, errlen))
+    goto out;
   if (m.val[O_MAXFRAME] && to_u32(&m, O_MAXFRAME, PPSRV_MAX_FRAME_MIN,
                                   UINT32_MAX, &cfg->max_frame, err, errlen))
     goto out;

@@ -50,6 +50,7 @@ typedef struct ppsrv_config {
   char *python;         /* --python: owned */
   uint32_t max_frame;   /* --max-frame: payload limit, clients and workers */
   uint64_t job_memory_limit; /* --job-memory-limit: cap per job; 0 = none */
+  int max_clients;      /* --max-clients; 0 = from the open-files limit */
   int help;             /* -h given: print usage, exit 0 */
   /* Warnings found while parsing, to be logged once the log sink is set up
    * (parsing runs before it). Owned, NUL-separated, may be NULL. */

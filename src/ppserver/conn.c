@@ -253,7 +253,7 @@ static void conn_resume(conn *c) {
   if (!c->paused || c->state != C_READY)
     return;
   c->paused = 0;
-  c->last_rx_ms = uv_now(&c->s->loop);
+  c->last_rx_ms = c->frame_ms = uv_now(&c->s->loop);
   if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
     ppsrv__conn_close(c, PP_LOG_INFO, "cannot resume reading");
   else
@@ -319,12 +319,22 @@ static int handle_func(conn *c, const pp_frame_hdr *h, const uint8_t *p) {
     return proto_error(c, "FUNC frame shorter than its key");
   if (h->flags & ~PP_FUNCF_RESET)
     return proto_error(c, "FUNC frame with unknown flags");
-  if (h->flags & PP_FUNCF_RESET)
+  if (h->flags & PP_FUNCF_RESET) {
     fm_clear(&c->funcs);
+    c->func_bytes = 0;
+  }
   if (fm_get(&c->funcs, p) != NULL)
     return PP_OK; /* already known: identical by construction */
   if (c->funcs.len >= PPSRV_MAX_FUNCS)
     return proto_error(c, "too many functions (send FUNC with RESET)");
+  size_t desc = h->length - PP_KEY_LEN;
+  if (desc > PPSRV_FUNC_BYTES_MAX - c->func_bytes) {
+    char what[128];
+    snprintf(what, sizeof what,
+             "functions over %u bytes on one connection (send FUNC with"
+             " RESET)", PPSRV_FUNC_BYTES_MAX);
+    return proto_error(c, what);
+  }
   pp_func *f = pp_func_new(p + PP_KEY_LEN, h->length - PP_KEY_LEN);
   if (f == NULL) {
     ppsrv__conn_close(c, PP_LOG_ERROR, "out of memory");
@@ -339,6 +349,7 @@ static int handle_func(conn *c, const pp_frame_hdr *h, const uint8_t *p) {
     ppsrv__conn_close(c, PP_LOG_ERROR, "out of memory");
     return PP_ENOMEM;
   }
+  c->func_bytes += desc;
   return PP_OK;
 }
 
@@ -423,6 +434,7 @@ static void process_session(conn *c) {
     if (handle_frame(c, &h, p) != PP_OK)
       return;
     pp_buf_consume(&c->rbuf, PP_SESSION_FRAME_SIZE(&h));
+    c->rx_frames++;
   }
   if (c->state != C_READY)
     return;
@@ -442,6 +454,36 @@ static void process_session(conn *c) {
 
 /* ---- the handshake ---------------------------------------------------- */
 
+/* leave_pending: c is leaving C_HANDSHAKE (authenticated or closing): it no
+ * longer counts against the caps on pending handshakes. */
+static void leave_pending(conn *c) {
+  if (!c->pending_counted)
+    return;
+  c->pending_counted = 0;
+  if (c->s->npending > 0)
+    c->s->npending--;
+  if (c->adm != NULL && c->adm->pending > 0)
+    c->adm->pending--;
+}
+
+/* handshake_failed: c's handshake failed with err (why says how) and c
+ * closes. A failed authentication (PP_EAUTH: a proof that did not verify,
+ * i.e. a guess of the secret) counts against its address: a growing delay
+ * before the address's next handshake, and its line logged at most once per
+ * interval per address (admit.c). Malformed or slow handshakes cost no
+ * secret-dependent work and are bounded by the caps on pending handshakes
+ * instead. */
+static void handshake_failed(conn *c, int err, const char *why) {
+  c->s->auth_failed++;
+  if (err != PP_EAUTH) {
+    ppsrv__conn_close(c, PP_LOG_WARNING, why);
+    return;
+  }
+  c->s->dropped++;
+  ppsrv__admit_failed(c->s, c->adm, c->peer, why);
+  ppsrv__conn_close(c, PP_LOG_DEBUG, why);
+}
+
 /* authenticated: the handshake finished: switch c to its session (the
  * handshake's key material is wiped), count the client, stop the idle-exit
  * timer and greet with a sealed HELLO (pid, worker count). */
@@ -453,7 +495,11 @@ static void authenticated(conn *c) {
     ppsrv__conn_close(c, PP_LOG_ERROR, "no session keys after the handshake");
     return;
   }
+  leave_pending(c);
+  ppsrv__admit_ok(c->adm);
+  c->adm = NULL;
   c->state = C_READY;
+  c->frame_ms = uv_now(&s->loop);
   s->auth_ok++;
   s->nclients++;
   if (s->nclients == 1 && s->cfg->timeout > 0)
@@ -484,11 +530,11 @@ static void process_handshake(conn *c) {
       return;
     if (rc < 0) {
       char why[128];
-      c->s->auth_failed++;
       snprintf(why, sizeof why, "handshake failed: %s", pp_auth_strerror(rc));
-      ppsrv__conn_close(c, PP_LOG_WARNING, why);
+      handshake_failed(c, rc, why);
       return;
     }
+    c->hs_stage++;
     if (rc == 1) {
       authenticated(c);
       if (c->state == C_READY)
@@ -498,9 +544,8 @@ static void process_handshake(conn *c) {
   }
   if (c->state == C_HANDSHAKE && rc < 0) {
     char why[128];
-    c->s->auth_failed++;
     snprintf(why, sizeof why, "bad handshake frame: %s", pp_auth_strerror(rc));
-    ppsrv__conn_close(c, PP_LOG_WARNING, why);
+    handshake_failed(c, rc, why);
   }
 }
 
@@ -513,12 +558,18 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   if (c->state == C_CLOSING)
     return;
   if (nread > 0) {
+    size_t before = pp_buf_avail(&c->rbuf);
+    uint64_t consumed = c->rx_frames;
     c->rbuf.len += (size_t)nread;
     c->last_rx_ms = uv_now(&c->s->loop);
-    if (c->state == C_HANDSHAKE)
+    if (c->state == C_HANDSHAKE) {
       process_handshake(c);
-    else
+    } else {
       process_session(c);
+      /* a frame began in this read: the frame deadline runs from now */
+      if (before == 0 || c->rx_frames != consumed)
+        c->frame_ms = c->last_rx_ms;
+    }
   } else if (nread == UV_EOF) {
     int mid = pp_buf_avail(&c->rbuf) > 0;
     ppsrv__conn_close(c, mid ? PP_LOG_WARNING : PP_LOG_INFO,
@@ -591,6 +642,7 @@ void ppsrv__conn_close(conn *c, int level, const char *why) {
     if (s->nclients == 0 && s->cfg->timeout > 0 && !s->stopping)
       uv_timer_again(&s->idle_exit);
   }
+  leave_pending(c);
   c->state = C_CLOSING;
   c->closing_ms = uv_now(&s->loop);
   pp_auth_clear(&c->auth);
@@ -624,20 +676,47 @@ static void peer_name(uv_tcp_t *t, char *out, size_t n) {
   }
 }
 
-/* ppsrv__on_connection: the listener's callback: accept one client as a
- * conn in the handshake state (TCP_NODELAY, keepalive), reading; the conn
- * belongs to the server's list until its close callback. A failed accept
- * (e.g. out of descriptors) is logged at most once a second. Main thread. */
+/* start_reading: serve c's handshake: read, and process what the client
+ * already sent (usually its HELLO, which arrives with the connection) at
+ * once, so that a connection accepted in a burst has made progress before
+ * the next one may shed it. The handshake deadline runs from now. Returns
+ * 0, or an error after which c is closing. */
+static int start_reading(conn *c) {
+  c->held = 0;
+  c->accepted_ms = c->last_rx_ms = uv_now(&c->s->loop);
+  int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  if (rc != 0) {
+    ppsrv__conn_close(c, PP_LOG_ERROR, "cannot set up the connection");
+    return pp_err_from_uv(rc);
+  }
+  uv_os_fd_t fd;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0)
+    return PP_OK;
+  uv_buf_t b;
+  on_alloc((uv_handle_t *)&c->tcp, 0, &b);
+  if (b.base == NULL)
+    return PP_OK; /* libuv's own read reports it */
+  ssize_t n = recv(fd, b.base, b.len, MSG_DONTWAIT);
+  if (n > 0)
+    on_read((uv_stream_t *)&c->tcp, n, &b);
+  /* EOF, errors and EAGAIN: libuv's read will see them */
+  return c->state == C_CLOSING ? PP_ECLOSED : PP_OK;
+}
+
+/* ppsrv__on_connection: the listener's callback: accept one client.
+ * Beyond --max-clients the connection is closed at once (logged at most
+ * once a second). Otherwise it becomes a conn in the handshake state
+ * (TCP_NODELAY, keepalive), after room was made among the pending
+ * handshakes (admit.c), read at once unless its address must wait after
+ * failed handshakes (then the sweep starts it). The conn belongs to the
+ * server's list until its close callback. A failed accept (e.g. out of
+ * descriptors; libuv then drops the connection itself, never spinning) is
+ * logged at most once a second. Main thread. */
 void ppsrv__on_connection(uv_stream_t *server, int status) {
   srv *s = server->data;
-  static uint64_t last_warn_ms;
   if (status < 0) {
-    uint64_t now = uv_now(&s->loop);
-    if (now - last_warn_ms > 1000) { /* e.g. EMFILE: do not flood the log */
-      last_warn_ms = now;
-      pp_log(PP_LOG_WARNING, "cannot accept a connection: %s",
-             uv_strerror(status));
-    }
+    ppsrv__ratelog(s, &s->accept_log, PP_LOG_WARNING, PPSRV_RATELOG_MS,
+                   "cannot accept a connection: %s", uv_strerror(status));
     return;
   }
   conn *c = calloc(1, sizeof *c);
@@ -649,6 +728,7 @@ void ppsrv__on_connection(uv_stream_t *server, int status) {
   uv_tcp_init(&s->loop, &c->tcp);
   c->tcp.data = c;
   pp_buf_init(&c->rbuf);
+  size_t open_before = s->nconns;
   c->next = s->conns;
   if (s->conns)
     s->conns->prev = c;
@@ -662,18 +742,44 @@ void ppsrv__on_connection(uv_stream_t *server, int status) {
   }
   s->accepted++;
   peer_name(&c->tcp, c->peer, sizeof c->peer);
+  if (open_before >= s->max_clients) {
+    s->refused++;
+    ppsrv__ratelog(s, &s->refuse_log, PP_LOG_WARNING, PPSRV_RATELOG_MS,
+                   "connection %s refused: %zu connections open"
+                   " (--max-clients %zu)", c->peer, open_before,
+                   s->max_clients);
+    c->state = C_CLOSING;
+    conn_close_handle(c);
+    return;
+  }
+  struct sockaddr_storage ss;
+  int sslen = sizeof ss;
+  ppsrv_admit *adm = NULL;
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0)
+    adm = ppsrv__admit_get(s, (struct sockaddr *)&ss, c->peer);
+  ppsrv__admit_make_room(s, adm);
+  c->adm = adm;
+  c->pending_counted = 1;
+  s->npending++;
+  if (adm != NULL)
+    adm->pending++;
   uv_tcp_nodelay(&c->tcp, 1);
   uv_tcp_keepalive(&c->tcp, 1, 60);
-  int rc = pp_auth_init(&c->auth, PP_AUTH_SERVER, s->cfg->secret,
-                        s->cfg->secret_len);
-  if (rc == PP_OK)
-    rc = pp_err_from_uv(
-        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read));
-  if (rc != PP_OK) {
+  if (pp_auth_init(&c->auth, PP_AUTH_SERVER, s->cfg->secret,
+                   s->cfg->secret_len) != PP_OK) {
     ppsrv__conn_close(c, PP_LOG_ERROR, "cannot set up the connection");
     return;
   }
   pp_log(PP_LOG_DEBUG, "connection from %s (%zu open)", c->peer, s->nconns);
+  uint64_t wait = ppsrv__admit_delay_ms(adm, uv_now(&s->loop));
+  if (wait > 0) {
+    c->held = 1;
+    c->hold_until_ms = uv_now(&s->loop) + wait;
+    pp_log(PP_LOG_DEBUG, "connection %s: handshake waits %llu ms (failed"
+           " handshakes from its address)", c->peer, (unsigned long long)wait);
+    return;
+  }
+  start_reading(c);
 }
 
 /* ---- deadlines -------------------------------------------------------- */
@@ -693,6 +799,18 @@ static size_t unsent(conn *c) {
   return n;
 }
 
+/* frame_deadline_ms: how long c's partial frame may take to arrive whole:
+ * the socket timeout, plus one second per PPSRV_FRAME_MIN_RATE bytes the
+ * header announces (once the header is in). */
+static uint64_t frame_deadline_ms(const conn *c) {
+  uint64_t d = c->s->idle_timeout_ms;
+  if (pp_buf_avail(&c->rbuf) >= PP_FRAME_HDR) {
+    uint64_t len = pp_get_u32(c->rbuf.data + c->rbuf.off + 8);
+    d += len * 1000u / PPSRV_FRAME_MIN_RATE;
+  }
+  return d;
+}
+
 /* ppsrv__conn_sweep: close connections past their deadline: the handshake
  * deadline; the socket timeout (-k) without progress in either direction
  * (a byte received, or the client taking bytes of ours: the unsent count
@@ -708,12 +826,15 @@ void ppsrv__conn_sweep(srv *s) {
   for (conn *c = s->conns; c; c = next) {
     next = c->next;
     if (c->state == C_HANDSHAKE) {
-      if (now - c->accepted_ms >= s->hs_timeout_ms)
-        ppsrv__conn_close(
-            c, PP_LOG_WARNING,
-            pp_buf_avail(&c->rbuf)
-                ? "handshake not completed in time (partial frame)"
-                : "handshake not completed in time");
+      if (c->held) {
+        if (now >= c->hold_until_ms)
+          start_reading(c);
+      } else if (now - c->accepted_ms >= s->hs_timeout_ms) {
+        handshake_failed(c, PP_ETIMEDOUT, pp_buf_avail(&c->rbuf)
+                                ? "handshake not completed in time (partial"
+                                  " frame)"
+                                : "handshake not completed in time");
+      }
     } else if (c->state == C_READY) {
       size_t wq = unsent(c);
       if (wq < c->wq_seen) /* the client took bytes since the last sweep */
@@ -730,6 +851,12 @@ void ppsrv__conn_sweep(srv *s) {
                           pp_buf_avail(&c->rbuf)
                               ? "socket timeout in the middle of a frame"
                               : "socket timeout (no PING or other frame)");
+      } else if (pp_buf_avail(&c->rbuf) > 0 &&
+                 now - c->frame_ms >= frame_deadline_ms(c)) {
+        ppsrv__conn_close(c, PP_LOG_WARNING,
+                          "frame not completed in time (a frame must arrive"
+                          " whole within the socket timeout, plus 1 s per"
+                          " MiB)");
       }
     } else if (!c->handle_closing &&
                now - c->closing_ms >= PPSRV_CLOSE_GRACE_MS) {

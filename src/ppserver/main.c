@@ -3,6 +3,7 @@
  * (server.c) until it stops. A standalone C program: no libpython; the
  * Python worker processes are separate interpreters started by the engine. */
 #include "config.h"
+#include "files.h"
 #include "logsink.h"
 #include "server.h"
 
@@ -104,6 +105,7 @@ int main(int argc, char **argv) {
            ppsrv_secret_source_name(cfg.secret_source), cfg.secret_origin);
   if (cfg.config_path != NULL)
     pp_log(PP_LOG_DEBUG, "read config file %s", cfg.config_path);
+  ppsrv_warn_if_root();
   raise_nofile();
 
   rc = ppsrv_run(&cfg);

@@ -10,6 +10,9 @@
  *             stop, the statistics log line (ppsrv_run, see server.h).
  *   wboot.c   the command that starts a worker (asked of the interpreter
  *             once at start-up: pp._boot, the client's fast boot).
+ *   admit.c   admission before authentication: per-address failure
+ *             back-off, caps on pending handshakes (shedding), rate-limited
+ *             log lines.
  *
  * Threads: everything runs in the main thread's libuv loop, except
  * ppsrv__on_job_complete (feed.c), which the engine calls from its own
@@ -79,6 +82,29 @@ typedef struct funcmap {
 
 enum { C_HANDSHAKE = 0, C_READY = 1, C_CLOSING = 2 };
 
+/* A log line a flood could repeat: logged at most once per interval, with
+ * the number left out since (admit.c). */
+typedef struct ppsrv_ratelog {
+  int logged;
+  uint64_t last_ms;
+  uint64_t skipped;
+} ppsrv_ratelog;
+
+/* One client address (the host, not the port) that is in a handshake or
+ * failed one lately (admit.c). The table is allocated once, so pointers to
+ * entries stay valid; an entry is reused only when nothing is pending from
+ * its address and its failures are forgotten. */
+typedef struct ppsrv_admit {
+  uint8_t key[16];        /* IPv6 address, IPv4 as v4-mapped */
+  char name[72];          /* the host, for logs */
+  uint32_t pending;       /* its connections in C_HANDSHAKE */
+  uint32_t fails;         /* failed handshakes in a row */
+  uint64_t last_fail_ms;
+  uint64_t hold_until_ms; /* its next handshake is not served before */
+  uint64_t last_use_ms;
+  ppsrv_ratelog log;      /* its failure lines */
+} ppsrv_admit;
+
 struct conn {
   uv_tcp_t tcp; /* first: the handle's data points back here too */
   srv *s;
@@ -89,6 +115,14 @@ struct conn {
   int handle_closing; /* uv_close called */
   int paused;         /* reading stopped for back-pressure */
   char peer[80];
+  ppsrv_admit *adm;   /* C_HANDSHAKE: its address's entry (may be NULL) */
+  int hs_stage;       /* handshake frames answered so far (shedding order) */
+  int pending_counted; /* counted in srv.npending and adm->pending */
+  int held;           /* C_HANDSHAKE: not read until hold_until_ms */
+  uint64_t hold_until_ms;
+  uint64_t frame_ms;  /* C_READY: when the partial frame in rbuf began */
+  size_t func_bytes;  /* descriptor bytes in funcs */
+  uint64_t rx_frames; /* sealed frames handled */
   pp_auth auth;    /* C_HANDSHAKE */
   pp_session sess; /* C_READY */
   pp_buf rbuf;
@@ -136,6 +170,13 @@ struct srv {
   uint64_t hs_timeout_ms, idle_timeout_ms;
   uint64_t started_ms;
   uint64_t accepted, auth_ok, auth_failed, dropped, jobs_done;
+  uint64_t refused, shed;  /* over --max-clients; pending handshakes shed */
+  size_t max_clients;      /* connections open at once (--max-clients) */
+  size_t max_pending, max_pending_addr; /* handshakes pending: total, per address */
+  size_t npending;         /* connections in C_HANDSHAKE */
+  ppsrv_admit *admit;      /* PPSRV_ADMIT_ADDRS entries, nadmit used */
+  size_t nadmit;
+  ppsrv_ratelog refuse_log, shed_log, accept_log;
   int stopping;
   int exit_code;
   int pidfile_written;
@@ -230,6 +271,54 @@ void ppsrv__feed_init(srv *s);
 /* ppsrv__start_engine: the engine and its worker pool. Returns 0, or -1
  * after logging why. Main thread, at start-up. */
 int ppsrv__start_engine(srv *s);
+
+/* ---- admit.c ----------------------------------------------------------- */
+
+/* ppsrv__ratelog: log fmt at level unless a line went through rl less than
+ * every_ms ago (then it is only counted, and the next line says how many
+ * were left out). Main thread. */
+void ppsrv__ratelog(srv *s, ppsrv_ratelog *rl, int level, uint64_t every_ms,
+                    const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 5, 6)))
+#endif
+    ;
+
+/* ppsrv__admit_get: the entry of sa's host (name: "host:port" for logs),
+ * made on first use. Borrowed, valid for the server's life. NULL for a
+ * family other than IPv4/IPv6, or when the table is full of busy entries
+ * (that address is then neither delayed nor capped per address). */
+ppsrv_admit *ppsrv__admit_get(srv *s, const struct sockaddr *sa,
+                              const char *name);
+
+/* ppsrv__admit_delay_ms: how long a's next handshake must still wait (0:
+ * serve it now). */
+uint64_t ppsrv__admit_delay_ms(const ppsrv_admit *a, uint64_t now);
+
+/* ppsrv__admit_failed: an authentication from a (may be NULL) failed (a
+ * proof that did not verify): lengthen its delay (100 ms doubling per
+ * failure in a row, at most PPSRV_AUTH_DELAY_MAX_MS, forgotten after
+ * PPSRV_AUTH_FORGET_MS without one) and log "connection PEER: WHY" at
+ * WARNING at most once per PPSRV_AUTH_LOG_MS per address (DEBUG
+ * otherwise). Returns 1 if the WARNING was logged. */
+int ppsrv__admit_failed(srv *s, ppsrv_admit *a, const char *peer,
+                        const char *why);
+
+/* ppsrv__admit_ok: a authenticated: its failures are forgiven (and the
+ * next failure is logged again). */
+void ppsrv__admit_ok(ppsrv_admit *a);
+
+/* ppsrv__admit_make_room: a new connection from a (may be NULL) is about
+ * to start a handshake: while its address has max_pending_addr handshakes
+ * pending, or the server max_pending, close one (from its address, or from
+ * the address with the most), the one least far in its handshake, oldest
+ * first. Logged at most once per PPSRV_RATELOG_MS. */
+void ppsrv__admit_make_room(srv *s, ppsrv_admit *a);
+
+/* ppsrv__default_max_clients: --max-clients when not given: the open-files
+ * limit less what the listener, the loop, logging and nworkers workers
+ * need. */
+size_t ppsrv__default_max_clients(long nofile, int nworkers);
 
 /* ---- wboot.c ----------------------------------------------------------- */
 

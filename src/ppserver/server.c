@@ -4,14 +4,17 @@
  * client, every connection closed, the engine shut down, the pid file
  * removed); SIGUSR1 logs statistics. Client connections are conn.c's;
  * see ppsrv_int.h for the objects. Main thread only. */
+#include "files.h"
 #include "ppsrv_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 /* ---- timers, signals, stop -------------------------------------------- */
@@ -81,10 +84,12 @@ static void log_stats(srv *s) {
   pp_log(PP_LOG_INFO,
          "stats: %zu clients connected, %zu connections open, %llu accepted,"
          " %llu authenticated, %llu failed the handshake, %llu dropped for"
-         " errors; up %.0f s",
+         " errors, %llu refused (--max-clients), %llu shed while pending;"
+         " up %.0f s",
          s->nclients, s->nconns, (unsigned long long)s->accepted,
          (unsigned long long)s->auth_ok, (unsigned long long)s->auth_failed,
-         (unsigned long long)s->dropped,
+         (unsigned long long)s->dropped, (unsigned long long)s->refused,
+         (unsigned long long)s->shed,
          (double)(uv_now(&s->loop) - s->started_ms) / 1000.0);
   pp_log(PP_LOG_INFO,
          "stats: jobs done %llu (worker time %.3f s); %zu in the engine"
@@ -223,27 +228,42 @@ static int start_listening(srv *s) {
   return 0;
 }
 
-/* write_pid_file: write "<pid>\n" to the configured path. 0 or -1. */
+/* write_pid_file: write "<pid>\n" to the configured path, never through
+ * a symbolic link (files.c). 0 or -1 after logging why. */
 static int write_pid_file(srv *s) {
-  const char *path = s->cfg->pid_file;
-  char text[32];
-  if (path == NULL)
+  char err[512];
+  if (s->cfg->pid_file == NULL)
     return 0;
-  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    pp_log(PP_LOG_ERROR, "cannot write pid file %s: %s", path, strerror(errno));
-    return -1;
-  }
-  int n = snprintf(text, sizeof text, "%d\n", (int)getpid());
-  ssize_t w = write(fd, text, (size_t)n);
-  close(fd);
-  if (w != n) {
-    pp_log(PP_LOG_ERROR, "cannot write pid file %s", path);
-    unlink(path);
+  if (ppsrv_pidfile_write(s->cfg->pid_file, err, sizeof err) != 0) {
+    pp_log(PP_LOG_ERROR, "%s", err);
     return -1;
   }
   s->pidfile_written = 1;
   return 0;
+}
+
+/* set_limits: the caps on connections: --max-clients (by default from the
+ * open-files limit, which main has raised as far as it may), and the caps
+ * on pending handshakes (admit.c): in total at most half of it, per address
+ * at most PPSRV_PREAUTH_PER_ADDR. */
+static void set_limits(srv *s) {
+  struct rlimit rl;
+  long nofile = -1;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+    nofile = rl.rlim_cur > (rlim_t)LONG_MAX ? LONG_MAX : (long)rl.rlim_cur;
+  size_t fit = ppsrv__default_max_clients(nofile, s->cfg->nworkers);
+  s->max_clients = s->cfg->max_clients > 0 ? (size_t)s->cfg->max_clients : fit;
+  if (s->cfg->max_clients > 0 && s->max_clients > fit)
+    pp_log(PP_LOG_WARNING,
+           "--max-clients %zu: the open-files limit (%ld) leaves room for"
+           " about %zu; accepting may fail before that many", s->max_clients,
+           nofile, fit);
+  s->max_pending = s->max_clients / 2 > 0 ? s->max_clients / 2 : 1;
+  if (s->max_pending > PPSRV_PREAUTH_MAX)
+    s->max_pending = PPSRV_PREAUTH_MAX;
+  s->max_pending_addr = s->max_pending < PPSRV_PREAUTH_PER_ADDR
+                            ? s->max_pending
+                            : PPSRV_PREAUTH_PER_ADDR;
 }
 
 /* ppsrv_run (server.h): one multi-resource function with one exit path:
@@ -262,6 +282,7 @@ int ppsrv_run(const ppsrv_config *cfg) {
   s->hs_timeout_ms = s->idle_timeout_ms < PPSRV_HANDSHAKE_TIMEOUT_MS
                          ? s->idle_timeout_ms
                          : PPSRV_HANDSHAKE_TIMEOUT_MS;
+  set_limits(s);
   if (uv_loop_init(&s->loop) != 0 || uv_mutex_init(&s->done_mu) != 0) {
     pp_log(PP_LOG_ERROR, "cannot initialise the event loop");
     free(s);
@@ -305,10 +326,11 @@ int ppsrv_run(const ppsrv_config *cfg) {
              cfg->timeout);
   pp_log(PP_LOG_INFO,
          "ppserver pid %d listening on %s with %d workers (%s, pickle"
-         " protocol %d, socket timeout %d s%s)",
+         " protocol %d, socket timeout %d s%s, at most %zu connections)",
          (int)getpid(), s->listen_name, cfg->nworkers,
          cfg->restart ? "restart after each job" : "persistent workers",
-         cfg->proto >= 0 ? cfg->proto : 4, cfg->socket_timeout, idle);
+         cfg->proto >= 0 ? cfg->proto : 4, cfg->socket_timeout, idle,
+         s->max_clients);
   rc = 0;
 
 stop:
@@ -322,10 +344,11 @@ stop:
   }
   ppsrv__drain_done(s); /* nothing should be left; frees it if there is */
   if (s->pidfile_written)
-    unlink(cfg->pid_file);
+    ppsrv_pidfile_remove(cfg->pid_file);
   if (uv_loop_close(&s->loop) != 0)
     pp_log(PP_LOG_DEBUG, "event loop closed with handles still open");
   uv_mutex_destroy(&s->done_mu);
+  free(s->admit);
   if (rc == 0)
     pp_log(PP_LOG_INFO, "ppserver stopped");
   free(s);

@@ -16,6 +16,23 @@
 #define PPSRV_CLOSE_GRACE_MS 2000u       /* flushing a closing connection */
 #define PPSRV_MAX_FUNCS 65536u           /* FUNC keys remembered per connection */
 #define PPSRV_PING_MAX 64u               /* PING payload limit */
+/* Descriptor bytes of the functions one connection keeps (FUNC frames);
+ * past it, FUNC is a protocol error (the client sends RESET to start over). */
+#define PPSRV_FUNC_BYTES_MAX (64u * 1024u * 1024u)
+/* A frame, once begun, must be whole within the socket timeout (-k) plus
+ * one second per PPSRV_FRAME_MIN_RATE bytes of its announced length. */
+#define PPSRV_FRAME_MIN_RATE (1024u * 1024u)
+/* Before authentication (admit.c): handshakes pending at once, in total
+ * (at most half of --max-clients) and per client address; the back-off
+ * after failed handshakes from one address. */
+#define PPSRV_PREAUTH_MAX 128u
+#define PPSRV_PREAUTH_PER_ADDR 16u
+#define PPSRV_AUTH_DELAY_BASE_MS 100u   /* after the first failure */
+#define PPSRV_AUTH_DELAY_MAX_MS 10000u  /* doubling up to this */
+#define PPSRV_AUTH_FORGET_MS 60000u     /* failures forgotten after */
+#define PPSRV_AUTH_LOG_MS 10000u        /* one failure line per address */
+#define PPSRV_RATELOG_MS 1000u          /* refusals, sheds, accept errors */
+#define PPSRV_ADMIT_ADDRS 4096u         /* addresses remembered */
 /* Reading from a client pauses while it has this much waiting (queued jobs
  * not yet handed to the engine, or results not yet written), and resumes
  * below half of it. */

@@ -302,13 +302,16 @@ class PPServer:
     Started on port 0 (the node binds a free port and logs it; it is read
     back into .port), or on port=N (e.g. to restart at the same address).
     With ready=True the constructor returns once the node listens and has
-    `ready_workers` (default: workers) worker processes. stop() kills it and
-    its workers by pid; the `ppserver` fixture always calls it."""
+    `ready_workers` (default: workers) worker processes. With nofile=N it
+    runs under `prlimit --nofile=N` (soft and hard open-files limit; prlimit
+    execs the node, so the pid is the node's). stop() kills it and its
+    workers by pid; the `ppserver` fixture always calls it."""
 
     def __init__(self, *args, secret=SECRET, workers=1, port=0, env=None, ready=True,
                  ready_workers=None, pid_file=None, python=sys.executable,
-                 host="127.0.0.1"):
+                 host="127.0.0.1", nofile=None):
         self.args = list(args)
+        self.nofile = nofile
         self.secret = secret
         self.workers = workers
         self.host = host
@@ -334,6 +337,8 @@ class PPServer:
             raise RuntimeError("ppserver %s is still running" % self.pid)
         argv = [str(PPSERVER_BIN), "-i", self.host, "-p", str(self.port or 0),
                 "-w", str(self.workers)]
+        if self.nofile:
+            argv = ["prlimit", "--nofile=%d" % self.nofile, "--"] + argv
         if self.python:
             argv += ["--python", self.python]
         if self.pid_file:
