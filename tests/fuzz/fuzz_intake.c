@@ -41,7 +41,8 @@ static void f_drop(pp__peer *p, const char *why) {
   PP_UNUSED(p);
   PP_UNUSED(why);
 }
-static const pp__peer_ops fake_ops = {f_ready, f_emit, f_flush, f_drop};
+static const pp__peer_ops fake_ops = {
+    .ready = f_ready, .emit = f_emit, .flush = f_flush, .drop = f_drop};
 
 /* on_complete: the engine's completion hook: count per job id. */
 static void on_complete(void *ctx, pp_job *j) {
