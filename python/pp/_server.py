@@ -111,6 +111,17 @@ class Job(_core.Job):
         return "failed"
 
     @property
+    def stdout(self):
+        """What the job wrote to sys.stdout and file descriptor 1 (its last
+        run), as str; "" with Server(output="inherit") or before it ends."""
+        return self._output()[0].decode("utf-8", "replace")
+
+    @property
+    def stderr(self):
+        """What the job wrote to sys.stderr and file descriptor 2."""
+        return self._output()[1].decode("utf-8", "replace")
+
+    @property
     def submit_time(self):
         """When the job was submitted (seconds since the epoch)."""
         return _epoch(self._info()[1])
@@ -251,8 +262,15 @@ class Server:
                  loglevel=logging.WARNING, logstream=sys.stderr, restart=False,
                  proto=pickle.HIGHEST_PROTOCOL, socket_timeout=3600,
                  max_retries=2, node_timeout=5.0, no_capacity_timeout=None,
-                 *, max_frame=None, job_timeout=None, job_memory_limit=None):
+                 *, max_frame=None, job_timeout=None, job_memory_limit=None,
+                 output="echo", max_output=1 << 20):
         self._closed = True
+        if output not in ("echo", "capture", "inherit"):
+            raise ValueError('output must be "echo", "capture" or "inherit"')
+        if isinstance(max_output, bool) or not isinstance(max_output, int) \
+                or not 0 < max_output < 1 << 31:
+            raise ValueError("max_output must be a positive number of bytes")
+        self._output = output
         self._job_timeout = _check_limit("job_timeout", job_timeout, float)
         self._job_memory_limit = _check_limit("job_memory_limit",
                                               job_memory_limit, int)
@@ -302,7 +320,9 @@ class Server:
             secret=bytes(secret) if nodes or ports else None,
             node_timeout=float(node_timeout),
             no_capacity_timeout=float(no_capacity_timeout or 0),
-            discover=ports or None, max_frame=max_frame or 0)
+            discover=ports or None, max_frame=max_frame or 0,
+            capture_output=output != "inherit", max_output=max_output,
+            echo=_echo if output == "echo" else None)
         self.ppservers = tuple(nodes) + tuple(
             "*" if p == Server.default_port else "*:%d" % p for p in ports)
         self._ncpus = ncpus
@@ -641,6 +661,18 @@ _MONO_TO_EPOCH = time.time() - time.monotonic()
 def _epoch(mono_ns):
     """A CLOCK_MONOTONIC time in ns as seconds since the epoch."""
     return _MONO_TO_EPOCH + mono_ns / 1e9
+
+
+def _echo(job):
+    """Print a finished job's captured output on the client's stdout and
+    stderr, each stream in one piece (Server(output="echo"))."""
+    out, err = job._output()
+    if out:
+        sys.stdout.write(out.decode("utf-8", "replace"))
+        sys.stdout.flush()
+    if err:
+        sys.stderr.write(err.decode("utf-8", "replace"))
+        sys.stderr.flush()
 
 
 class Template:

@@ -21,6 +21,8 @@ typedef struct pp_engine_opts {
   int restart;             /* one job per worker process */
   int max_retries;         /* re-runs of a job whose worker died (>= 0) */
   uint32_t max_frame;      /* payload limit on worker pipes; 0 = default */
+  int capture_output;      /* workers capture each job's stdout/stderr */
+  uint32_t max_output;     /* bytes kept per stream and job; 0 = 1 MiB */
   int queue_logs;          /* 1: log lines go to pp_engine_next_event */
   /* Optional completion hook, for embedders without Python (ppserver).
    * Called once per job when it becomes DONE, with the engine mutex held,

@@ -44,6 +44,8 @@ struct pp_engine {
   size_t secret_len;
   uint64_t node_timeout_ns, no_capacity_ns;
   uint32_t max_frame;
+  int capture_output;
+  uint32_t max_output;
   uint16_t *disco_ports; /* auto-discovery UDP ports (ndisco of them) */
   int ndisco;
 

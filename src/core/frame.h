@@ -59,6 +59,9 @@ enum pp_result_status {
   PP_RES_MAX = 6
 };
 #define PP_RES_STATUS(flags) ((flags)&0xffu)
+/* RESULT flag: the payload is u64 runtime_ns, u32 stdout length, u32
+ * stderr length, the job's captured stdout, its stderr, then the data */
+#define PP_RESF_OUTPUT 0x100u
 
 typedef struct pp_frame_hdr {
   uint8_t version;

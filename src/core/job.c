@@ -59,6 +59,8 @@ void pp_job_unref(pp_job *j) {
   free(j->args);
   free(j->result);
   free(j->errmsg);
+  free(j->out);
+  free(j->err);
   free(j);
 }
 

@@ -75,6 +75,8 @@ typedef struct pp_job {
   uint64_t submit_ns, end_ns; /* monotonic; start = end - runtime */
   int worker_pid;        /* local worker that returned it, or 0 */
   char where[64];        /* "local" or the node's "host:port"; "" = none */
+  uint8_t *out, *err;    /* owned: the job's captured stdout / stderr */
+  uint32_t out_len, err_len;
   /* Links: the engine's pending queue, a worker's in-flight list, or the
    * callback queue; a job is on at most one list at a time. */
   struct pp_job *next, *prev;

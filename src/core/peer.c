@@ -154,6 +154,30 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
   size_t len = h->length - 8;
   const uint8_t *data = payload + 8;
   int jstatus = (int)status;
+  uint8_t *out = NULL, *err = NULL;
+  uint32_t out_len = 0, err_len = 0;
+  if (h->flags & PP_RESF_OUTPUT) {
+    /* the job's captured output comes first */
+    if (len < 8)
+      return PP_EPROTO;
+    out_len = pp_get_u32(data);
+    err_len = pp_get_u32(data + 4);
+    if ((uint64_t)out_len + err_len > len - 8)
+      return PP_EPROTO;
+    out = out_len ? malloc(out_len) : NULL;
+    err = err_len ? malloc(err_len) : NULL;
+    if ((out_len && out == NULL) || (err_len && err == NULL)) {
+      free(out);
+      free(err);
+      return PP_ENOMEM;
+    }
+    if (out_len)
+      memcpy(out, data + 8, out_len);
+    if (err_len)
+      memcpy(err, data + 8 + out_len, err_len);
+    data += 8 + (size_t)out_len + err_len;
+    len -= 8 + (size_t)out_len + err_len;
+  }
   uint8_t *copy = NULL;
   char *msg = NULL;
   int exitstatus = -1, termsignal = 0;
@@ -161,16 +185,22 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
       status == PP_RES_TIMEOUT || status == PP_RES_ABORTED) {
     /* the node's own engine gave up on the job, or stopped it */
     size_t skip = status == PP_RES_LOST ? 8 : 0;
-    if (len < skip)
+    if (len < skip) {
+      free(out);
+      free(err);
       return PP_EPROTO;
+    }
     if (status == PP_RES_LOST) {
       exitstatus = (int32_t)pp_get_u32(data);
       termsignal = (int32_t)pp_get_u32(data + 4);
     }
     size_t ml = len - skip > 400 ? 400 : len - skip;
     msg = malloc(ml + 300);
-    if (msg == NULL)
+    if (msg == NULL) {
+      free(out);
+      free(err);
       return PP_ENOMEM;
+    }
     if (status == PP_RES_TIMEOUT)
       /* say it with the client's job id, not the node's */
       snprintf(msg, ml + 300,
@@ -190,8 +220,11 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
                                          : PP_JOB_ABORTED;
   } else {
     copy = malloc(len ? len : 1);
-    if (copy == NULL)
+    if (copy == NULL) {
+      free(out);
+      free(err);
       return PP_ENOMEM;
+    }
     memcpy(copy, data, len);
   }
   j->runtime_ns = pp_get_u64(payload);
@@ -205,6 +238,12 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
   j->end_ns = pp_now_ns();
   j->worker_pid = peer->pid;
   snprintf(j->where, sizeof j->where, "%s", peer->where);
+  free(j->out); /* an earlier run's (retries) */
+  free(j->err);
+  j->out = out;
+  j->out_len = out_len;
+  j->err = err;
+  j->err_len = err_len;
   if (j->stop_reason != 0) {
     /* stopped: it ends so, whatever it managed to return */
     free(copy);

@@ -601,6 +601,8 @@ static pp_wstatus *status_page(pp_engine *e, int *fd) {
   s->magic = PP_WSTATUS_MAGIC;
   s->version = PP_WSTATUS_VERSION;
   s->max_frame = e->max_frame;
+  s->capture = e->capture_output ? 1 : 0;
+  s->max_output = e->max_output;
   return s;
 }
 

@@ -35,6 +35,9 @@ typedef struct pp_wstatus {
    * such a job when it reaches it, and turns SIGUSR2 into KeyboardInterrupt
    * inside it while it runs. */
   _Atomic uint64_t abort_ids[PP_WSTATUS_NABORT];
+  /* written by the engine before the worker starts: */
+  uint32_t capture;    /* 1: capture each job's fd 1 and 2 (and sys.std*) */
+  uint32_t max_output; /* bytes kept per stream and job */
 } pp_wstatus;
 
 /* pp_wstatus_aborting: whether id is on the abort list. Any side; also

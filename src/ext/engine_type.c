@@ -140,14 +140,17 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
                            "restart",  "max_retries",  "job_type",
                            "nodes",    "secret",       "node_timeout",
                            "no_capacity_timeout",      "discover",
-                           "max_frame", NULL};
+                           "max_frame", "capture_output", "max_output",
+                           "echo", NULL};
   PyObject *argv, *env = Py_None, *jt = NULL, *nodes = Py_None;
   PyObject *discover = Py_None;
   uint16_t ports[MAX_DISCOVER_PORTS];
   Py_buffer secret = {0};
   double node_timeout = 5.0, no_capacity = 0.0;
   int nworkers = 0, restart = 0, max_retries = 2;
-  Py_ssize_t max_frame = 0;
+  Py_ssize_t max_frame = 0, max_output = 0;
+  int capture = 0;
+  PyObject *echo = Py_None;
   if (self->e != NULL) {
     PyErr_SetString(PyExc_RuntimeError, "Engine already initialised");
     return -1;
@@ -155,10 +158,11 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
   self->st = ppx_state_of_type(Py_TYPE(self));
   if (self->st == NULL)
     return -1;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OipiOOz*ddOn", kwlist, &argv,
-                                   &env, &nworkers, &restart, &max_retries,
-                                   &jt, &nodes, &secret, &node_timeout,
-                                   &no_capacity, &discover, &max_frame))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OipiOOz*ddOnpnO", kwlist,
+                                   &argv, &env, &nworkers, &restart,
+                                   &max_retries, &jt, &nodes, &secret,
+                                   &node_timeout, &no_capacity, &discover,
+                                   &max_frame, &capture, &max_output, &echo))
     return -1;
   int rc = -1;
   int nports = parse_ports(discover, ports);
@@ -182,6 +186,14 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
                  (unsigned)PP_FRAME_MAX_DEFAULT);
     goto out;
   }
+  if (max_output < 0 || max_output > 0x7fffffff) {
+    PyErr_SetString(PyExc_ValueError, "max_output must be 0 .. 2**31-1 bytes");
+    goto out;
+  }
+  if (echo != Py_None && !PyCallable_Check(echo)) {
+    PyErr_SetString(PyExc_TypeError, "echo must be callable or None");
+    goto out;
+  }
   if (!PyType_Check(jt) ||
       !PyType_IsSubtype((PyTypeObject *)jt, self->st->job_type)) {
     PyErr_SetString(PyExc_TypeError, "job_type must subclass pp._core.Job");
@@ -192,6 +204,8 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
       .restart = restart,
       .max_retries = max_retries,
       .max_frame = (uint32_t)max_frame,
+      .capture_output = capture,
+      .max_output = (uint32_t)max_output,
       .queue_logs = 1,
       .secret = secret.buf,
       .secret_len = (size_t)secret.len,
@@ -204,6 +218,8 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
   if (rc == 0) {
     self->max_frame = max_frame ? (size_t)max_frame : PP_FRAME_MAX_DEFAULT;
     Py_XSETREF(self->job_type, (PyTypeObject *)Py_NewRef(jt));
+    if (echo != Py_None)
+      Py_XSETREF(self->echo, Py_NewRef(echo));
   }
 out:
   PyBuffer_Release(&secret);
@@ -239,6 +255,7 @@ static void Engine_dealloc(ppx_engine_object *self) {
     self->e = NULL;
   }
   Py_XDECREF(self->job_type);
+  Py_XDECREF(self->echo);
   tp->tp_free((PyObject *)self);
   Py_DECREF(tp);
 }

@@ -57,6 +57,8 @@ typedef struct {
                              type holds the module, the object its type) */
   PyTypeObject *job_type; /* the class submit() instantiates (a reference) */
   size_t max_frame;       /* payload limit on worker pipes, in bytes */
+  PyObject *echo;         /* echo(job), called once when a job's outcome is
+                             read and it has captured output; or NULL */
 } ppx_engine_object;
 
 /* pp._core.Job: a submitted job. Garbage-collected (callbacks may refer
@@ -69,6 +71,7 @@ typedef struct {
   PyObject *callback;        /* submit's callback, or NULL */
   PyObject *callbackargs;
   PyObject *done_callbacks;  /* managed by pp.Job (Python) */
+  int echoed;                /* its captured output was echoed */
 } ppx_job_object;
 
 /* ppx_raise: the one mapping from a pp error code (pp_common.h) to a

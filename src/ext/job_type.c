@@ -139,6 +139,15 @@ static PyObject *job_value(ppx_job_object *self) {
 /* job_outcome: for a done job, its value, or raise its failure through the
  * Python-level pp.Job._raise (which rebuilds remote exceptions). */
 static PyObject *job_outcome(ppx_job_object *self) {
+  if (!self->echoed && (self->j->out_len || self->j->err_len) &&
+      self->engine != NULL && self->engine->echo != NULL) {
+    /* pp 1.x: a job's output is printed when its result is read */
+    self->echoed = 1;
+    PyObject *r = PyObject_CallOneArg(self->engine->echo, (PyObject *)self);
+    if (r == NULL)
+      return NULL;
+    Py_DECREF(r);
+  }
   if (self->j->status == PP_JOB_OK)
     return job_value(self);
   return PyObject_CallMethod((PyObject *)self, "_raise", NULL);
@@ -246,6 +255,19 @@ static PyObject *Job_abort(ppx_job_object *self, PyObject *arg) {
   return PyBool_FromLong(rc);
 }
 
+/* _output() -> (stdout bytes, stderr bytes) captured from the job's last
+ * run; (b"", b"") while not done or with nothing captured. */
+static PyObject *Job_output(ppx_job_object *self, PyObject *unused) {
+  PP_UNUSED(unused);
+  pp_job *j = self->j;
+  if (!pp_job_done(j))
+    return Py_BuildValue("(yy)", "", "");
+  return Py_BuildValue("(y#y#)", j->out ? (const char *)j->out : "",
+                       (Py_ssize_t)j->out_len,
+                       j->err ? (const char *)j->err : "",
+                       (Py_ssize_t)j->err_len);
+}
+
 /* _info() -> (state, submit_ns, end_ns, runtime_ns, worker_pid, where,
  * attempts): where and when the job ran (monotonic ns; end 0 while not
  * done; where "" when it never ran). The fields after submit are written
@@ -292,6 +314,7 @@ static PyMethodDef Job_methods[] = {
     {"_failure", (PyCFunction)Job_failure, METH_NOARGS, NULL},
     {"_abort", (PyCFunction)Job_abort, METH_O, NULL},
     {"_info", (PyCFunction)Job_info, METH_NOARGS, NULL},
+    {"_output", (PyCFunction)Job_output, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL}};
 
 static PyMemberDef Job_members[] = {

@@ -60,6 +60,9 @@ typedef struct wstate {
   PyObject *dumps;       /* borrowed from the module state: pickle.dumps */
   pp_wstatus *status;    /* the engine's status page, or NULL */
   uint32_t max_frame;    /* payload limit of the frames we send */
+  int capture;           /* fds 1 and 2 are memfds: each job's output */
+  uint32_t max_output;   /* bytes kept per stream and job */
+  pp_buf cap[2];         /* the current job's captured stdout, stderr */
   pp_buf out;
 } wstate;
 
@@ -124,14 +127,96 @@ static PyObject *format_exc(wstate *w, int serial) {
  * or too large for a frame at all (fatal for the worker). GIL held. */
 static int append_result(wstate *w, uint64_t id, uint32_t attempt,
                          unsigned status, uint64_t runtime, PyObject *data) {
-  uint8_t rt[8];
+  uint8_t rt[8], lens[8];
+  size_t no = pp_buf_avail(&w->cap[0]), ne = pp_buf_avail(&w->cap[1]);
   pp_put_u64(rt, runtime);
-  pp_part parts[2] = {{rt, 8},
+  pp_put_u32(lens, (uint32_t)no);
+  pp_put_u32(lens + 4, (uint32_t)ne);
+  pp_part parts[5] = {{rt, 8},
+                      {lens, 0},
+                      {w->cap[0].data + w->cap[0].off, no},
+                      {w->cap[1].data + w->cap[1].off, ne},
                       {PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data)}};
-  return pp_frame_build(&w->out, PP_MSG_RESULT, status, id, attempt, parts, 2) ==
-                 PP_OK
-             ? 0
-             : -1;
+  if (no + ne > 0) { /* the job wrote something: it travels with the result */
+    parts[1].len = 8;
+    status |= PP_RESF_OUTPUT;
+  }
+  int rc = pp_frame_build(&w->out, PP_MSG_RESULT, status, id, attempt, parts,
+                          5);
+  pp_buf_free(&w->cap[0]);
+  pp_buf_free(&w->cap[1]);
+  return rc == PP_OK ? 0 : -1;
+}
+
+/* setup_capture: when the engine asks for it (status page), make fds 1 and
+ * 2 memfds and sys.stdout/sys.stderr write straight through to them, so a
+ * job's prints, a C extension's writes and a child process's output all
+ * land there; collect_output reads them after each job. 0 or -1 (no
+ * capture: the worker writes to the inherited fds as before). */
+static int setup_capture(wstate *w) {
+  if (w->status == NULL || !w->status->capture)
+    return 0;
+  for (int k = 1; k <= 2; k++) {
+    int fd = memfd_create(k == 1 ? "pp-stdout" : "pp-stderr", 0);
+    if (fd < 0)
+      return -1;
+    if (dup2(fd, k) < 0) {
+      close(fd);
+      return -1;
+    }
+    close(fd);
+  }
+  PyObject *g = PyDict_New();
+  if (g == NULL)
+    return -1;
+  PyObject *r = PyRun_String(
+      "import io, sys\n"
+      "def _w(fd):\n"
+      "    return io.TextIOWrapper(io.FileIO(fd, 'w', closefd=False),\n"
+      "        encoding='utf-8', errors='backslashreplace', write_through=True)\n"
+      "sys.stdout = sys.__stdout__ = _w(1)\n"
+      "sys.stderr = sys.__stderr__ = _w(2)\n",
+      Py_file_input, g, g);
+  Py_DECREF(g);
+  if (r == NULL)
+    return -1;
+  Py_DECREF(r);
+  w->capture = 1;
+  w->max_output = w->status->max_output ? w->status->max_output : (1u << 20);
+  return 0;
+}
+
+/* collect_output: move what the job wrote to fds 1 and 2 into w->cap,
+ * keeping at most max_output bytes of each and a line saying how many
+ * were dropped, and empty the files for the next job. */
+static void collect_output(wstate *w) {
+  if (!w->capture)
+    return;
+  fflush(stdout); /* C stdio of extensions; no system call when empty */
+  fflush(stderr);
+  for (int k = 0; k < 2; k++) {
+    int fd = k + 1;
+    off_t end = lseek(fd, 0, SEEK_CUR);
+    if (end <= 0)
+      continue;
+    size_t keep = (uint64_t)end > w->max_output ? w->max_output : (size_t)end;
+    pp_buf *b = &w->cap[k];
+    if (pp_buf_reserve(b, keep + 80) == PP_OK) {
+      ssize_t n = pread(fd, b->data + b->len, keep, 0);
+      if (n > 0)
+        b->len += (size_t)n;
+      if ((uint64_t)end > keep) {
+        char note[80];
+        int m = snprintf(note, sizeof note,
+                         "\n[pp: %llu more bytes of output dropped]\n",
+                         (unsigned long long)((uint64_t)end - keep));
+        if (m > 0)
+          pp_buf_append(b, note, (size_t)m);
+      }
+    }
+    if (ftruncate(fd, 0) != 0 || lseek(fd, 0, SEEK_SET) != 0)
+      continue; /* not a file after all: leave it */
+  }
 }
 
 /* call_chunk: args is a list of argument tuples; returns a list. */
@@ -320,7 +405,11 @@ done_timed:
     setrlimit(RLIMIT_AS, &old_limit);
   Py_XDECREF(args);
   Py_XDECREF(res);
-  if (data != NULL && (uint64_t)PyBytes_GET_SIZE(data) + 8 > w->max_frame) {
+  collect_output(w);
+  if (data != NULL &&
+      (uint64_t)PyBytes_GET_SIZE(data) + 16 + pp_buf_avail(&w->cap[0]) +
+              pp_buf_avail(&w->cap[1]) >
+          w->max_frame) {
     /* too large for one frame: fail this job, not the worker */
     PyErr_Format(PyExc_OverflowError,
                  "the job's %s is %zd bytes when pickled, above the frame "
@@ -415,6 +504,8 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
   watch_parent(parent);
   map_status(&w);
   install_abort(&w);
+  if (setup_capture(&w) < 0)
+    PyErr_Clear(); /* the jobs run without capture */
   w.sys_modules = PyImport_GetModuleDict(); /* borrowed */
   w.default_main = PyDict_GetItemString(w.sys_modules, "__main__");
   if (w.default_main == NULL) {
@@ -503,6 +594,8 @@ out:
   set_main(&w, Py_None);
   pp_buf_free(&in);
   pp_buf_free(&w.out);
+  pp_buf_free(&w.cap[0]);
+  pp_buf_free(&w.cap[1]);
   Py_XDECREF(w.cache);
   Py_XDECREF(w.default_main);
   if (w.status)

@@ -311,6 +311,25 @@ static void send_result(conn *c, ticket *t) {
     parts[1] = (pp_part){msg, strlen(msg)};
     break;
   }
+  if (j->out_len || j->err_len) {
+    /* the job's captured output travels first (protocol 7.3) */
+    uint8_t lens[8];
+    pp_put_u32(lens, j->out_len);
+    pp_put_u32(lens + 4, j->err_len);
+    pp_part all[5] = {parts[0], {lens, 8}, {j->out, j->out_len},
+                      {j->err, j->err_len}, parts[1]};
+    if (status == PP_RES_LOST) { /* LOST keeps its 8 bytes after runtime */
+      all[0].len = 8;
+      all[4] = (pp_part){pre + 8, 8};
+      pp_part lost[6] = {all[0], all[1], all[2], all[3], all[4], parts[1]};
+      ppsrv__conn_send(c, PP_MSG_RESULT, status | PP_RESF_OUTPUT, t->client_id,
+                       t->client_attempt, lost, 6);
+      return;
+    }
+    ppsrv__conn_send(c, PP_MSG_RESULT, status | PP_RESF_OUTPUT, t->client_id,
+                     t->client_attempt, all, 5);
+    return;
+  }
   ppsrv__conn_send(c, PP_MSG_RESULT, status, t->client_id, t->client_attempt,
                    parts, 2);
 }
@@ -438,6 +457,7 @@ int ppsrv__start_engine(srv *s) {
   o.restart = cfg->restart;
   o.max_retries = 2;
   o.max_frame = cfg->max_frame;
+  o.capture_output = 1; /* a job's output goes back to its client */
   o.on_complete = on_job_complete;
   o.on_complete_ctx = s;
   int rc = pp_engine_new(&o, &s->engine);

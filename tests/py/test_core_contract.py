@@ -89,7 +89,7 @@ def test_entry_points():
     assert names(_core.Job) == {
         "result", "done", "cancel", "_wait", "_status", "_payload",
         "_failure", "callback", "callbackargs", "_done_callbacks", "_engine",
-        "tid", "_abort", "_info"}
+        "tid", "_abort", "_info", "_output"}
     assert names(_core.Func) == set()
     e = engine()
     assert set(e.stats()) == {"njobs", "time", "queued", "running"}
@@ -272,7 +272,8 @@ def test_public_api_callables_and_signatures():
         "(self, ncpus='autodetect', ppservers=(), secret=None, loglevel=30, "
         "logstream=%r, restart=False, proto=%d, socket_timeout=3600, "
         "max_retries=2, node_timeout=5.0, no_capacity_timeout=None, *, "
-        "max_frame=None, job_timeout=None, job_memory_limit=None)"
+        "max_frame=None, job_timeout=None, job_memory_limit=None, "
+        "output='echo', max_output=1048576)"
         % (sys.stderr, pickle.HIGHEST_PROTOCOL))
     expected = {
         "submit": "(self, func, args=(), depfuncs=(), modules=(), callback=None, "

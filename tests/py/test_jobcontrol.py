@@ -273,3 +273,65 @@ def test_status_and_timing_on_a_node(ppserver):
         assert job.worker_pid is None and job.attempts == 1
         assert job.end_time - job.start_time >= 0.19
         assert job.submit_time <= job.start_time
+
+
+# ---- captured output -------------------------------------------------------
+
+def talk(n):
+    import os
+    import sys
+    print("out", n)
+    sys.stderr.write("err %d\n" % n)
+    os.system("echo hi from a child")
+    return n
+
+
+def print_mib(n):
+    import sys
+    sys.stdout.write("y" * (n << 20))
+
+
+def test_output_captured_local_and_node(ppserver):
+    node = ppserver(workers=1)
+    for s in (pp.Server(1, output="capture"),
+              pp.Server(0, ppservers=(node.addr,), secret=SECRET,
+                        output="capture")):
+        with s:
+            j = s.submit(talk, (7,))
+            assert j() == 7
+            assert j.stdout == "out 7\nhi from a child\n"
+            assert j.stderr == "err 7\n"
+            quiet = s.submit(inc, (1,))
+            assert quiet() == 2 and quiet.stdout == "" and quiet.stderr == ""
+
+
+def test_output_cut_at_max_output():
+    with pp.Server(1, output="capture") as s:
+        j = s.submit(print_mib, (10,))
+        j()
+        assert j.stdout.startswith("y" * 1000)
+        assert len(j.stdout) < (1 << 20) + 100
+        assert "%d more bytes of output dropped" % (9 << 20) in j.stdout
+    with pp.Server(1, output="capture", max_output=1000) as s:
+        j = s.submit(print_mib, (1,))
+        j()
+        assert j.stdout.split("\n")[0] == "y" * 1000
+
+
+def test_output_echoed_when_read(capfd):
+    with pp.Server(1) as s:  # output="echo" is the default
+        j = s.submit(talk, (3,))
+        assert j() == 3
+        j()  # echoed once
+    out, err = capfd.readouterr()
+    assert out.count("out 3\nhi from a child\n") == 1
+    assert err.count("err 3\n") == 1
+
+
+def test_output_inherit_captures_nothing(capfd):
+    with pp.Server(1, output="inherit") as s:
+        j = s.submit(talk, (5,))
+        assert j() == 5
+        assert j.stdout == "" and j.stderr == ""
+    with pytest.raises(ValueError):
+        pp.Server(1, output="loud")
