@@ -197,7 +197,7 @@ static const char usage_text[] =
     "the long option names (`-` or `_`): debug, log_format, autodiscovery, restart,\n"
     "proto, interface, broadcast, port, workers, secret, secret_file, timeout,\n"
     "socket_timeout, pid_file, python, announce_interval, max_frame,\n"
-    "max_clients. Flags take true/false, yes/no, on/off, 1/0.\n"
+    "job_memory_limit, max_clients. Flags take true/false, yes/no, on/off, 1/0.\n"
     "Options given on the command line override the file. Example:\n"
     "    # /etc/ppserver.conf  (chmod 600 if it holds the secret)\n"
     "    port = 35000\n"
