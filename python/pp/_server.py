@@ -496,28 +496,23 @@ class Server:
         """Abort every unfinished job (of group, when given): queued ones
         never run, running ones are stopped as by job.abort(grace); each
         then raises pp.JobAbortedError."""
-        if group is None:
-            gid = -1
-        else:
-            gid = self._groups.get(group)
-            if gid is None:
-                return
-        self._engine.abort_group(gid, float(grace))
+        gid = self._known_group(group)
+        if gid is not None and not self._closed:
+            self._engine.abort_group(gid, float(grace))
+
+    def _known_group(self, group):
+        """The engine's index of group (-1 for None: every group), or None
+        for a group no job was ever submitted to."""
+        return -1 if group is None else self._groups.get(group)
 
     def wait(self, group=None):
         """Wait for all jobs (of group, when given) to finish, callbacks
         included."""
         if threading.current_thread() is self._cbthread:
             raise RuntimeError("wait() cannot be called from a callback")
-        if self._closed:
-            return
-        if group is None:
-            gid = -1
-        else:
-            gid = self._groups.get(group)
-            if gid is None:
-                return
-        self._engine.wait_group(gid)
+        gid = self._known_group(group)
+        if gid is not None and not self._closed:
+            self._engine.wait_group(gid)
 
     def get_ncpus(self):
         """The number of local worker processes."""

@@ -47,15 +47,12 @@ void pp__log(pp_engine *e, int level, const char *fmt, ...) {
   uv_mutex_unlock(&e->mu);
 }
 
-/* group_finished: j no longer counts for its group's wait. Caller holds mu. */
-static void group_finished(pp_engine *e, pp_job *j) {
+void pp__group_finished(pp_engine *e, pp_job *j) {
   if (j->group < e->ngroups && e->group_pending[j->group] > 0)
     e->group_pending[j->group]--;
   if (e->total_pending > 0)
     e->total_pending--;
 }
-
-void pp__group_finished(pp_engine *e, pp_job *j) { group_finished(e, j); }
 
 void pp__complete(pp_engine *e, pp_job *j, int status, uint8_t *result,
                   size_t len, char *errmsg) {
@@ -75,7 +72,7 @@ void pp__complete(pp_engine *e, pp_job *j, int status, uint8_t *result,
     pp_jobq_push_back(&e->evq, j);
     uv_cond_signal(&e->ev_cond);
   } else {
-    group_finished(e, j);
+    pp__group_finished(e, j);
     pp_job_unref(j);
   }
   if (e->waiters > 0)

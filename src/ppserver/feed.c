@@ -276,62 +276,53 @@ static void on_job_complete(void *ctx, pp_job *j) {
  * stays the caller's. A failure closes c. */
 static void send_result(conn *c, ticket *t) {
   pp_job *j = t->job;
-  uint8_t pre[16];
+  uint8_t runtime[8], lens[8], lost[8];
   const char *msg = j->errmsg ? j->errmsg : "";
   uint32_t status;
-  pp_part parts[2] = {{pre, 8}, {msg, 0}};
+  /* u64 runtime, [OUTPUT: u32 lens x2, stdout, stderr], [LOST: i32 exit
+   * status, i32 signal], then the data or message (protocol 7.3) */
+  pp_part parts[6] = {{runtime, 8}, {lens, 0}, {j->out, 0}, {j->err, 0},
+                      {lost, 0}, {msg, strlen(msg)}};
+  pp_put_u64(runtime, j->runtime_ns);
   switch (j->status) {
   case PP_JOB_OK:
   case PP_JOB_EXC:
   case PP_JOB_SERIAL:
     status = (uint32_t)j->status;
-    pp_put_u64(pre, j->runtime_ns);
-    parts[1] = (pp_part){j->result, j->result_len};
+    parts[5] = (pp_part){j->result, j->result_len};
     break;
   case PP_JOB_LOST:
     status = PP_RES_LOST;
-    pp_put_u64(pre, 0);
-    pp_put_u32(pre + 8, (uint32_t)(int32_t)j->exitstatus);
-    pp_put_u32(pre + 12, (uint32_t)(int32_t)j->termsignal);
-    parts[0].len = 16;
-    parts[1].len = strlen(msg);
+    pp_put_u64(runtime, 0);
+    pp_put_u32(lost, (uint32_t)(int32_t)j->exitstatus);
+    pp_put_u32(lost + 4, (uint32_t)(int32_t)j->termsignal);
+    parts[4].len = 8;
     break;
   case PP_JOB_TIMEOUT:
+    status = PP_RES_TIMEOUT;
+    break;
   case PP_JOB_ABORTED:
-    status = j->status == PP_JOB_TIMEOUT ? PP_RES_TIMEOUT : PP_RES_ABORTED;
-    pp_put_u64(pre, j->runtime_ns);
-    parts[1].len = strlen(msg);
+    status = PP_RES_ABORTED;
     break;
   default: /* FAILED, DESTROYED, CANCELLED */
     status = PP_RES_FAILED;
     if (j->errmsg == NULL)
       msg = j->status == PP_JOB_CANCELLED ? "the job was cancelled on the node"
                                           : "the node could not run the job";
-    pp_put_u64(pre, 0);
-    parts[1] = (pp_part){msg, strlen(msg)};
+    pp_put_u64(runtime, 0);
+    parts[5] = (pp_part){msg, strlen(msg)};
     break;
   }
-  if (j->out_len || j->err_len) {
-    /* the job's captured output travels first (protocol 7.3) */
-    uint8_t lens[8];
+  if (j->out_len || j->err_len) { /* the job's captured output */
+    status |= PP_RESF_OUTPUT;
     pp_put_u32(lens, j->out_len);
     pp_put_u32(lens + 4, j->err_len);
-    pp_part all[5] = {parts[0], {lens, 8}, {j->out, j->out_len},
-                      {j->err, j->err_len}, parts[1]};
-    if (status == PP_RES_LOST) { /* LOST keeps its 8 bytes after runtime */
-      all[0].len = 8;
-      all[4] = (pp_part){pre + 8, 8};
-      pp_part lost[6] = {all[0], all[1], all[2], all[3], all[4], parts[1]};
-      ppsrv__conn_send(c, PP_MSG_RESULT, status | PP_RESF_OUTPUT, t->client_id,
-                       t->client_attempt, lost, 6);
-      return;
-    }
-    ppsrv__conn_send(c, PP_MSG_RESULT, status | PP_RESF_OUTPUT, t->client_id,
-                     t->client_attempt, all, 5);
-    return;
+    parts[1].len = 8;
+    parts[2].len = j->out_len;
+    parts[3].len = j->err_len;
   }
   ppsrv__conn_send(c, PP_MSG_RESULT, status, t->client_id, t->client_attempt,
-                   parts, 2);
+                   parts, 6);
 }
 
 /* ppsrv__drain_done (ppsrv_int.h): takes the whole done list under
