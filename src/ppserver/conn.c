@@ -617,6 +617,8 @@ static void conn_close_handle(conn *c) {
   if (c->handle_closing)
     return;
   c->handle_closing = 1;
+  if (c->s->nopen > 0)
+    c->s->nopen--; /* uv_close closes the socket now, the callback comes later */
   uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
 }
 
@@ -628,11 +630,17 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
 }
 
 /* ppsrv__conn_close (ppsrv_int.h): pending writes are flushed first,
- * bounded by PPSRV_CLOSE_GRACE_MS (the sweep closes the socket then). */
+ * bounded by PPSRV_CLOSE_GRACE_MS (the sweep closes the socket then). A
+ * connection still in its handshake with nothing left to write (shed, timed
+ * out, or its peer gone) closes its socket at once: a burst of accepts that
+ * sheds hundreds of them in one loop turn must not hold their descriptors
+ * and slots (ppsrv__on_connection counts open sockets) until the next. */
 void ppsrv__conn_close(conn *c, int level, const char *why) {
   srv *s = c->s;
   if (c->state == C_CLOSING)
     return;
+  int hs_idle = c->state == C_HANDSHAKE &&
+                uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) == 0;
   pp_log(level, "%s %s: %s", c->state == C_READY ? "client" : "connection",
          c->peer, why);
   if (level >= PP_LOG_WARNING)
@@ -650,7 +658,8 @@ void ppsrv__conn_close(conn *c, int level, const char *why) {
   ppsrv__feed_detach(c);
   fm_clear(&c->funcs);
   pp_buf_free(&c->rbuf);
-  if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
+  if (hs_idle ||
+      uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
     conn_close_handle(c);
 }
 
@@ -704,8 +713,8 @@ static int start_reading(conn *c) {
 }
 
 /* ppsrv__on_connection: the listener's callback: accept one client.
- * Beyond --max-clients the connection is closed at once (logged at most
- * once a second). Otherwise it becomes a conn in the handshake state
+ * Beyond --max-clients open sockets the connection is closed at once
+ * (logged at most once a second). Otherwise it becomes a conn in the handshake state
  * (TCP_NODELAY, keepalive), after room was made among the pending
  * handshakes (admit.c), read at once unless its address must wait after
  * failed handshakes (then the sweep starts it). The conn belongs to the
@@ -728,12 +737,13 @@ void ppsrv__on_connection(uv_stream_t *server, int status) {
   uv_tcp_init(&s->loop, &c->tcp);
   c->tcp.data = c;
   pp_buf_init(&c->rbuf);
-  size_t open_before = s->nconns;
+  size_t open_before = s->nopen;
   c->next = s->conns;
   if (s->conns)
     s->conns->prev = c;
   s->conns = c;
   s->nconns++;
+  s->nopen++;
   c->accepted_ms = c->last_rx_ms = c->write_ms = uv_now(&s->loop);
   if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
     c->state = C_CLOSING;

@@ -162,6 +162,8 @@ struct srv {
   ticket *done_head, *done_tail; /* [done_mu] */
   conn *conns;
   size_t nconns, nclients;
+  size_t nopen; /* connections whose socket is still open (nconns counts
+                   closed ones until their close callback) */
   conn *rr_head, *rr_tail;
   size_t in_engine, nworkers;
   size_t nactive;     /* connections with jobs queued or in the engine */

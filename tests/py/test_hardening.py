@@ -219,6 +219,42 @@ def test_flood_that_never_authenticates_keeps_no_client_out(ppserver):
     assert n.running()
 
 
+
+@pytest.mark.watchdog(60)
+def test_burst_of_shed_handshakes_keeps_no_client_out(ppserver):
+    """Regression: 300 connections that never authenticate, queued while the
+    node is stopped, are all accepted in one loop turn when it resumes. Each
+    sheds a pending one; the shed ones used to hold their slot under
+    --max-clients until their close callback, so the real client queued
+    behind them was refused at once (connection reset)."""
+    import signal
+    n = ppserver(nofile=128)  # --max-clients about 92, 46 pending at most
+    n.send_signal(signal.SIGSTOP)
+    socks = []
+    try:
+        for a in range(20):
+            for _ in range(15):
+                socks.append(connect_from("127.0.0.%d" % (10 + a), n.port))
+        box = {}
+
+        def real():
+            try:
+                box["ok"] = serves(n, "127.0.0.1", timeout=15)
+            except Exception as e:  # noqa: BLE001 - reported below
+                box["error"] = e
+        t = threading.Thread(target=real, daemon=True)
+        t.start()
+        time.sleep(0.5)  # connected and sent its HELLO, last in the queue
+        n.send_signal(signal.SIGCONT)
+        t.join(20)
+        assert box.get("ok") is True, box
+    finally:
+        n.send_signal(signal.SIGCONT)
+        for s in socks:
+            s.close()
+    assert n.running()
+
+
 # ---------------------------------------------------------------------------
 # deadlines and per-client bounds
 
