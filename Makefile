@@ -144,6 +144,7 @@ bench: ext $(PPSERVER)
 	PYTHONPATH=$(CURDIR)/python $(PYTHON) bench/bench.py
 	PYTHONPATH=$(CURDIR)/python $(PYTHON) bench/jobcontrol.py
 	$(PYTHON) bench/scale.py
+	$(PYTHON) bench/guess.py
 
 # Offline: no build isolation. setuptools needs the `wheel` package for
 # bdist_wheel; when the interpreter lacks it, Debian's python3-wheel is put on

@@ -207,7 +207,7 @@ int pp__disco_start(pp_engine *e) {
   d->listen = calloc((size_t)e->ndisco, sizeof *d->listen);
   if (d->listen == NULL)
     return PP_ENOMEM;
-  int rc = pp_disco_key(e->secret, e->secret_len, d->key);
+  int rc = pp_disco_key(e->key, sizeof e->key, d->key);
   if (rc != PP_OK) {
     pp__log(e, PP_LOG_ERROR, "discovery: cannot derive the key: %s",
             pp_strerror(rc));

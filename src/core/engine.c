@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <openssl/crypto.h>
 #include <string.h>
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -189,6 +190,36 @@ static void on_async(uv_async_t *a) {
   pp__want_dispatch(e);
 }
 
+/* stretch_work: libuv's pool thread: stretch the raw secret (stretch.h) into
+ * e->key. Touches only e->secret (read, nobody else does until
+ * stretch_done) and e->key/e->stretch_rc (written). */
+static void stretch_work(uv_work_t *req) {
+  pp_engine *e = req->data;
+  e->stretch_rc = pp_secret_stretch(e->secret, e->secret_len, e->key);
+}
+
+/* stretch_done: engine thread: the key is there (or could not be made):
+ * forget the raw secret, then start discovery and let the tick connect the
+ * nodes. Local workers were served meanwhile. */
+static void stretch_done(uv_work_t *req, int status) {
+  pp_engine *e = req->data;
+  OPENSSL_cleanse(e->secret, e->secret_len);
+  free(e->secret);
+  e->secret = NULL;
+  if (status != 0 || e->stretch_rc != PP_OK) {
+    pp__log(e, PP_LOG_ERROR, "cannot derive keys from the secret (%s): no"
+            " node will be used", pp_strerror(status != 0 ? pp_err_from_uv(status)
+                                                          : e->stretch_rc));
+    return;
+  }
+  e->key_ready = 1;
+  if (e->stopping)
+    return;
+  if (e->ndisco > 0)
+    pp__disco_start(e);
+  pp__want_dispatch(e);
+}
+
 static void engine_main(void *arg) {
   pp_engine *e = arg;
   sigset_t all;
@@ -199,8 +230,15 @@ static void engine_main(void *arg) {
   pthread_sigmask(SIG_BLOCK, &all, NULL);
   uv_timer_start(&e->tick, on_tick, 0, TICK_MS);
   uv_prepare_start(&e->dispatcher, on_dispatcher);
-  if (e->ndisco > 0)
-    pp__disco_start(e);
+  if (e->secret != NULL) {
+    e->stretch_req.data = e;
+    int rc = uv_queue_work(&e->loop, &e->stretch_req, stretch_work,
+                           stretch_done);
+    if (rc != 0) {
+      e->stretch_rc = pp_err_from_uv(rc);
+      stretch_done(&e->stretch_req, 0);
+    }
+  }
   pp__want_dispatch(e);
   uv_run(&e->loop, UV_RUN_DEFAULT);
   uv_mutex_lock(&e->mu);
@@ -215,8 +253,9 @@ static void engine_main(void *arg) {
 static void engine_free_config(pp_engine *e) {
   pp__disco_free(e);
   pp__nodes_free(e);
+  OPENSSL_cleanse(e->key, sizeof e->key);
   if (e->secret != NULL) {
-    memset(e->secret, 0, e->secret_len);
+    OPENSSL_cleanse(e->secret, e->secret_len);
     free(e->secret);
   }
   free(e->disco_ports);

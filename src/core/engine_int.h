@@ -17,6 +17,7 @@
 #include "engine.h"
 #include "keyset.h"
 #include "peer.h"
+#include "stretch.h"
 
 #include <uv.h>
 
@@ -40,8 +41,15 @@ struct pp_engine {
   int restart, max_retries, queue_logs;
   void (*on_complete)(void *ctx, pp_job *j);
   void *on_complete_ctx;
-  uint8_t *secret;
+  uint8_t *secret; /* the raw secret until it is stretched, then NULL */
   size_t secret_len;
+  /* the stretched secret (stretch.h), computed on libuv's thread pool when
+   * the engine starts; nodes connect and discovery listens only once
+   * key_ready (engine thread) */
+  uint8_t key[PP_STRETCH_LEN];
+  int key_ready;
+  uv_work_t stretch_req;
+  int stretch_rc; /* [written by the pool thread before stretch_done] */
   uint64_t node_timeout_ns, no_capacity_ns;
   uint32_t max_frame;
   int capture_output;

@@ -473,7 +473,7 @@ static void on_connect(uv_connect_t *req, int status) {
   pp_buf out;
   pp_buf_init(&out);
   if (n->auth == NULL ||
-      pp_auth_init(n->auth, PP_AUTH_CLIENT, e->secret, e->secret_len) != PP_OK ||
+      pp_auth_init(n->auth, PP_AUTH_CLIENT, e->key, sizeof e->key) != PP_OK ||
       pp_auth_start(n->auth, &out) != PP_OK) {
     pp_buf_free(&out);
     node_down(n, "cannot start the handshake");
@@ -581,6 +581,8 @@ static void note_tx_progress(pp__node *n, uint64_t now) {
 }
 
 void pp__nodes_tick(pp_engine *e, uint64_t now) {
+  if (!e->key_ready)
+    return; /* no node can be connected before the secret is stretched */
   for (pp__node *n = e->nodes; n; n = n->next) {
     switch (n->state) {
     case NODE_IDLE:

@@ -243,6 +243,7 @@ static int open_udp(ppsrv_announcer *a, uv_loop_t *loop, struct in_addr ip,
 }
 
 ppsrv_announcer *ppsrv_announce_start(uv_loop_t *loop, const ppsrv_config *cfg,
+                                      const uint8_t *key, size_t key_len,
                                       const struct sockaddr *listen_addr,
                                       int tcp_port) {
   ppsrv_announcer *a = calloc(1, sizeof *a);
@@ -253,7 +254,7 @@ ppsrv_announcer *ppsrv_announce_start(uv_loop_t *loop, const ppsrv_config *cfg,
     return NULL;
   }
   a->cfg = cfg;
-  if (pp_disco_key(cfg->secret, cfg->secret_len, a->key) != PP_OK) {
+  if (pp_disco_key(key, key_len, a->key) != PP_OK) {
     pp_log(PP_LOG_ERROR, "discovery: cannot derive the key");
     free(a);
     return NULL;

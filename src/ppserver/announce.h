@@ -15,9 +15,12 @@ typedef struct ppsrv_announcer ppsrv_announcer;
  * programs of this host that listen there), announce now and every
  * cfg->announce_ms, answer queries. listen_addr is the bound TCP address:
  * a specific IPv4 address is put in the announcements (else clients use the
- * datagram's source address). Returns the announcer, or NULL after logging
- * why (the server then runs without announcing). Main thread. */
+ * datagram's source address). Datagrams are signed with the discovery key
+ * derived from `key` (the stretched secret, borrowed). Returns the
+ * announcer, or NULL after logging why (the server then runs without
+ * announcing). Main thread. */
 ppsrv_announcer *ppsrv_announce_start(uv_loop_t *loop, const ppsrv_config *cfg,
+                                      const uint8_t *key, size_t key_len,
                                       const struct sockaddr *listen_addr,
                                       int tcp_port);
 

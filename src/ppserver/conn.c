@@ -775,8 +775,8 @@ void ppsrv__on_connection(uv_stream_t *server, int status) {
     adm->pending++;
   uv_tcp_nodelay(&c->tcp, 1);
   uv_tcp_keepalive(&c->tcp, 1, 60);
-  if (pp_auth_init(&c->auth, PP_AUTH_SERVER, s->cfg->secret,
-                   s->cfg->secret_len) != PP_OK) {
+  if (pp_auth_init(&c->auth, PP_AUTH_SERVER, s->key, sizeof s->key) !=
+      PP_OK) {
     ppsrv__conn_close(c, PP_LOG_ERROR, "cannot set up the connection");
     return;
   }

@@ -43,6 +43,7 @@
 #include "job.h"
 #include "pp_common.h"
 #include "server.h"
+#include "stretch.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -171,6 +172,7 @@ struct srv {
   conn *flush_head;
   uint64_t hs_timeout_ms, idle_timeout_ms;
   uint64_t started_ms;
+  uint8_t key[PP_STRETCH_LEN]; /* the secret, stretched (stretch.h) */
   uint64_t accepted, auth_ok, auth_failed, dropped, jobs_done;
   uint64_t refused, shed;  /* over --max-clients; pending handshakes shed */
   size_t max_clients;      /* connections open at once (--max-clients) */

@@ -299,6 +299,11 @@ int ppsrv_run(const ppsrv_config *cfg) {
   uv_signal_init(&s->loop, &s->sig_usr1);
   s->sig_term.data = s->sig_int.data = s->sig_usr1.data = s;
 
+  /* before listening: a client that can connect can be authenticated */
+  if (pp_secret_stretch(cfg->secret, cfg->secret_len, s->key) != PP_OK) {
+    pp_log(PP_LOG_ERROR, "cannot derive keys from the secret");
+    goto stop;
+  }
   if (start_listening(s) != 0)
     goto stop;
   if (ppsrv__start_engine(s) != 0)
@@ -310,7 +315,8 @@ int ppsrv_run(const ppsrv_config *cfg) {
                    ? ntohs(((struct sockaddr_in *)&s->bound)->sin_port)
                    : ntohs(((struct sockaddr_in6 *)&s->bound)->sin6_port);
     s->announcer =
-        ppsrv_announce_start(&s->loop, cfg, (struct sockaddr *)&s->bound, port);
+        ppsrv_announce_start(&s->loop, cfg, s->key, sizeof s->key,
+                             (struct sockaddr *)&s->bound, port);
   }
   uv_signal_start(&s->sig_term, on_signal, SIGTERM);
   uv_signal_start(&s->sig_int, on_signal, SIGINT);

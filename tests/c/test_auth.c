@@ -9,6 +9,7 @@
 #include "buf.h"
 #include "frame.h"
 #include "pp_common.h"
+#include "stretch.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -947,7 +948,33 @@ static void test_seq_exhausted(void) {
   pp_buf_free(&w);
 }
 
+/* the stretched secret: scrypt with pp's parameters (known answer computed
+ * with Python's hashlib.scrypt), cached per process, length errors */
+static void test_stretch(void) {
+  static const uint8_t want[PP_STRETCH_LEN] = {
+      0x2a, 0xbe, 0x35, 0x13, 0xae, 0xfd, 0x61, 0x1a, 0x74, 0x02, 0xbf,
+      0x9c, 0x23, 0x3b, 0xfe, 0x8b, 0xcf, 0x63, 0xa3, 0x1b, 0x73, 0x0a,
+      0xbf, 0xb6, 0x62, 0x61, 0x9f, 0xf6, 0x93, 0x6d, 0x14, 0xcb};
+  uint8_t a[PP_STRETCH_LEN], b[PP_STRETCH_LEN], c[PP_STRETCH_LEN];
+  CHECK(pp_secret_stretch((const uint8_t *)"sunshine42", 10, a) == PP_OK);
+  CHECK(memcmp(a, want, sizeof want) == 0);
+  CHECK(pp_secret_stretch((const uint8_t *)"sunshine43", 10, b) == PP_OK);
+  CHECK(memcmp(a, b, sizeof a) != 0);
+  /* the cache holds the last one: the first again is recomputed, right */
+  CHECK(pp_secret_stretch((const uint8_t *)"sunshine42", 10, c) == PP_OK);
+  CHECK(memcmp(c, want, sizeof want) == 0);
+  CHECK(pp_secret_stretch((const uint8_t *)"sunshine42", 10, c) == PP_OK);
+  CHECK(memcmp(c, want, sizeof want) == 0);
+  CHECK(pp_secret_stretch((const uint8_t *)"x", 0, c) == PP_EINVAL);
+  CHECK(pp_secret_stretch(NULL, 3, c) == PP_EINVAL);
+  uint8_t *big = calloc(1, PP_SECRET_MAX + 1);
+  CHECK(big != NULL && pp_secret_stretch(big, PP_SECRET_MAX + 1, c) == PP_EINVAL);
+  CHECK(big != NULL && pp_secret_stretch(big, PP_SECRET_MAX, c) == PP_OK);
+  free(big);
+}
+
 int main(void) {
+  test_stretch();
   test_handshake_ok();
   test_handshake_stream();
   test_wrong_secret();

@@ -14,6 +14,7 @@
 #include "engine.h"
 #include "frame.h"
 #include "pp_common.h"
+#include "stretch.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -107,8 +108,12 @@ int main(void) {
   uint16_t udp_port, tcp_port, tcp2_port, probe_port;
   char name[64], name2[64], configured[64];
   pp_log_set(quiet, NULL);
-  CHECK(pp_disco_key(SECRET, sizeof SECRET - 1, key) == PP_OK);
-  CHECK(pp_disco_key((const uint8_t *)"x", 1, other) == PP_OK);
+  /* the engine signs and checks with keys of the stretched secret */
+  uint8_t s_key[PP_STRETCH_LEN], s_other[PP_STRETCH_LEN];
+  CHECK(pp_secret_stretch(SECRET, sizeof SECRET - 1, s_key) == PP_OK);
+  CHECK(pp_secret_stretch((const uint8_t *)"x", 1, s_other) == PP_OK);
+  CHECK(pp_disco_key(s_key, sizeof s_key, key) == PP_OK);
+  CHECK(pp_disco_key(s_other, sizeof s_other, other) == PP_OK);
 
   int probe = bound_socket(SOCK_DGRAM, &probe_port); /* a free UDP port */
   close(probe);

@@ -64,9 +64,23 @@ def hkdf_expand(prk, info, length=32):
     return out[:length]
 
 
+_stretched = {}
+
+
+def stretch(secret):
+    """S = scrypt(secret, "pp-secret-v1", N=2^14, r=8, p=1, 32 bytes): what
+    every key is derived from (docs/protocol.md 6.1); cached."""
+    if isinstance(secret, str):
+        secret = secret.encode()
+    if secret not in _stretched:
+        _stretched[secret] = hashlib.scrypt(secret, salt=b"pp-secret-v1", n=1 << 14,
+                                            r=8, p=1, maxmem=64 << 20, dklen=32)
+    return _stretched[secret]
+
+
 def derive(secret, nonce_c, nonce_s):
     """The per-connection keys: (K_cp, K_sp, K_c2s, K_s2c)."""
-    k0 = hkdf_extract(b"pp-auth-v1", secret)
+    k0 = hkdf_extract(b"pp-auth-v1", stretch(secret))
     prk = hkdf_extract(nonce_c + nonce_s, k0)
     return tuple(hkdf_expand(prk, info) for info in (
         b"pp-auth-v1 client proof", b"pp-auth-v1 server proof",
@@ -307,7 +321,7 @@ DISCO_QUERY = 2
 def disco_key(secret):
     if isinstance(secret, str):
         secret = secret.encode()
-    return hkdf_expand(hkdf_extract(b"pp-auth-v1", secret), b"pp-discovery-v1")
+    return hkdf_expand(hkdf_extract(b"pp-auth-v1", stretch(secret)), b"pp-discovery-v1")
 
 
 def disco_datagram(secret, kind, port=0, addr="0.0.0.0", interval_ms=0,

@@ -10,8 +10,10 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -166,6 +168,91 @@ def test_forged_announcement_costs_one_failed_connect(client):
         return buf.getvalue().count("cannot use node %s" % name)
     n = settled(tries, quiet=1.0, timeout=10)
     assert holds(lambda: tries() == n, 1.5), buf.getvalue()
+
+
+
+class FakeNode:
+    """An attacker's listener on 127.0.0.9: it records every byte a client
+    sends, answers a plain HELLO with a CHALLENGE of its own (it cannot do
+    more without the secret), and closes a connection 2 s after its last
+    byte."""
+
+    def __init__(self):
+        self.lst = socket.socket()
+        self.lst.bind(("127.0.0.9", 0))
+        self.lst.listen(8)
+        self.lst.settimeout(0.2)
+        self.port = self.lst.getsockname()[1]
+        self.conns = []  # bytes received, per connection
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        deadline = time.monotonic() + 60
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                c, _ = self.lst.accept()
+            except OSError:
+                continue
+            got = bytearray()
+            self.conns.append(got)
+            c.settimeout(2)
+            answered = False
+            try:
+                while time.monotonic() < deadline:
+                    b = c.recv(65536)
+                    if not b:
+                        break
+                    got += b
+                    if not answered and len(got) >= ppwire.HDR_LEN + 36 and \
+                            ppwire.HDR.unpack(bytes(got[:ppwire.HDR_LEN]))[2] == ppwire.AUTH_HELLO:
+                        c.sendall(ppwire.frame(ppwire.AUTH_CHALLENGE,
+                                               struct.pack("<I", 1) + os.urandom(32)))
+                        answered = True
+            except OSError:
+                pass
+            c.close()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(10)
+        self.lst.close()
+
+
+def test_relayed_announcement_costs_one_failed_connect(client):
+    """A node's announcement relayed from the attacker's own address (its
+    address field is empty, so the client connects to the source; on one
+    host every local source counts as 127.0.0.1, so the datagram names the
+    attacker's address in its field, which has the same effect): the
+    client connects there, the attacker learns a handshake proof at most
+    (whose offline check costs a scrypt run per guess, docs/protocol.md 6.1)
+    and never a byte of a job; the client logs the failed connect and runs
+    its jobs on its own workers."""
+    s, buf, a = client(ncpus=1)
+    fake = FakeNode()
+    try:
+        d = ppwire.disco_datagram(SECRET, ppwire.DISCO_ANNOUNCE, port=fake.port,
+                                  addr="127.0.0.9", interval_ms=200)
+        relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        relay.bind(("127.0.0.9", 0))
+        name = "127.0.0.9:%d" % fake.port
+        try:
+            wait_for(lambda: "cannot use node %s" % name in buf.getvalue(), 20,
+                     every=lambda: relay.sendto(d, ("127.0.0.1", a.port)),
+                     interval=0.2, what=buf.getvalue)
+        finally:
+            relay.close()
+        jobs = [s.submit(square, (i,)) for i in range(20)]
+        assert [j() for j in jobs] == [i * i for i in range(20)]
+        assert s.get_stats()[name].njobs == 0
+        assert name not in s.get_active_nodes()
+    finally:
+        fake.close()
+    assert fake.conns, "the client never connected to the relayed address"
+    for got in fake.conns:
+        assert len(got) < 4096, len(got)  # a handshake, nothing more
+        assert b"square" not in got
 
 
 def test_node_announced_later_is_used_mid_run(client, node):
