@@ -263,13 +263,17 @@ class Server:
                  proto=pickle.HIGHEST_PROTOCOL, socket_timeout=3600,
                  max_retries=2, node_timeout=5.0, no_capacity_timeout=None,
                  *, max_frame=None, job_timeout=None, job_memory_limit=None,
-                 output="echo", max_output=1 << 20):
+                 output="echo", max_output=1 << 20,
+                 max_node_workers=_core.MAX_NODE_WORKERS):
         self._closed = True
         if output not in ("echo", "capture", "inherit"):
             raise ValueError('output must be "echo", "capture" or "inherit"')
         if isinstance(max_output, bool) or not isinstance(max_output, int) \
                 or not 0 < max_output < 1 << 31:
             raise ValueError("max_output must be a positive number of bytes")
+        if isinstance(max_node_workers, bool) or not isinstance(max_node_workers, int) \
+                or not 0 < max_node_workers <= 65536:
+            raise ValueError("max_node_workers must be an int in 1..65536")
         self._output = output
         self._job_timeout = _check_limit("job_timeout", job_timeout, float)
         self._job_memory_limit = _check_limit("job_memory_limit",
@@ -322,7 +326,8 @@ class Server:
             no_capacity_timeout=float(no_capacity_timeout or 0),
             discover=ports or None, max_frame=max_frame or 0,
             capture_output=output != "inherit", max_output=max_output,
-            echo=_echo if output == "echo" else None)
+            echo=_echo if output == "echo" else None,
+            max_node_workers=max_node_workers)
         self.ppservers = tuple(nodes) + tuple(
             "*" if p == Server.default_port else "*:%d" % p for p in ports)
         self._ncpus = ncpus

@@ -286,6 +286,10 @@ int pp_engine_new(const pp_engine_opts *o, pp_engine **out) {
   e->max_frame = o->max_frame ? o->max_frame : PP_FRAME_MAX_DEFAULT;
   e->capture_output = o->capture_output;
   e->max_output = o->max_output ? o->max_output : (1u << 20);
+  e->max_node_workers = o->max_node_workers ? o->max_node_workers
+                                             : PP_MAX_NODE_WORKERS_DEFAULT;
+  if (e->max_node_workers > 65536)
+    e->max_node_workers = 65536;
   e->node_timeout_ns =
       (uint64_t)(o->node_timeout_ms ? o->node_timeout_ms : 5000) * 1000000u;
   e->no_capacity_ns = (uint64_t)o->no_capacity_ms * 1000000u;

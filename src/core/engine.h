@@ -37,6 +37,8 @@ typedef struct pp_engine_opts {
   const uint8_t *secret;
   size_t secret_len;
   uint32_t node_timeout_ms;  /* silence after which a node is dead; 0 = 5 s */
+  uint32_t max_node_workers; /* a node's announced worker count is capped
+                                at this; 0 = PP_MAX_NODE_WORKERS_DEFAULT */
   uint32_t no_capacity_ms;   /* fail queued jobs after this long with no
                                 worker and no node; 0 = never */
   /* Auto-discovery: listen for signed ppserver announcements on these UDP

@@ -51,6 +51,7 @@ struct pp_engine {
   uv_work_t stretch_req;
   int stretch_rc; /* [written by the pool thread before stretch_done] */
   uint64_t node_timeout_ns, no_capacity_ns;
+  uint32_t max_node_workers; /* cap on a node's announced workers */
   uint32_t max_frame;
   int capture_output;
   uint32_t max_output;

@@ -20,6 +20,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Reconnect backoff: from BACKOFF_MIN_MS, doubling after every attempt
+ * that does not end in a healthy connection, up to the larger of
+ * BACKOFF_MAX_MS and twice the node timeout. Healthy (backoff reset): the
+ * node returned a result, or served without a protocol error for a node
+ * timeout; a node that answers every connection with a protocol error
+ * (even after its HELLO) is therefore tried ever more rarely. */
 #define BACKOFF_MIN_MS 250
 #define BACKOFF_MAX_MS 10000
 
@@ -54,6 +60,10 @@ struct pp__node {
   size_t last_backlog;   /* ours not yet acknowledged, at the last tick */
   unsigned backoff_ms;
   int ever_ready;
+  uint64_t ready_since_ns; /* NODE_READY since */
+  int fault;             /* the connection broke the protocol */
+  int faulted;           /* the last connection ended with a fault: an
+                            announcement does not cut its backoff short */
   /* auto-discovery (discover.c); all 0 for configured nodes */
   int discovered;        /* the record was made from an announcement */
   int dormant;           /* stopped announcing while not connected: no
@@ -263,11 +273,14 @@ static void set_connected(pp__node *n, int connected, int nworkers) {
 
 /* schedule_retry: back to IDLE; the tick reconnects after the backoff. */
 static void schedule_retry(pp__node *n) {
+  uint64_t max_ms = 2 * (n->peer.e->node_timeout_ns / 1000000u);
+  if (max_ms < BACKOFF_MAX_MS)
+    max_ms = BACKOFF_MAX_MS;
   n->state = NODE_IDLE;
   n->state_since_ns = pp_now_ns();
   n->next_attempt_ns = n->state_since_ns + (uint64_t)n->backoff_ms * 1000000u;
-  n->backoff_ms = n->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS
-                                                     : n->backoff_ms * 2;
+  n->backoff_ms = (uint64_t)n->backoff_ms * 2 > max_ms ? (unsigned)max_ms
+                                                       : n->backoff_ms * 2;
 }
 
 /* on_tcp_closed: the handle's memory is ours again. */
@@ -286,6 +299,12 @@ static void node_down(pp__node *n, const char *why) {
   int was_ready = n->state == NODE_READY;
   if (n->state == NODE_IDLE || n->state == NODE_CLOSING)
     return;
+  if (was_ready && !n->fault &&
+      (n->peer.nreturned > 0 ||
+       pp_now_ns() - n->ready_since_ns >= e->node_timeout_ns))
+    n->backoff_ms = BACKOFF_MIN_MS; /* it was a healthy connection */
+  n->faulted = n->fault;
+  n->fault = 0;
   if (was_ready)
     pp__log(e, PP_LOG_WARNING,
             "lost node %s (%s); its %zu jobs go to other workers",
@@ -335,16 +354,23 @@ static int session_frames(pp__node *n) {
       if (h.length < 8 || n->state != NODE_AUTHED)
         return PP_EPROTO;
       {
+        pp_engine *e = n->peer.e;
         uint32_t nw = pp_get_u32(p + 4);
         if (nw == 0 || nw > 65536)
           return PP_EPROTO;
+        if (nw > e->max_node_workers) {
+          pp__log(e, PP_LOG_WARNING,
+                  "node %s announces %u workers; using %u (max_node_workers)",
+                  n->st.name, nw, e->max_node_workers);
+          nw = e->max_node_workers;
+        }
         n->state = NODE_READY;
         n->peer.slots = (int)nw;
-        n->last_tx_ns = pp_now_ns();
+        n->peer.nreturned = 0; /* its in-flight window starts again */
+        n->last_tx_ns = n->ready_since_ns = pp_now_ns();
         n->ever_ready = 1;
-        n->backoff_ms = BACKOFF_MIN_MS;
         set_connected(n, 1, (int)nw);
-        pp__log(n->peer.e, PP_LOG_INFO, "connected to node %s (%u workers)",
+        pp__log(e, PP_LOG_INFO, "connected to node %s (%u workers)",
                 n->st.name, nw);
         pp__want_dispatch(n->peer.e);
       }
@@ -441,6 +467,7 @@ static void on_node_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     rc = session_frames(n);
   if (rc < 0) {
     char why[128];
+    n->fault = rc != PP_ECLOSED;
     if (rc == PP_EAUTH)
       snprintf(why, sizeof why,
                "authentication failed (is the secret the same on both sides?)");
@@ -663,7 +690,7 @@ void pp__node_discovered(pp_engine *e, const char *ip, unsigned port,
       pp__log(e, PP_LOG_INFO, "node %s announces itself again", n->st.name);
     }
     /* it says it is there: try now rather than at the end of a backoff */
-    if (n->state == NODE_IDLE && !n->gai_busy)
+    if (n->state == NODE_IDLE && !n->gai_busy && !n->faulted)
       n->next_attempt_ns = now;
     return;
   }

@@ -66,6 +66,9 @@ int pp__peer_can_take(const pp__peer *p) {
     return 0;
   if (p->restart)
     return p->ndispatched == 0;
+  if (p->tier == PP__PEER_REMOTE &&
+      p->inflight.len >= PP__REMOTE_START_WINDOW + p->nreturned)
+    return 0;
   uint64_t slots = (uint64_t)p->slots;
   if (p->inflight.len < slots)
     return 1;
@@ -144,12 +147,14 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
     return PP_EPROTO;
   pp_job *j = find_inflight(peer, h->id, h->attempt);
   if (j == NULL) {
-    if (peer->strict)
-      return PP_EPROTO;
-    /* a late answer to an attempt we gave up on: drop it */
-    pp__log(e, PP_LOG_DEBUG, "%s: dropped result for job %llu/%u",
-            peer->name, (unsigned long long)h->id, h->attempt);
-    return PP_OK;
+    /* every job sent on a connection stays in flight on it until its
+     * result: an unknown (id, attempt) is not late, it is made up */
+    if (!peer->strict)
+      pp__log(e, PP_LOG_WARNING,
+              "%s sent a result for job %llu attempt %u, which it does not"
+              " hold: closing the connection", peer->name,
+              (unsigned long long)h->id, h->attempt);
+    return PP_EPROTO;
   }
   size_t len = h->length - 8;
   const uint8_t *data = payload + 8;
@@ -233,6 +238,7 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
   uv_mutex_lock(&e->mu);
   pp_jobq_remove(&peer->inflight, j);
   peer->inflight_est_ns -= j->est_ns;
+  peer->nreturned++;
   j->exitstatus = exitstatus;
   j->termsignal = termsignal;
   j->end_ns = pp_now_ns();

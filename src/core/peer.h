@@ -30,6 +30,10 @@ typedef struct pp__peer pp__peer;
 #define PP__PIPE_MAX_JOBS 256            /* jobs in flight per slot */
 #define PP__PIPE_BUDGET_NS 2000000ull    /* estimated work per slot */
 #define PP__KEYSET_MAX 4096              /* functions cached per peer */
+/* A remote peer starts with at most this many jobs in flight and may hold
+ * one more for every result it returned on the connection (slow start):
+ * a node cannot take more work than it has shown it does. */
+#define PP__REMOTE_START_WINDOW 16
 
 enum pp__peer_tier { PP__PEER_LOCAL = 0, PP__PEER_REMOTE = 1 };
 
@@ -75,11 +79,13 @@ struct pp__peer {
   pp_jobq inflight;         /* dispatched, no result yet, in dispatch order */
   uint64_t inflight_est_ns; /* sum of their estimates */
   uint64_t ndispatched;     /* jobs ever handed to this peer */
+  uint64_t nreturned;       /* results it returned (for a node: on the
+                               current connection; node.c resets it) */
   pp_keyset known;          /* function keys the other side has */
   pp_buf rbuf;              /* bytes read, not yet framed */
-  int strict;               /* results come back in order (a local pipe): an
-                               unknown (id, attempt) is a protocol error
-                               instead of a late answer to drop */
+  int strict;               /* a local worker: it never reports LOST,
+                               FAILED or TIMEOUT itself (a node's engine
+                               may); those are protocol errors */
   struct pp__peer *pnext;   /* the engine's peer list (engine_int.h) */
 };
 
@@ -98,7 +104,9 @@ void pp__peer_link(pp__peer *p);
 void pp__peer_unlink(pp__peer *p);
 
 /* pp__peer_can_take: whether p may be given one more job now: its
- * transport is ready and the pipelining rule allows it. Pure. */
+ * transport is ready, the pipelining rule allows it and, for a remote
+ * peer, fewer than PP__REMOTE_START_WINDOW + nreturned jobs are in flight
+ * on it. Pure. */
 int pp__peer_can_take(const pp__peer *p);
 
 /* pp__peer_assign: put j (already RUNNING, attempt counted) at the end of
@@ -122,10 +130,11 @@ typedef struct pp__credit {
 } pp__credit;
 
 /* pp__peer_result: a RESULT frame (header h, payload of h->length bytes)
- * arrived from peer: complete its job and credit `c`. Returns 0 (a late
- * result that was dropped), 1 if a job completed, or PP_EPROTO /
- * PP_ENOMEM (the transport drops the peer). Takes and releases the engine
- * mutex. */
+ * arrived from peer: complete its job and credit `c`. Returns 1 (the job
+ * completed, or went back to the queue for a retry), or PP_EPROTO (also
+ * for an (id, attempt) not in flight on the peer: logged, as every job
+ * sent stays in flight until its result) / PP_ENOMEM (the transport drops
+ * the peer). Takes and releases the engine mutex. */
 int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
                     const uint8_t *payload, const pp__credit *c);
 

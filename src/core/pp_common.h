@@ -63,6 +63,8 @@ int pp_err_from_uv(int uvrc);
  * Python as pp._core.DEFAULT_PORT and pp._core.SECRET_MAX; ppserver uses
  * them for its defaults and checks). */
 #define PP_DEFAULT_PORT 60000 /* ppserver's TCP port, and discovery's UDP port */
+#define PP_MAX_NODE_WORKERS_DEFAULT 256u /* workers a client believes a
+                                                node announces, at most */
 #define PP_SECRET_MAX 4096u   /* longest shared secret, in bytes */
 
 /* Log levels, numerically equal to Python's logging levels so the extension

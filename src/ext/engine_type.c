@@ -141,7 +141,7 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
                            "nodes",    "secret",       "node_timeout",
                            "no_capacity_timeout",      "discover",
                            "max_frame", "capture_output", "max_output",
-                           "echo", NULL};
+                           "echo", "max_node_workers", NULL};
   PyObject *argv, *env = Py_None, *jt = NULL, *nodes = Py_None;
   PyObject *discover = Py_None;
   uint16_t ports[MAX_DISCOVER_PORTS];
@@ -151,6 +151,7 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
   Py_ssize_t max_frame = 0, max_output = 0;
   int capture = 0;
   PyObject *echo = Py_None;
+  Py_ssize_t max_node_workers = 0;
   if (self->e != NULL) {
     PyErr_SetString(PyExc_RuntimeError, "Engine already initialised");
     return -1;
@@ -158,11 +159,12 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
   self->st = ppx_state_of_type(Py_TYPE(self));
   if (self->st == NULL)
     return -1;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OipiOOz*ddOnpnO", kwlist,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OipiOOz*ddOnpnOn", kwlist,
                                    &argv, &env, &nworkers, &restart,
                                    &max_retries, &jt, &nodes, &secret,
                                    &node_timeout, &no_capacity, &discover,
-                                   &max_frame, &capture, &max_output, &echo))
+                                   &max_frame, &capture, &max_output, &echo,
+                                   &max_node_workers))
     return -1;
   int rc = -1;
   int nports = parse_ports(discover, ports);
@@ -190,6 +192,11 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
     PyErr_SetString(PyExc_ValueError, "max_output must be 0 .. 2**31-1 bytes");
     goto out;
   }
+  if (max_node_workers < 0 || max_node_workers > 65536) {
+    PyErr_SetString(PyExc_ValueError,
+                    "max_node_workers must be 1 .. 65536 (0: the default)");
+    goto out;
+  }
   if (echo != Py_None && !PyCallable_Check(echo)) {
     PyErr_SetString(PyExc_TypeError, "echo must be callable or None");
     goto out;
@@ -211,6 +218,7 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
       .secret_len = (size_t)secret.len,
       .node_timeout_ms = (uint32_t)(node_timeout * 1000),
       .no_capacity_ms = (uint32_t)(no_capacity * 1000),
+      .max_node_workers = (uint32_t)max_node_workers,
       .discover_ports = ports,
       .ndiscover = nports,
   };

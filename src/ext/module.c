@@ -239,6 +239,7 @@ static int module_exec(PyObject *m) {
       {"STATE_DONE", PP_JOB_DONE},
       {"DEFAULT_PORT", PP_DEFAULT_PORT},
       {"SECRET_MAX", (long)PP_SECRET_MAX},
+      {"MAX_NODE_WORKERS", (long)PP_MAX_NODE_WORKERS_DEFAULT},
       {"FRAME_MAX", (long)PP_FRAME_MAX_DEFAULT},
   };
   for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)

@@ -347,3 +347,77 @@ def disco_parse(secret, data):
     if magic != b"ppDI" or version != 1:
         return None
     return kind, port, socket.inet_ntoa(addr), interval, nworkers, t
+
+
+# ---------------------------------------------------------------------------
+# the node's side, for tests of clients facing a node that knows the secret
+# but misbehaves
+
+class NodeConn:
+    """The node's end of one accepted connection: NodeConn(sock, secret)
+    runs the handshake in the node role (it proves itself after the
+    client, docs/protocol.md 6.2) and then speaks sealed frames."""
+
+    def __init__(self, sock, secret, timeout=10.0):
+        if isinstance(secret, str):
+            secret = secret.encode()
+        self.sock, self.secret, self.timeout = sock, secret, timeout
+        self.rbuf = b""
+        self.send_seq = self.recv_seq = 0
+        sock.settimeout(timeout)
+        hello = self._read_exact(HDR_LEN + 36)
+        if HDR.unpack(hello[:HDR_LEN])[2] != AUTH_HELLO:
+            raise ProtocolError("expected an AUTH HELLO")
+        nonce_c = hello[HDR_LEN + 4:]
+        challenge = frame(AUTH_CHALLENGE, struct.pack("<I", 1) + os.urandom(32))
+        sock.sendall(challenge)
+        nonce_s = challenge[HDR_LEN + 4:]
+        k_cp, k_sp, self.k_c2s, self.k_s2c = derive(secret, nonce_c, nonce_s)
+        transcript = hello + challenge
+        proof = self._read_exact(HDR_LEN + 32)[HDR_LEN:]
+        want = hmac.new(k_cp, b"client" + transcript, hashlib.sha256).digest()
+        if not hmac.compare_digest(proof, want):
+            raise AuthError("client did not prove the secret")
+        sock.sendall(frame(AUTH_PROOF, hmac.new(k_sp, b"server" + transcript + proof,
+                                                hashlib.sha256).digest()))
+
+    def _read_exact(self, n):
+        while len(self.rbuf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise Closed("client closed the connection")
+            self.rbuf += chunk
+        out, self.rbuf = self.rbuf[:n], self.rbuf[n:]
+        return out
+
+    def send(self, ftype, payload=b"", flags=0, attempt=0, fid=0):
+        hdr = header(ftype, len(payload), flags, attempt, fid)
+        m = mac(self.k_s2c, self.send_seq, hdr, payload)
+        self.send_seq += 1
+        self.sock.sendall(hdr + payload + m)
+
+    def recv(self):
+        """One sealed frame from the client: (type, flags, attempt, id, payload)."""
+        hdr = self._read_exact(HDR_LEN)
+        magic, version, ftype, flags, length, attempt, fid = HDR.unpack(hdr)
+        if magic != MAGIC or version != VERSION:
+            raise ProtocolError("bad header")
+        payload = self._read_exact(length)
+        m = self._read_exact(MAC_LEN)
+        if not hmac.compare_digest(m, mac(self.k_c2s, self.recv_seq, hdr, payload)):
+            raise ProtocolError("bad MAC from the client")
+        self.recv_seq += 1
+        return ftype, flags, attempt, fid, payload
+
+    def hello(self, nworkers, pid=4242):
+        self.send(HELLO, struct.pack("<II", pid, nworkers))
+
+    def result(self, fid, attempt, value, status=RES_OK):
+        self.send(RESULT, struct.pack("<Q", 1000) + pickle.dumps(value), flags=status,
+                  attempt=attempt, fid=fid)
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
