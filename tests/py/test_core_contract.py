@@ -78,7 +78,7 @@ def test_entry_points():
         return {n for n in dir(o) if not n.startswith("__")}
     assert names(_core) == {
         "Engine", "Func", "Job", "worker_main", "parse_ppserver", "errorcode",
-        "DEFAULT_PORT", "SECRET_MAX", "FRAME_MAX", "JOBF_CHUNK", "ST_OK",
+        "DEFAULT_PORT", "SECRET_MAX", "MAX_NODE_WORKERS", "FRAME_MAX", "JOBF_CHUNK", "ST_OK",
         "ST_EXC", "ST_SERIAL", "ST_LOST", "ST_DESTROYED", "ST_CANCELLED",
         "ST_FAILED", "ST_TIMEOUT", "ST_ABORTED", "STATE_QUEUED",
         "STATE_RUNNING", "STATE_DONE"}
@@ -273,7 +273,7 @@ def test_public_api_callables_and_signatures():
         "logstream=%r, restart=False, proto=%d, socket_timeout=3600, "
         "max_retries=2, node_timeout=5.0, no_capacity_timeout=None, *, "
         "max_frame=None, job_timeout=None, job_memory_limit=None, "
-        "output='echo', max_output=1048576)"
+        "output='echo', max_output=1048576, max_node_workers=256)"
         % (sys.stderr, pickle.HIGHEST_PROTOCOL))
     expected = {
         "submit": "(self, func, args=(), depfuncs=(), modules=(), callback=None, "

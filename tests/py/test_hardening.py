@@ -123,6 +123,44 @@ def test_max_clients_closes_the_extra_connection_at_once(ppserver):
             c.close()
 
 
+
+@pytest.mark.watchdog(60)
+def test_out_of_descriptors_is_refused_cleanly_and_never_spins(ppserver):
+    """Under prlimit --nofile=64: by default --max-clients fits the limit, so
+    extra connections are refused with a reason; with a --max-clients the
+    limit cannot hold, accepting fails with EMFILE (pending handshakes
+    still shed, so each address keeps only its share), which is logged at most
+    once a second and costs no busy loop. Either way the node serves again
+    once the connections are gone."""
+    for args in ((), ("--max-clients", "500")):
+        n = ppserver(*args, nofile=64)
+        if args:
+            assert "--max-clients 500: the open-files limit (64)" in n.log(), n.log()
+        m = n.mark()
+        socks = hold_connections(n.port, ["127.0.0.%d" % i for i in range(2, 8)], 15)
+        try:
+            assert len(socks) == 90
+            time.sleep(0.5)
+            cpu0 = cpu_seconds(n.pid)
+            time.sleep(2.0)
+            assert cpu_seconds(n.pid) - cpu0 < 0.5  # no busy accept loop
+            if args:
+                # libuv drops what it cannot accept; a failure it reports is
+                # logged at most once a second
+                assert count(n, r"cannot accept a connection", m) <= 4, n.log()
+            else:
+                # pending handshakes are capped at half of --max-clients: the
+                # extra ones are shed (or refused) long before the limit
+                assert count(n, r"refused: \d+ connections open|shed: ", m) >= 1, n.log()
+                assert count(n, r"cannot accept", m) == 0, n.log()
+        finally:
+            for s in socks:
+                s.close()
+        wait_for(lambda: serves_quietly(n), 10)
+        assert n.running()
+        n.stop()
+
+
 def serves_quietly(n):
     try:
         return serves(n)
