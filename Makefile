@@ -43,7 +43,7 @@ endif
 # pytest: the interpreter's own, or Debian's python3-pytest on its path
 PYTEST = PYTHONPATH=$(CURDIR)/python:/usr/lib/python3/dist-packages $(PYENV) $(PYTHON) -m pytest
 
-.PHONY: all ext ctests deps test test-c test-py test-fuzz fuzz fuzz-build run bench install valgrind clean
+.PHONY: all ext ctests deps test test-c test-py test-fuzz fuzz fuzz-build run bench chaos install valgrind clean
 
 PPSERVER_SRC = $(wildcard src/ppserver/*.c)
 PPSERVER     = $(if $(PPSERVER_SRC),bin/ppserver)
@@ -145,6 +145,10 @@ bench: ext $(PPSERVER)
 	PYTHONPATH=$(CURDIR)/python $(PYTHON) bench/jobcontrol.py
 	$(PYTHON) bench/scale.py
 	$(PYTHON) bench/guess.py
+
+# a long fault-injection run (bench/chaos.py), outside make test
+chaos: ext $(PPSERVER)
+	PYTHONPATH=$(CURDIR)/python $(PYTHON) bench/chaos.py
 
 # Offline: no build isolation. setuptools needs the `wheel` package for
 # bdist_wheel; when the interpreter lacks it, Debian's python3-wheel is put on
