@@ -141,21 +141,24 @@ def main():
     done = threading.Event()
     lock = threading.Lock()
 
+    def stopper():
+        """Once, after two kill intervals: SIGSTOP a node for a.stop s."""
+        if done.wait(2 * a.every):
+            return
+        with lock:
+            victim = rnd.choice(nodes)
+            victim.stopped = True
+            victim.proc.send_signal(signal.SIGSTOP)
+            counts["stops"] += 1
+        done.wait(a.stop)
+        with lock:
+            victim.proc.send_signal(signal.SIGCONT)
+            victim.stopped = False
+
     def chaos():
-        stopped_once = False
-        start = time.monotonic()
+        """Every a.every s: SIGKILL a random local worker or running node."""
         while not done.wait(a.every):
             with lock:
-                if not stopped_once and time.monotonic() - start > 3 * a.every:
-                    victim = rnd.choice(nodes)
-                    victim.proc.send_signal(signal.SIGSTOP)
-                    counts["stops"] += 1
-                    stopped_once = True
-                    if done.wait(a.stop):
-                        victim.proc.send_signal(signal.SIGCONT)
-                        return
-                    victim.proc.send_signal(signal.SIGCONT)
-                    continue
                 if rnd.random() < 0.5:
                     workers = [p for p in children(me) if p not in node_pids()]
                     if workers:
@@ -165,7 +168,8 @@ def main():
                         except ProcessLookupError:
                             pass
                         continue
-                victim = rnd.choice(nodes)
+                running = [n for n in nodes if not getattr(n, "stopped", False)]
+                victim = rnd.choice(running)
                 victim.kill()
                 counts["kills_node"] += 1
                 victim.start()
@@ -176,6 +180,8 @@ def main():
     error_kinds = {}
     thread = threading.Thread(target=chaos, daemon=True)
     thread.start()
+    thread2 = threading.Thread(target=stopper, daemon=True)
+    thread2.start()
     try:
         for base in range(0, a.jobs, a.batch):
             n = min(a.batch, a.jobs - base)
@@ -197,6 +203,7 @@ def main():
     finally:
         done.set()
         thread.join(30)
+        thread2.join(30)
         wall = time.monotonic() - t0
         rss1 = (rss_kib(me), sum(rss_kib(n.proc.pid) for n in nodes))
         server.destroy()
