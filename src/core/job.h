@@ -66,6 +66,10 @@ typedef struct pp_job {
   uint64_t timeout_ns;   /* stop it after this long running; 0 = never */
   uint64_t mem_limit;    /* bytes of address space it may add; 0 = none */
   uint32_t retries;      /* re-runs left after its function raised */
+  /* [mu] the peer its function last raised on: its retry goes to another
+   * one when another has room (compared, never dereferenced: the peer may
+   * be gone) */
+  const void *avoid;
   /* [mu] stopping it: */
   int stop_reason;       /* 0, or PP_JOB_TIMEOUT / PP_JOB_ABORTED: it ends so */
   int stop_acted;        /* [loop] the transport was told */

@@ -260,6 +260,7 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
   } else if (jstatus == PP_JOB_EXC && j->retries > 0) {
     /* its function raised: run it again (retries=) */
     j->retries--;
+    j->avoid = peer; /* run it again elsewhere when there is room */
     free(copy);
     atomic_store(&j->state, PP_JOB_QUEUED);
     if (e->running > 0)

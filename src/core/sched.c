@@ -1,7 +1,9 @@
 /* sched.c — the dispatch policy, pure over peers: FIFO queue, local peers
  * before remote ones, round robin over the peers with room, pipelining by
  * estimated run time (peer.c's rule), so a stream of tiny jobs is batched
- * while long jobs go out one per slot. It never names a transport: a peer
+ * while long jobs go out one per slot; the retry of a job that raised goes
+ * to another peer than the one it raised on when one has room. It never
+ * names a transport: a peer
  * is whatever fills in pp__peer_ops. Engine thread only. */
 #include "engine_int.h"
 
@@ -25,13 +27,23 @@ void pp__dispatch(pp_engine *e) {
       if (!pp__peer_can_take(ss[i]))
         continue;
       pp_job *j = pp_jobq_pop(&e->pending);
+      int t = i;
+      if (j->avoid == (const void *)ss[i])
+        /* a retry of a job that raised there: another peer if one has
+         * room, else this one again */
+        for (int k = 0; k < ns; k++)
+          if (k != i && pp__peer_can_take(ss[k])) {
+            t = k;
+            break;
+          }
+      j->avoid = NULL;
       atomic_store_explicit(&j->state, PP_JOB_RUNNING, memory_order_relaxed);
       j->attempt++;
       j->est_ns = pp__estimate(j);
       e->running++;
-      pp__peer_assign(ss[i], j);
-      if (first[i] == NULL)
-        first[i] = j;
+      pp__peer_assign(ss[t], j);
+      if (first[t] == NULL)
+        first[t] = j;
       progress = 1;
     }
   }

@@ -246,6 +246,42 @@ def test_retries_of_a_raising_job(where, tmp_path):
     assert open(path2).read() == "xx"  # ran twice, no more
 
 
+
+def raise_first_where(path):
+    """Appends 'pid ppid' of the process running it; raises the first time."""
+    import os
+    with open(path, "a") as f:
+        f.write("%d %d\n" % (os.getpid(), os.getppid()))
+    if len(open(path).read().splitlines()) == 1:
+        raise ValueError("first run fails")
+    return os.getpid()
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_retry_runs_on_another_worker_or_node(remote, tmp_path, ppserver):
+    """retries= sends the job to another worker (locally) or node (two
+    one-worker nodes: another ppserver) when one has room."""
+    if remote:
+        nodes = [ppserver(workers=1) for _ in range(2)]
+        s = pp.Server(0, ppservers=tuple(n.addr for n in nodes), secret=SECRET)
+    else:
+        s = pp.Server(2)
+    try:
+        wait_for(lambda: len({j() for j in [s.submit(pid) for _ in range(8)]}) == 2, 20)
+        for k in range(3):
+            path = str(tmp_path / ("r%d" % k))
+            job = s.submit(raise_first_where, (path,), retries=1)
+            job()
+            runs = [tuple(map(int, l.split())) for l in open(path).read().splitlines()]
+            assert len(runs) == 2, runs
+            if remote:
+                assert runs[0][1] != runs[1][1], runs  # another ppserver
+            else:
+                assert runs[0][0] != runs[1][0], runs  # another worker
+    finally:
+        s.destroy()
+
+
 def test_status_and_timing_after_a_crash(tmp_path):
     with pp.Server(1) as s:
         first = s.submit(pid)()
