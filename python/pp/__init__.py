@@ -11,11 +11,14 @@ from ._errors import (CancelledError, DestroyedError, JobAbortedError,
                       JobTimeoutError, PPError, RemoteError, RemoteTraceback,
                       SerializationError, WorkerLostError)
 from ._server import Job, Server, Statistics, Template, as_completed
+from ._executor import Executor
+from ._progress import progress
 
 version = __version__ = "2.0.0"
 copyright = "Copyright (c) 2026 the pp developers"
 
-__all__ = ["Server", "Template", "Job", "Statistics", "as_completed", "PPError",
+__all__ = ["Server", "Template", "Job", "Statistics", "as_completed",
+           "Executor", "progress", "PPError",
            "WorkerLostError", "DestroyedError", "SerializationError",
            "RemoteError", "RemoteTraceback", "CancelledError", "JobTimeoutError",
            "JobAbortedError", "version"]

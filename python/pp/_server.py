@@ -1,8 +1,19 @@
 """pp.Server, pp.Template, pp.Job and pp.as_completed: Parallel Python's API
 over the C engine (pp._core). This layer shapes arguments, pickles them in the
 caller's thread and runs callbacks on one thread per Server; queueing,
-scheduling and worker processes are the engine's."""
+scheduling and worker processes are the engine's.
+
+pp.Job is a concurrent.futures.Future (so concurrent.futures.wait,
+as_completed, asyncio.wrap_future and `await job` work) without paying for
+one: Future.__init__ never runs, the state is read from the C record, and the
+waiter protocol (_condition, _state, _waiters) is built only for the jobs a
+caller actually waits on that way."""
+from __future__ import annotations
+
 import atexit
+import collections
+import concurrent.futures as _cf
+import itertools
 import logging
 import math
 import os
@@ -13,8 +24,11 @@ import threading
 import time
 import types
 import weakref
+from concurrent.futures import _base as _cfb
+from typing import (IO, Any, Callable, Dict, Iterable, Iterator, List,
+                    Optional, Sequence, Tuple, Union)
 
-from . import _boot, _core, _ship
+from . import _boot, _core, _logging, _ship
 from ._errors import (CancelledError, DestroyedError, JobAbortedError,
                       JobTimeoutError, PPError, RemoteError,
                       RemoteTraceback, SerializationError, WorkerLostError)
@@ -24,6 +38,11 @@ _cb_lock = threading.Lock()  # guards Job._done_callbacks
 _RAN = ("callbacks ran",)    # sentinel in Job._done_callbacks
 _servers = weakref.WeakSet()
 _FCACHE_MAX = 1024
+# The _condition of every Job (concurrent.futures.wait and as_completed take
+# it around reading _state and installing waiters). One reentrant lock for
+# all jobs: the waiting functions acquire it once per job, and it is held
+# only for those few steps and while a finished job's waiters are told.
+_wcond = threading.Condition(threading.RLock())
 
 
 class Statistics:
@@ -40,15 +59,26 @@ class Statistics:
             self.ncpus, self.njobs, self.time)
 
 
-class Job(_core.Job):
+class Job(_core.Job, _cf.Future):
     """A submitted job. Call it (``job()``) for the result, as in pp; it is
-    also a future (result/exception/done/cancel/add_done_callback) and has
-    IPython parallel's AsyncResult methods (ready/wait/get/successful)."""
+    a concurrent.futures.Future (result/exception/done/running/cancel/
+    add_done_callback; concurrent.futures.wait and as_completed;
+    asyncio.wrap_future and ``await job``) and has IPython parallel's
+    AsyncResult methods (ready/wait/get/successful).
 
-    __slots__ = ()
+    Jobs are made by Server.submit (the engine fills the record), never by
+    calling the class; Future.__init__ does not run."""
 
-    def exception(self, timeout=None):
-        """The exception the job raised, None if it succeeded."""
+    # concurrent.futures' waiter protocol, see _state/_waiters/_notify
+    _condition = _wcond
+    _wl = None     # this job's waiter list, made on first use
+    _fin = False   # its waiters were told it finished (set once)
+
+    def exception(self, timeout: Optional[float] = None
+                  ) -> Optional[BaseException]:
+        """The exception the job raised, None if it succeeded; TimeoutError
+        if it does not finish within timeout seconds; CancelledError if it
+        was cancelled."""
         if not self._wait(timeout):
             raise TimeoutError("job did not finish in time")
         if self._status() == _core.ST_OK:
@@ -60,31 +90,105 @@ class Job(_core.Job):
         except BaseException as e:  # noqa: B902 - we return it
             return e
 
-    def ready(self):
+    def ready(self) -> bool:
+        """Whether the job has finished (IPython parallel's name)."""
         return self.done()
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: Optional[float] = None) -> bool:
         """Wait for the job; returns whether it finished."""
         return self._wait(timeout)
 
-    def get(self, timeout=None):
+    def get(self, timeout: Optional[float] = None) -> Any:
+        """The result, as result(timeout)."""
         return self.result(timeout)
 
-    def successful(self):
+    def successful(self) -> bool:
+        """Whether the finished job returned (ValueError if not finished)."""
         if not self.done():
             raise ValueError("job %d is not finished" % self.tid)
         return self._status() == _core.ST_OK
 
-    def cancelled(self):
+    def cancelled(self) -> bool:
+        """Whether the job was cancelled before it started."""
         return self._status() == _core.ST_CANCELLED
 
-    def running(self):
+    def cancel(self) -> bool:
+        """Cancel the job if it has not started (concurrent.futures
+        semantics: True also when it already was cancelled; False once it
+        runs or has finished). A cancelled job raises CancelledError."""
+        return _core.Job.cancel(self) or self.cancelled()
+
+    def running(self) -> bool:
         """Whether the job is on a worker or node now (not queued, not
         finished)."""
         return self._info()[0] == _core.STATE_RUNNING
 
+    # -- concurrent.futures and asyncio -----------------------------------
+    @property
+    def _state(self) -> str:
+        """concurrent.futures' state name, read with _condition held. The
+        first reader to see the job finished tells its waiters (_notify),
+        so a waiter installed while it was pending is told exactly once."""
+        if self._status() < 0:
+            return _cfb.RUNNING if self.running() else _cfb.PENDING
+        if not self._fin:
+            self._notify()
+        if self._status() == _core.ST_CANCELLED:
+            return _cfb.CANCELLED_AND_NOTIFIED
+        return _cfb.FINISHED
+
+    @property
+    def _waiters(self) -> List[Any]:
+        """This job's list of concurrent.futures waiters, made on first use
+        (with _condition held). Making it asks the engine to deliver the
+        completion through the callback thread, which then tells the
+        waiters; if the job finished meanwhile, the list's append does."""
+        wl = self._wl
+        if wl is None:
+            wl = self._wl = _Waiters(self)
+            if not self._fin and not self.done():
+                try:
+                    self._engine.want_callback(self)
+                except Exception:
+                    pass  # the engine is gone: the job is finished anyway
+        return wl
+
+    def _notify(self) -> None:
+        """Tell this job's waiters that it finished, once (whichever of the
+        callback thread, a _state reader or an append sees it first)."""
+        with _wcond:
+            if self._fin:
+                return
+            self._fin = True
+            wl = self._wl
+            if not wl:
+                return
+            st = self._status()
+            for w in list(wl):
+                if st == _core.ST_OK:
+                    w.add_result(self)
+                elif st == _core.ST_CANCELLED:
+                    w.add_cancelled(self)
+                else:
+                    w.add_exception(self)
+
+    def __await__(self):
+        """``await job`` in a coroutine: the job as an asyncio future of
+        the running loop (asyncio.wrap_future)."""
+        import asyncio
+        return asyncio.wrap_future(self).__await__()
+
+    def set_running_or_notify_cancel(self):
+        raise RuntimeError("a pp job's state is set by its Server's engine")
+
+    def set_result(self, result):
+        raise RuntimeError("a pp job's result is set by its Server's engine")
+
+    def set_exception(self, exception):
+        raise RuntimeError("a pp job's result is set by its Server's engine")
+
     # -- job control and observation ---------------------------------------
-    def abort(self, grace=1.0):
+    def abort(self, grace: float = 1.0) -> bool:
         """Stop the job. A queued job never runs; a running one gets
         KeyboardInterrupt raised inside it, and its worker is killed and
         replaced if it has not ended `grace` seconds later. The job then
@@ -158,8 +262,9 @@ class Job(_core.Job):
         """How many times the job was handed to a worker or node."""
         return self._info()[6]
 
-    def add_done_callback(self, fn):
-        """Call fn(job) when the job finishes (now, if it has)."""
+    def add_done_callback(self, fn: Callable[["Job"], Any]) -> None:
+        """Call fn(job) when the job finishes (now, in this thread, if it
+        has; else on the Server's callback thread)."""
         with _cb_lock:
             cbs = self._done_callbacks
             if cbs is not _RAN and not self.done():
@@ -220,7 +325,37 @@ class Job(_core.Job):
         return "<pp.Job %d %s>" % (self.tid, state)
 
 
-def as_completed(jobs, timeout=None):
+class _Waiters(list):
+    """A job's concurrent.futures waiters. An append to a job that has
+    finished but whose waiters were not told yet tells them at once (the
+    callback thread may have run before the list existed). Called with
+    _condition held."""
+
+    __slots__ = ("job",)
+
+    def __init__(self, job):
+        super().__init__()
+        self.job = job
+
+    def append(self, waiter):
+        list.append(self, waiter)
+        job = self.job
+        if not job._fin and job.done():
+            job._notify()
+
+
+def _get_done(q):
+    """The next job from a queue fed by done-callbacks, waiting in short
+    slices so that Ctrl-C stays responsive."""
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+
+
+def as_completed(jobs: Iterable[Job], timeout: Optional[float] = None
+                 ) -> Iterator[Job]:
     """Yield the given jobs as they finish; TimeoutError if timeout passes."""
     jobs = list(dict.fromkeys(jobs))
     q = queue.SimpleQueue()
@@ -257,14 +392,60 @@ class Server:
 
     default_port = _core.DEFAULT_PORT  # ppserver's TCP and discovery's UDP port
     default_secret = None
+    _job_type = Job  # the class of the jobs submit returns
 
-    def __init__(self, ncpus="autodetect", ppservers=(), secret=None,
-                 loglevel=logging.WARNING, logstream=sys.stderr, restart=False,
-                 proto=pickle.HIGHEST_PROTOCOL, socket_timeout=3600,
-                 max_retries=2, node_timeout=5.0, no_capacity_timeout=None,
-                 *, max_frame=None, job_timeout=None, job_memory_limit=None,
-                 output="echo", max_output=1 << 20,
-                 max_node_workers=_core.MAX_NODE_WORKERS):
+    def __init__(self, ncpus: Union[int, str] = "autodetect",
+                 ppservers: Sequence[str] = (), secret: Union[str, bytes,
+                                                              None] = None,
+                 loglevel: int = logging.WARNING,
+                 logstream: Optional[IO[str]] = None, restart: bool = False,
+                 proto: int = pickle.HIGHEST_PROTOCOL,
+                 socket_timeout: Optional[float] = 3600,
+                 max_retries: int = 2, node_timeout: float = 5.0,
+                 no_capacity_timeout: Optional[float] = None,
+                 *, max_frame: Optional[int] = None,
+                 job_timeout: Optional[float] = None,
+                 job_memory_limit: Optional[int] = None,
+                 output: str = "echo", max_output: int = 1 << 20,
+                 max_node_workers: int = _core.MAX_NODE_WORKERS) -> None:
+        """Start the local workers and connect to the nodes.
+
+        ncpus: local worker processes ("autodetect": one per core; 0: none,
+            jobs run on nodes only).
+        ppservers: ppserver nodes: "host" (port 60000), "host:port",
+            "[v6addr]:port"; "*" or "*:port" finds nodes started with
+            ``ppserver -a`` by UDP broadcast. Needs secret.
+        secret: the nodes' shared secret, str or bytes (no default secret).
+        loglevel: the level of the messages pp writes to logstream.
+        logstream: where pp writes its log messages (default sys.stderr). pp
+            adds one handler to the "pp" logger for all its Servers; without
+            an explicit logstream it adds none when the application has
+            configured logging (the "pp" or root logger has handlers), whose
+            handlers then show pp's messages.
+        restart: run every job in a fresh worker process.
+        proto: the pickle protocol of arguments and results.
+        socket_timeout: accepted for pp 1.x compatibility and ignored: pp
+            1.6 used it as the socket timeout of node connections (so the
+            longest a remote job could run); here node liveness is
+            node_timeout (heartbeats) and the longest a job may run is
+            job_timeout. Kept as self.socket_timeout.
+        max_retries: how many times a job whose worker died is run again
+            before it fails with WorkerLostError.
+        node_timeout: seconds of silence after which a node counts as lost
+            and its jobs run elsewhere.
+        no_capacity_timeout: fail queued jobs after this many seconds with
+            no worker and no reachable node (None: wait).
+        max_frame: the largest frame, in bytes, on the local workers' pipes
+            (None: the maximum, 1 GiB).
+        job_timeout, job_memory_limit: the defaults of submit's timeout and
+            memory_limit (None: no limit).
+        output: "echo" (print each job's captured stdout/stderr when its
+            result is read), "capture" (keep it on job.stdout/job.stderr)
+            or "inherit" (local workers write to the client's terminal).
+        max_output: bytes of output kept per stream and job.
+        max_node_workers: the most workers the client believes a node
+            announces; a node also gets at most 16 jobs in flight plus one
+            per result it returned (docs/protocol.md 7.8)."""
         self._closed = True
         if output not in ("echo", "capture", "inherit"):
             raise ValueError('output must be "echo", "capture" or "inherit"')
@@ -304,13 +485,9 @@ class Server:
         self._proto = int(proto)
         self.secret = secret
         self.socket_timeout = socket_timeout
-        self._handler = logging.StreamHandler(logstream)
-        self._handler.setLevel(loglevel)
-        self._handler.setFormatter(logging.Formatter(
-            "%(asctime)s pp %(levelname)s %(message)s"))
-        _log.addHandler(self._handler)
-        if _log.level == logging.NOTSET or _log.level > loglevel:
-            _log.setLevel(loglevel)
+        self._logkey = id(self)
+        self._logextra = {"pp_server": self._logkey}
+        self._logged = False
         # Workers get the client's whole sys.path through PYTHONPATH, so they
         # skip the site module (-S): a worker starts in a quarter of the time.
         # PP_WORKER_SITE=1 restores it (for sitecustomize or .pth hooks).
@@ -320,7 +497,8 @@ class Server:
             str(os.getpid()), str(self._proto), "1" if restart else "0"]
         self._engine = _core.Engine(
             argv, env=_worker_env(), nworkers=ncpus, restart=bool(restart),
-            max_retries=max_retries, job_type=Job, nodes=nodes or None,
+            max_retries=max_retries, job_type=self._job_type,
+            nodes=nodes or None,
             secret=bytes(secret) if nodes or ports else None,
             node_timeout=float(node_timeout),
             no_capacity_timeout=float(no_capacity_timeout or 0),
@@ -336,11 +514,13 @@ class Server:
         self._fcache = {}
         self._t0 = time.time()
         self._closed = False
+        self._logged = _logging.attach(self._logkey, logstream, loglevel)
         self._cbthread = threading.Thread(target=self._events,
                                           name="pp-callbacks", daemon=True)
         self._cbthread.start()
         _servers.add(self)
-        _log.debug("pp server started with %d workers", ncpus)
+        _log.debug("pp server started with %d workers", ncpus,
+                   extra=self._logextra)
 
     # -- helpers ---------------------------------------------------------
     @staticmethod
@@ -377,17 +557,20 @@ class Server:
         if self._closed:
             raise DestroyedError("this pp Server has been destroyed")
 
-    def _func(self, func, depfuncs, modules, globals, extra):
+    def _func(self, func, depfuncs, modules, globals, extra, kw=False):
         """The engine Func for a submit call, cached while its parts live.
         The cache holds strong references to every part of its key, so an
-        id can never be reused while an entry refers to it."""
+        id can never be reused while an entry refers to it. kw: the worker
+        calls func(*args[:-1], **args[-1]) (a "kw" descriptor)."""
         if type(func) is types.MethodType:
-            base = ("m", func.__func__, type(func.__self__))
+            owner = func.__self__  # a classmethod's is the class itself
+            base = ("m", func.__func__,
+                    owner if isinstance(owner, type) else type(owner))
         else:
             base = func
-        if depfuncs or modules or globals is not None or extra:
+        if depfuncs or modules or globals is not None or extra or kw:
             key = (base, tuple(depfuncs), tuple(modules),
-                   id(globals) if globals is not None else None, extra)
+                   id(globals) if globals is not None else None, extra, kw)
         else:
             key = base
         try:
@@ -398,6 +581,8 @@ class Server:
             return hit[0], hit[1]
         blob, is_method, cacheable = _ship.describe(func, depfuncs, modules,
                                                     globals, extra)
+        if kw:
+            blob = pickle.dumps(("kw", blob), 4)
         f = _core.Func(blob)
         if key is not None and cacheable:
             if len(self._fcache) >= _FCACHE_MAX:
@@ -421,7 +606,7 @@ class Server:
             if ev is False:
                 return
             if ev[0] == "log":
-                _log.log(ev[1], "%s", ev[2])
+                _log.log(ev[1], "%s", ev[2], extra=self._logextra)
                 continue
             job = ev[1]
             try:
@@ -440,43 +625,71 @@ class Server:
                     job.callback(*job.callbackargs, job.result())
                 except Exception:
                     _log.exception("callback %r of job %d raised", job.callback,
-                                   job.tid)
+                                   job.tid, extra=self._logextra)
             elif st != _core.ST_CANCELLED:
                 try:
                     job.result()
                 except Exception as e:
                     _log.error("job %d failed, its callback was not called: "
-                               "%s: %s", job.tid, type(e).__name__, e)
+                               "%s: %s", job.tid, type(e).__name__, e,
+                               extra=self._logextra)
+        if job._wl is not None:
+            job._notify()  # concurrent.futures waiters, before done-callbacks
         if isinstance(cbs, list):
             for fn in cbs:
                 try:
                     fn(job)
                 except Exception:
-                    _log.exception("done-callback %r of job %d raised", fn, job.tid)
+                    _log.exception("done-callback %r of job %d raised", fn,
+                                   job.tid, extra=self._logextra)
 
     # -- pp API ------------------------------------------------------------
-    def submit(self, func, args=(), depfuncs=(), modules=(), callback=None,
-               callbackargs=(), group="default", globals=None, *,
-               timeout=None, memory_limit=None, retries=0):
+    def submit(self, func: Callable[..., Any], args: tuple = (),
+               depfuncs: Sequence[Any] = (), modules: Sequence[str] = (),
+               callback: Optional[Callable[..., Any]] = None,
+               callbackargs: tuple = (), group: str = "default",
+               globals: Optional[Dict[str, Any]] = None, *,
+               timeout: Optional[float] = None,
+               memory_limit: Optional[int] = None, retries: int = 0) -> Job:
         """Submit func(*args) for execution; returns a Job.
 
-        depfuncs: functions and classes func uses (shipped by source);
-        modules: module names (or "import ..."/"from ..." statements) to
-        import first; callback(*callbackargs, result) runs when the job
-        succeeds; group: name for wait(group); globals: a dict whose
-        modules, functions and classes are made available to func."""
+        args: a tuple (pp 1.x: anything else raises TypeError);
+        depfuncs: a tuple or list of the functions and classes func uses
+        (shipped by source); modules: a tuple or list of module names (or
+        "import ..."/"from ..." statements) to import first;
+        callback(*callbackargs, result) runs when the job succeeds; group:
+        name for wait(group); globals: a dict whose modules, functions and
+        classes are made available to func; timeout, memory_limit, retries:
+        job control (see docs/api.md)."""
+        return self._submit(func, args, depfuncs, modules, callback,
+                            callbackargs, group, globals, timeout,
+                            memory_limit, retries, None)
+
+    def _submit(self, func, args, depfuncs, modules, callback, callbackargs,
+                group, globals, timeout, memory_limit, retries, kwargs):
+        """submit, and Executor.submit's way in: kwargs (a dict or None)
+        are passed to func as keyword arguments."""
         if self._closed:
             self._check_open()
-        if type(args) is not tuple:
-            args = tuple(args)
+        if type(args) is not tuple and not isinstance(args, tuple):
+            raise TypeError("args argument must be a tuple")
         if not callable(func):
             raise TypeError("func must be callable, not %r" % (func,))
+        if depfuncs or modules:
+            _check_deps(depfuncs, modules)
+        if globals is not None and not isinstance(globals, dict):
+            raise TypeError("globals argument must be a dictionary")
         if callback is not None and not callable(callback):
             raise TypeError("callback must be callable")
         extra = _ship.main_classes(args)
-        f, is_method = self._func(func, depfuncs, modules, globals, extra)
+        if kwargs:
+            extra += _ship.main_classes(kwargs.values())
+        f, is_method = self._func(func, depfuncs, modules, globals, extra,
+                                  kwargs is not None)
         if is_method:
             args = (func.__self__,) + args
+        if kwargs is not None:
+            args = args + (kwargs,)
         data = pickle.dumps(args, self._proto)
         gid = self._groups.get(group)
         if gid is None:
@@ -497,7 +710,7 @@ class Server:
                                    tuple(callbackargs),
                                    (timeout, memory_limit, retries))
 
-    def abort(self, group=None, grace=1.0):
+    def abort(self, group: Optional[str] = None, grace: float = 1.0) -> None:
         """Abort every unfinished job (of group, when given): queued ones
         never run, running ones are stopped as by job.abort(grace); each
         then raises pp.JobAbortedError."""
@@ -510,7 +723,7 @@ class Server:
         for a group no job was ever submitted to."""
         return -1 if group is None else self._groups.get(group)
 
-    def wait(self, group=None):
+    def wait(self, group: Optional[str] = None) -> None:
         """Wait for all jobs (of group, when given) to finish, callbacks
         included."""
         if threading.current_thread() is self._cbthread:
@@ -519,18 +732,18 @@ class Server:
         if gid is not None and not self._closed:
             self._engine.wait_group(gid)
 
-    def get_ncpus(self):
+    def get_ncpus(self) -> int:
         """The number of local worker processes."""
         return self._ncpus
 
-    def set_ncpus(self, ncpus="autodetect"):
+    def set_ncpus(self, ncpus: Union[int, str] = "autodetect") -> None:
         """Grow or shrink the local pool; queued and running jobs are kept."""
         self._check_open()
         ncpus = self._check_ncpus(ncpus)
         self._engine.set_nworkers(ncpus)
         self._ncpus = ncpus
 
-    def get_active_nodes(self):
+    def get_active_nodes(self) -> Dict[str, int]:
         """{'local': ncpus, 'host:port': ncpus, ...}: local workers and every
         remote node connected now."""
         nodes = {"local": self._ncpus}
@@ -540,7 +753,7 @@ class Server:
                     nodes[name] = nworkers
         return nodes
 
-    def get_stats(self):
+    def get_stats(self) -> Dict[str, Statistics]:
         """{node: Statistics} with njobs and the sum of job run times, for
         'local' and each remote node."""
         s = self._engine.stats()
@@ -556,7 +769,7 @@ class Server:
             stats[name] = rs
         return stats
 
-    def print_stats(self):
+    def print_stats(self) -> None:
         """Print job statistics in Parallel Python's format."""
         stats = self.get_stats()
         total = sum(s.njobs for s in stats.values())
@@ -572,45 +785,135 @@ class Server:
         print(e["queued"] + e["running"], "active tasks,", self.get_ncpus(), "cores")
         print()
 
-    def map(self, func, *iterables, chunksize=None):
-        """[func(*items) for items in zip(*iterables)], in parallel."""
+    def map(self, func: Callable[..., Any], *iterables: Iterable[Any],
+            chunksize: Optional[int] = None, progress: bool = False
+            ) -> List[Any]:
+        """[func(*items) for items in zip(*iterables)], in parallel; the
+        first exception is re-raised. progress=True shows a progress bar
+        (see pp.progress)."""
         items = list(zip(*iterables))
         if not items:
             return []
         if chunksize is None:
             chunksize = max(1, math.ceil(len(items) / (4 * max(1, self._ncpus))))
+        self._check_chunksize(chunksize)
+        jobs = self._submit_chunks(func, items, chunksize)
         out = []
-        for job in self._submit_chunks(func, items, chunksize):
+        if progress:
+            from ._progress import Bar
+            with Bar(len(items)) as bar:
+                for job in jobs:
+                    part = job()
+                    out.extend(part)
+                    bar.update(len(part))
+            return out
+        for job in jobs:
             out.extend(job())
         return out
 
-    def imap(self, func, *iterables, chunksize=1):
-        """Iterator over func(*items), in order."""
-        jobs = self._submit_chunks(func, list(zip(*iterables)), chunksize)
-        return (r for job in jobs for r in job())
+    def imap(self, func: Callable[..., Any], *iterables: Iterable[Any],
+             chunksize: int = 1, progress: bool = False) -> Iterator[Any]:
+        """Iterator over func(*items), in order. The input is read lazily:
+        a few chunks per worker are in flight ahead of the consumer, so an
+        endless iterable works. The first chunks are submitted now."""
+        return self._lazy_map(func, iterables, chunksize, progress, True)
 
-    def imap_unordered(self, func, *iterables, chunksize=1):
-        """Iterator over func(*items), in completion order."""
-        jobs = self._submit_chunks(func, list(zip(*iterables)), chunksize)
-        return (r for job in as_completed(jobs) for r in job())
+    def imap_unordered(self, func: Callable[..., Any],
+                       *iterables: Iterable[Any], chunksize: int = 1,
+                       progress: bool = False) -> Iterator[Any]:
+        """Iterator over func(*items), in completion order; the input is
+        read lazily as for imap."""
+        return self._lazy_map(func, iterables, chunksize, progress, False)
+
+    def _lazy_map(self, func, iterables, chunksize, progress, ordered):
+        """imap/imap_unordered: submit the first window of chunks now, then
+        return the generator that yields results and refills the window.
+        The window is a few chunks per worker (local and connected nodes)."""
+        self._check_open()
+        self._check_chunksize(chunksize)
+        total = None
+        if progress:
+            try:
+                total = min(len(it) for it in iterables) if iterables else 0
+            except TypeError:
+                total = None  # an iterator: length unknown
+        items = zip(*iterables)
+        window = 3 * max(1, sum(self.get_active_nodes().values()))
+        f, is_method = self._func(func, (), (), None, ())
+        pending = collections.deque()
+        done_q = None if ordered else queue.SimpleQueue()
+
+        def refill():
+            while len(pending) < window:
+                chunk = list(itertools.islice(items, chunksize))
+                if not chunk:
+                    return False
+                job = self._submit_chunk(func, f, is_method, chunk)
+                pending.append(job)
+                if done_q is not None:
+                    job.add_done_callback(done_q.put)
+            return True
+
+        refill()
+        return self._lazy_results(pending, done_q, refill, progress, total)
+
+    @staticmethod
+    def _lazy_results(pending, done_q, refill, progress, total):
+        """The generator behind _lazy_map. Closing it early (or losing it)
+        cancels the chunks not started yet."""
+        bar = None
+        if progress:
+            from ._progress import Bar
+            bar = Bar(total)
+        more = True
+        try:
+            while pending:
+                if done_q is None:
+                    job = pending.popleft()
+                else:
+                    job = _get_done(done_q)
+                    pending.remove(job)
+                part = job()
+                if more:
+                    more = refill()
+                if bar is not None:
+                    bar.update(len(part))
+                yield from part
+        finally:
+            for job in pending:
+                job.cancel()
+            if bar is not None:
+                bar.close()
+
+    @staticmethod
+    def _check_chunksize(chunksize):
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) \
+                or chunksize < 1:
+            raise ValueError("chunksize must be an int >= 1")
+
+    def _submit_chunk(self, func, f, is_method, chunk):
+        """Submit one chunk (a list of argument tuples) as one job whose
+        result is the list of func's results."""
+        if is_method:
+            chunk = [(func.__self__,) + a for a in chunk]
+        return self._engine.submit(f, pickle.dumps(chunk, self._proto),
+                                   self._groups["default"], _core.JOBF_CHUNK,
+                                   None, ())
 
     def _submit_chunks(self, func, items, chunksize):
         self._check_open()
-        if not isinstance(chunksize, int) or chunksize < 1:
-            raise ValueError("chunksize must be an int >= 1")
+        self._check_chunksize(chunksize)
         f, is_method = self._func(func, (), (), None, ())
-        gid = self._groups["default"]
-        jobs = []
-        for i in range(0, len(items), chunksize):
-            chunk = items[i:i + chunksize]
-            if is_method:
-                chunk = [(func.__self__,) + a for a in chunk]
-            data = pickle.dumps(chunk, self._proto)
-            jobs.append(self._engine.submit(f, data, gid, _core.JOBF_CHUNK,
-                                            None, ()))
-        return jobs
+        return [self._submit_chunk(func, f, is_method, items[i:i + chunksize])
+                for i in range(0, len(items), chunksize)]
 
-    def destroy(self):
+    def executor(self) -> _cf.Executor:
+        """A concurrent.futures.Executor over this Server (pp.Executor);
+        its shutdown() leaves the Server running."""
+        from ._executor import Executor
+        return Executor._over(self)
+
+    def destroy(self) -> None:
         """Stop the workers; unfinished jobs fail with DestroyedError.
         Safe to call more than once."""
         if self._closed:
@@ -619,9 +922,11 @@ class Server:
         self._engine.shutdown()
         if threading.current_thread() is not self._cbthread:
             self._cbthread.join(10)
-        _log.removeHandler(self._handler)
+        if self._logged:
+            self._logged = False
+            _logging.detach(self._logkey)
 
-    def get_worker_stats(self):
+    def get_worker_stats(self) -> Dict[int, int]:
         """{pid: number of jobs it has run} for each live local worker."""
         if self._closed:
             return {}
@@ -642,6 +947,22 @@ class Server:
             self.destroy()
         except Exception:
             pass
+
+
+def _check_deps(depfuncs, modules):
+    """pp 1.x's checks of submit's depfuncs and modules, as TypeError:
+    tuples (or lists) of functions/classes and of strings."""
+    if not isinstance(depfuncs, (tuple, list)):
+        raise TypeError("depfuncs argument must be a tuple")
+    if not isinstance(modules, (tuple, list)):
+        raise TypeError("modules argument must be a tuple")
+    for m in modules:
+        if not isinstance(m, str):
+            raise TypeError("modules argument must be a list of strings")
+    for d in depfuncs:
+        if not isinstance(d, (types.FunctionType, type)):
+            raise TypeError("depfuncs argument must be a tuple of functions "
+                            "and classes, not %r" % (d,))
 
 
 def _check_limit(name, value, kind):
@@ -678,9 +999,13 @@ def _echo(job):
 class Template:
     """Stores submit() arguments; Template.submit(*args) submits with them."""
 
-    def __init__(self, job_server, func, depfuncs=(), modules=(), callback=None,
-                 callbackargs=(), group="default", globals=None, *,
-                 timeout=None, memory_limit=None, retries=0):
+    def __init__(self, job_server: Server, func: Callable[..., Any],
+                 depfuncs: Sequence[Any] = (), modules: Sequence[str] = (),
+                 callback: Optional[Callable[..., Any]] = None,
+                 callbackargs: tuple = (), group: str = "default",
+                 globals: Optional[Dict[str, Any]] = None, *,
+                 timeout: Optional[float] = None,
+                 memory_limit: Optional[int] = None, retries: int = 0) -> None:
         self.timeout = timeout
         self.memory_limit = memory_limit
         self.retries = retries
@@ -693,7 +1018,7 @@ class Template:
         self.group = group
         self.globals = globals
 
-    def submit(self, *args):
+    def submit(self, *args: Any) -> Job:
         """Submit self.func(*args) with the stored arguments."""
         return self.job_server.submit(self.func, args, self.depfuncs,
                                       self.modules, self.callback,

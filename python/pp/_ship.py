@@ -167,6 +167,9 @@ def describe(func, depfuncs=(), modules=(), globals=None, extra_classes=()):
     is_method = isinstance(func, types.MethodType) and not isinstance(
         func.__self__, types.ModuleType)
     target = func.__func__ if is_method else func
+    if is_method and isinstance(func.__self__, type):
+        return _describe_classmethod(func, depfuncs, modules, globals,
+                                     extra_classes)
 
     simple = not depfuncs and not modules and not globals and not extra_classes
     if simple and not is_method:
@@ -225,6 +228,31 @@ def describe(func, depfuncs=(), modules=(), globals=None, extra_classes=()):
     desc = ("src", target.__name__, c.imports_for_worker(),
             sorted(c.refs.items()), c.sources, method)
     return pickle.dumps(desc, 4), is_method, True
+
+
+def _describe_classmethod(func, depfuncs, modules, globals, extra_classes):
+    """describe() for a method bound to a class (a classmethod): the worker
+    looks the method up on the class, which comes by reference when it is
+    importable, else by source; the class is not an argument. Returns
+    (descriptor_bytes, False, cacheable)."""
+    cls, name = func.__self__, func.__func__.__name__
+    simple = not depfuncs and not modules and not globals and not extra_classes
+    ref = _importable(cls)
+    if simple and ref is not None:
+        return pickle.dumps(("ref", ref[0], ref[1] + "." + name, None), 4), \
+            False, True
+    c = _Collector()
+    for spec in modules:
+        c.add_module_name(spec)
+    for dep in tuple(depfuncs) + tuple(extra_classes):
+        if isinstance(dep, type):
+            c.add_class(dep)
+        else:
+            c.add_function(dep)
+    c.add_class(cls)
+    desc = ("src", name, c.imports_for_worker(), sorted(c.refs.items()),
+            c.sources, (cls.__name__, name))
+    return pickle.dumps(desc, 4), False, True
 
 
 def _installed(modname):

@@ -37,6 +37,9 @@ def load(blob):
             raise
     if kind == "cp":
         return pickle.loads(desc[1]), None
+    if kind == "kw":  # Executor.submit with keyword arguments
+        fn, mod = load(desc[1])
+        return _with_kwargs(fn), mod
     if kind != "src":
         raise ValueError("unknown function descriptor kind %r" % (kind,))
     _, name, imports, refs, sources, method = desc
@@ -59,6 +62,15 @@ def load(blob):
     else:
         fn = ns[name]
     return fn, mod
+
+
+def _with_kwargs(fn):
+    """A callable taking the keyword arguments as its last positional
+    argument (a dict): how Executor.submit(fn, *args, **kwargs) travels."""
+    def call(*args):
+        return fn(*args[:-1], **args[-1])
+    call.__wrapped__ = fn
+    return call
 
 
 _sources = {}  # filename -> source text of shipped code

@@ -5,6 +5,7 @@ table, errors mapped to the right exception classes, heap types, and the
 public callables with their signatures, checked in one place."""
 import gc
 import inspect
+import typing
 import os
 import pickle
 import sys
@@ -256,12 +257,31 @@ def test_small_entry_points_do_not_leak():
 # ---- the public API ------------------------------------------------------------
 
 def sig(fn):
-    return str(inspect.signature(fn))
+    """fn's signature without its type annotations (checked apart)."""
+    s = inspect.signature(fn)
+    return str(s.replace(
+        parameters=[p.replace(annotation=p.empty) for p in s.parameters.values()],
+        return_annotation=s.empty))
+
+
+def test_public_api_is_annotated_and_typed():
+    """The public API carries type hints, and the package says so (PEP 561)."""
+    import pathlib
+    assert (pathlib.Path(pp.__file__).parent / "py.typed").is_file()
+    for fn in (pp.Server.__init__, pp.Server.submit, pp.Server.map, pp.Server.imap,
+               pp.Server.imap_unordered, pp.Server.executor, pp.Executor.__init__,
+               pp.Executor.submit, pp.Executor.map, pp.Executor.shutdown,
+               pp.Job.exception, pp.Job.wait, pp.Job.add_done_callback,
+               pp.as_completed, pp.progress):
+        hints = typing.get_type_hints(fn)
+        assert hints, fn.__qualname__
+        assert "return" in hints, fn.__qualname__
 
 
 def test_public_api_callables_and_signatures():
     assert sorted(pp.__all__) == sorted([
-        "Server", "Template", "Job", "Statistics", "as_completed", "PPError",
+        "Server", "Template", "Job", "Statistics", "as_completed", "Executor",
+        "progress", "PPError",
         "WorkerLostError", "DestroyedError", "SerializationError",
         "RemoteError", "RemoteTraceback", "CancelledError", "JobTimeoutError",
         "JobAbortedError", "version"])
@@ -270,11 +290,11 @@ def test_public_api_callables_and_signatures():
     S = pp.Server
     assert sig(S.__init__) == (
         "(self, ncpus='autodetect', ppservers=(), secret=None, loglevel=30, "
-        "logstream=%r, restart=False, proto=%d, socket_timeout=3600, "
+        "logstream=None, restart=False, proto=%d, socket_timeout=3600, "
         "max_retries=2, node_timeout=5.0, no_capacity_timeout=None, *, "
         "max_frame=None, job_timeout=None, job_memory_limit=None, "
         "output='echo', max_output=1048576, max_node_workers=256)"
-        % (sys.stderr, pickle.HIGHEST_PROTOCOL))
+        % (pickle.HIGHEST_PROTOCOL,))
     expected = {
         "submit": "(self, func, args=(), depfuncs=(), modules=(), callback=None, "
                   "callbackargs=(), group='default', globals=None, *, "
@@ -286,9 +306,10 @@ def test_public_api_callables_and_signatures():
         "get_active_nodes": "(self)",
         "get_stats": "(self)",
         "print_stats": "(self)",
-        "map": "(self, func, *iterables, chunksize=None)",
-        "imap": "(self, func, *iterables, chunksize=1)",
-        "imap_unordered": "(self, func, *iterables, chunksize=1)",
+        "map": "(self, func, *iterables, chunksize=None, progress=False)",
+        "imap": "(self, func, *iterables, chunksize=1, progress=False)",
+        "imap_unordered": "(self, func, *iterables, chunksize=1, progress=False)",
+        "executor": "(self)",
         "destroy": "(self)",
         "get_worker_stats": "(self)",
     }
