@@ -72,6 +72,16 @@ def _watchdog(request):
     faulthandler.cancel_dump_traceback_later()
 
 
+@pytest.fixture(autouse=True)
+def _pp_logger_reset():
+    """After each test: no handler of pp's left on the "pp" logger and its
+    level as pp found it, whatever a test left behind."""
+    yield
+    mod = sys.modules.get("pp._logging")
+    if mod is not None:
+        mod.reset()
+
+
 @pytest.fixture
 def ppserver(tmp_path):
     """ppserver(*args, workers=1, secret=..., ...): a started helpers.PPServer
