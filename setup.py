@@ -25,7 +25,8 @@ setup(
     version="2.0.0",
     description="Parallel Python with a C engine",
     package_dir={"": "python"},
-    packages=["pp"],
+    packages=["pp", "ppft"],  # ppft: the drop-in for ppft programs and pathos
+    package_data={"pp": ["py.typed"]},  # PEP 561: pp ships type hints
     ext_modules=[core],
     python_requires=">=3.10",
 )

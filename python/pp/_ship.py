@@ -192,8 +192,8 @@ def describe(func, depfuncs=(), modules=(), globals=None, extra_classes=()):
             c.add_module_name(spec)
         if globals:
             for name, value in list(globals.items()):
-                if name.startswith("__"):
-                    continue
+                if name.startswith("__") or not name.isidentifier():
+                    continue  # e.g. "@py_builtins", which pytest adds
                 if isinstance(value, types.ModuleType):
                     c.modnames[name] = value.__name__
                 elif isinstance(value, (types.FunctionType, type)):

@@ -15,6 +15,9 @@ def test_make_install_into_a_target_dir(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert list((target / "pp").glob("_core*.so"))
+    assert (target / "pp" / "py.typed").is_file()
+    assert (target / "ppft" / "__init__.py").is_file()
+    assert (target / "ppft" / "common.py").is_file()
     code = ("import pp, math; assert pp.__file__.startswith(%r), pp.__file__\n"
             "with pp.Server(2) as s:\n"
             "    print(sum(j() for j in [s.submit(math.sqrt, (x * x,)) for x in range(10)]))"
