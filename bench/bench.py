@@ -11,6 +11,9 @@ Every system uses 2 local workers.  Workloads (pp targets in brackets):
 
   W1   20,000 jobs of inc(x) = x + 1: submit all, then collect all; jobs/s
        [>= 200,000 jobs/s and >= 6x multiprocessing.Pool]
+       "W1 futures": the same with pp's bare job type (pp._core.Job, not a
+       concurrent.futures.Future) measured in the same run ("ppbare"); the
+       ratio bare/pp.Job is what making jobs futures costs [<= 1.05]
   W2   2,000 sequential round trips (submit one, wait for its result); us per trip,
        median and mean of the per-trip times [<= 30 us]
   W3   sum_primes(n) for n in range(100000, 100800, 100), 4 times over (32 jobs);
@@ -103,7 +106,7 @@ MEM_BATCH = 10_000
 W6_SECRET = "pp-bench-loopback-secret"
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "MEM", "W6")
 SYSTEMS = ("pp", "pool", "ppe")
-SYSTEM_LABEL = {"pp": "pp", "pool": "Pool", "ppe": "PPE"}
+SYSTEM_LABEL = {"pp": "pp", "pool": "Pool", "ppe": "PPE", "ppbare": "ppbare"}
 
 # per-child time limits in seconds (before --timeout-scale)
 TIMEOUTS = {"W1": 120, "W2": 90, "W3": 120, "W4": 120, "W5": 120, "MEM": 900,
@@ -128,6 +131,12 @@ def start_system(name):
     if name == "pp":
         import pp
         return pp.Server(NWORKERS)
+    if name == "ppbare":  # jobs of the bare C type: W1's anchor for pp.Job's cost
+        import pp
+
+        class BareServer(pp.Server):
+            _job_type = pp._core.Job
+        return BareServer(NWORKERS)
     if name == "pool":
         import multiprocessing
         return multiprocessing.Pool(NWORKERS)
@@ -138,7 +147,7 @@ def start_system(name):
 
 
 def stop_system(name, h):
-    if name == "pp":
+    if name in ("pp", "ppbare"):
         h.destroy()
     elif name == "pool":
         h.terminate()
@@ -149,7 +158,7 @@ def stop_system(name, h):
 
 def run_batch(name, h, func, arglist, depfuncs=(), modules=()):
     """Submit func(*args) for every args in arglist, then collect all results in order."""
-    if name == "pp":
+    if name in ("pp", "ppbare"):
         submit = h.submit
         if depfuncs or modules:
             jobs = [submit(func, a, depfuncs, modules) for a in arglist]
@@ -444,7 +453,7 @@ CHILD_FUNCS = {"W1": child_w1, "W2": child_w2, "W3": child_w3, "W4": child_w4,
 def child_main(spec_json):
     spec = json.loads(spec_json)
     wl, name, params = spec["workload"], spec["system"], spec["params"]
-    if name == "pp":
+    if name in ("pp", "ppbare"):
         import pp  # noqa: F401  (import outside the timed region)
     load0 = os.getloadavg()[0]
     samples = CHILD_FUNCS[wl](name, params)
@@ -724,6 +733,8 @@ def main(argv=None):
             wl_systems = [s for s in systems if s == "pp"]
         else:
             wl_systems = list(systems)
+        if wl == "W1" and "pp" in systems:
+            wl_systems.append("ppbare")   # same run: the futures' cost on W1
         if not wl_systems:
             continue
         reps = repeat
@@ -789,6 +800,13 @@ def main(argv=None):
     if "W1" in raw:
         add_row("W1", "jobs/s (higher better)", "jobs_per_s", "int",
                 ">=200,000 & >=6x Pool", lambda v, rp: v >= 200_000 and (rp or 0) >= 6)
+    if "W1" in raw and "ppbare" in raw["W1"]:
+        bare, full = metric("W1", "ppbare", "jobs_per_s"), metric("W1", "pp", "jobs_per_s")
+        cost = ratio(bare, full)
+        add_row("W1 futures", "bare/pp.Job jobs/s ratio", None, "f3", "<=1.05",
+                lambda v, rp: v <= 1.05, values={"pp": cost, "pool": None, "ppe": None})
+        summary["W1 futures"]["bare_jobs_per_s"] = bare
+        summary["W1 futures"]["pp_jobs_per_s"] = full
     if "W2" in raw:
         add_row("W2", "median us/trip (lower)", "median_us", "f1", "<=30 us",
                 lambda v, rp: v <= 30)
