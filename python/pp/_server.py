@@ -38,11 +38,39 @@ _cb_lock = threading.Lock()  # guards Job._done_callbacks
 _RAN = ("callbacks ran",)    # sentinel in Job._done_callbacks
 _servers = weakref.WeakSet()
 _FCACHE_MAX = 1024
-# The _condition of every Job (concurrent.futures.wait and as_completed take
-# it around reading _state and installing waiters). One reentrant lock for
-# all jobs: the waiting functions acquire it once per job, and it is held
-# only for those few steps and while a finished job's waiters are told.
-_wcond = threading.Condition(threading.RLock())
+class _WaitLock:
+    """The _condition of every Job (concurrent.futures.wait and as_completed
+    take it around reading _state and installing waiters): one reentrant
+    lock for all jobs, held only for those steps and while a finished job's
+    waiters are told. Each outermost acquisition starts a new epoch; a job's
+    _state is read once per epoch, because concurrent.futures expects a
+    future's state not to change while the lock is held, and a pp job
+    finishes in the engine without taking it."""
+
+    def __init__(self):
+        self._lock = threading.RLock()
+        self._depth = 0   # nesting of the owner's acquisitions
+        self.epoch = 0
+
+    def acquire(self, blocking=True, timeout=-1):
+        if not self._lock.acquire(blocking, timeout):
+            return False
+        self._depth += 1
+        if self._depth == 1:
+            self.epoch += 1
+        return True
+
+    def release(self):
+        self._depth -= 1
+        self._lock.release()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+_wcond = _WaitLock()
 
 
 class Statistics:
@@ -73,6 +101,7 @@ class Job(_core.Job, _cf.Future):
     _condition = _wcond
     _wl = None     # this job's waiter list, made on first use
     _fin = False   # its waiters were told it finished (set once)
+    _scache = None  # (epoch, state) of its last _state reading
 
     def exception(self, timeout: Optional[float] = None
                   ) -> Optional[BaseException]:
@@ -129,13 +158,19 @@ class Job(_core.Job, _cf.Future):
         """concurrent.futures' state name, read with _condition held. The
         first reader to see the job finished tells its waiters (_notify),
         so a waiter installed while it was pending is told exactly once."""
+        cache = self._scache
+        epoch = _wcond.epoch
+        if cache is not None and cache[0] == epoch:
+            return cache[1]
         if self._status() < 0:
-            return _cfb.RUNNING if self.running() else _cfb.PENDING
-        if not self._fin:
-            self._notify()
-        if self._status() == _core.ST_CANCELLED:
-            return _cfb.CANCELLED_AND_NOTIFIED
-        return _cfb.FINISHED
+            state = _cfb.RUNNING if self.running() else _cfb.PENDING
+        else:
+            if not self._fin:
+                self._notify()
+            state = _cfb.CANCELLED_AND_NOTIFIED \
+                if self._status() == _core.ST_CANCELLED else _cfb.FINISHED
+        self._scache = (epoch, state)
+        return state
 
     @property
     def _waiters(self) -> List[Any]:
