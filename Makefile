@@ -12,7 +12,7 @@ PYTHON   ?= python3
 CC       ?= cc
 SANITIZER ?=
 CFLAGS_C  = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g -O1 -Isrc/core
-LIBS      = -luv -lcrypto -lpthread
+LIBS      = -luv -lssl -lcrypto -lpthread
 CORE_SRC  = $(wildcard src/core/*.c)
 CORE_HDR  = $(wildcard src/core/*.h)
 EXT_SRC   = $(wildcard src/ext/*.c) $(wildcard src/ext/*.h)

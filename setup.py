@@ -1,5 +1,5 @@
 """Build pp: the pp package (python/pp) and its C extension pp._core, which
-links the C core (src/core) with libuv and OpenSSL's libcrypto. Works offline:
+links the C core (src/core) with libuv and OpenSSL (libssl, libcrypto). Works offline:
 pip install --no-build-isolation ."""
 import glob
 import os
@@ -15,7 +15,7 @@ if san:
 core = Extension(
     "pp._core",
     sources=sorted(glob.glob("src/core/*.c")) + sorted(glob.glob("src/ext/*.c")),
-    libraries=["uv", "crypto"],
+    libraries=["uv", "ssl", "crypto"],
     extra_compile_args=extra,
     extra_link_args=["-fsanitize=" + san] if san else [],
 )

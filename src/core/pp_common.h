@@ -31,6 +31,10 @@
   XX(ECONNREFUSED, -5022, "connection refused")                               \
   XX(EADDRINUSE, -5023, "address already in use")                             \
   XX(ENOTFOUND, -5024, "host name not found")                                 \
+  XX(ETLS, -5025, "TLS handshake or record failed")                           \
+  XX(ENOTLS, -5026, "the peer does not accept TLS (plain connections only)")  \
+  XX(ETLSREQ, -5027, "the peer requires TLS (plain connection refused)")      \
+  XX(ETLSCONF, -5028, "cannot load the TLS certificate, key or CA file")      \
   XX(EDISCOFMT, -5030, "not a pp discovery datagram of this version")         \
   XX(EDISCOMAC, -5031, "bad signature (another secret, or forged)")           \
   XX(EDISCOSTALE, -5032,                                                      \
