@@ -420,6 +420,29 @@ def _worker_env():
     return ["%s=%s" % kv for kv in env.items()]
 
 
+def _check_tls(tls, cert, key, ca):
+    """Validate Server's transport-security arguments; returns the Engine
+    keywords for the certificate files (empty in PSK mode)."""
+    if not isinstance(tls, bool):
+        raise TypeError("tls must be True or False")
+    files = {"tls_cert": cert, "tls_key": key, "tls_ca": ca}
+    given = [k for k, v in files.items() if v is not None]
+    if not given:
+        return {}
+    if not tls:
+        raise ValueError("tls=False cannot be combined with " + ", ".join(given))
+    if len(given) != 3:
+        raise ValueError("TLS with certificates needs tls_cert, tls_key and "
+                         "tls_ca (all three)")
+    out = {}
+    for k, v in files.items():
+        path = os.fspath(v)
+        if not os.access(path, os.R_OK):
+            raise ValueError("%s: cannot read %r" % (k, path))
+        out[k] = path
+    return out
+
+
 class Server:
     """Parallel Python execution server: a pool of local worker processes
     and remote ppserver nodes (named, or found with ppservers=("*",)), fed
@@ -442,7 +465,10 @@ class Server:
                  job_timeout: Optional[float] = None,
                  job_memory_limit: Optional[int] = None,
                  output: str = "echo", max_output: int = 1 << 20,
-                 max_node_workers: int = _core.MAX_NODE_WORKERS) -> None:
+                 max_node_workers: int = _core.MAX_NODE_WORKERS,
+                 tls: bool = True, tls_cert: Optional[str] = None,
+                 tls_key: Optional[str] = None,
+                 tls_ca: Optional[str] = None) -> None:
         """Start the local workers and connect to the nodes.
 
         ncpus: local worker processes ("autodetect": one per core; 0: none,
@@ -480,8 +506,14 @@ class Server:
         max_output: bytes of output kept per stream and job.
         max_node_workers: the most workers the client believes a node
             announces; a node also gets at most 16 jobs in flight plus one
-            per result it returned (docs/protocol.md 7.8)."""
+            per result it returned (docs/protocol.md 7.8).
+        tls: encrypt node connections with TLS 1.3 keyed from the secret
+            (default); False sends authenticated frames in clear, to nodes
+            that allow it.
+        tls_cert, tls_key, tls_ca: PEM files: TLS with certificates,
+            verified both ways, instead of the secret-derived key."""
         self._closed = True
+        tls_files = _check_tls(tls, tls_cert, tls_key, tls_ca)
         if output not in ("echo", "capture", "inherit"):
             raise ValueError('output must be "echo", "capture" or "inherit"')
         if isinstance(max_output, bool) or not isinstance(max_output, int) \
@@ -540,7 +572,7 @@ class Server:
             discover=ports or None, max_frame=max_frame or 0,
             capture_output=output != "inherit", max_output=max_output,
             echo=_echo if output == "echo" else None,
-            max_node_workers=max_node_workers)
+            max_node_workers=max_node_workers, plain=not tls, **tls_files)
         self.ppservers = tuple(nodes) + tuple(
             "*" if p == Server.default_port else "*:%d" % p for p in ports)
         self._ncpus = ncpus

@@ -215,10 +215,14 @@ static int compute_proof(const pp_auth *a, int role,
 /* append_fail: append an AUTH_FAIL frame for reason. Best effort (an
  * allocation failure just loses the courtesy frame). */
 static void append_fail(pp_buf *out, uint32_t reason) {
+  (void)pp_auth_append_fail(out, reason);
+}
+
+int pp_auth_append_fail(pp_buf *out, uint32_t reason) {
   uint8_t p[FAIL_PAYLOAD];
   pp_put_u32(p, reason);
   pp_put_u32(p + 4, PP_AUTH_VERSION);
-  (void)pp_frame_append(out, PP_MSG_AUTH_FAIL, 0, 0, 0, p, sizeof p);
+  return pp_frame_append(out, PP_MSG_AUTH_FAIL, 0, 0, 0, p, sizeof p);
 }
 
 /* fail: end the handshake with err; for errors detected here (not reported
@@ -279,6 +283,7 @@ static int peer_failed(pp_auth *a, const pp_frame_hdr *h,
   switch (reason) {
   case PP_AUTH_FAIL_VERSION: return PP_EVERSION;
   case PP_AUTH_FAIL_AUTH: return PP_EAUTH;
+  case PP_AUTH_FAIL_MODE: return PP_ETLSREQ; /* we are plain: it wants TLS */
   default: return PP_EPROTO;
   }
 }

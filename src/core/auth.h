@@ -54,7 +54,11 @@ enum pp_auth_msg_type {
 enum pp_auth_fail_reason {
   PP_AUTH_FAIL_VERSION = 1, /* I do not speak your protocol version */
   PP_AUTH_FAIL_AUTH = 2,    /* your proof did not verify */
-  PP_AUTH_FAIL_PROTO = 3    /* malformed or unexpected handshake frame */
+  PP_AUTH_FAIL_PROTO = 3,   /* malformed or unexpected handshake frame */
+  PP_AUTH_FAIL_MODE = 4     /* TLS or plain: not the mode I accept (6.6);
+                               sent in plain by a node to a plain client it
+                               refuses (--require-tls) or to a TLS client
+                               (--no-tls) */
 };
 
 #define PP_AUTH_VERSION PP_PROTO_VERSION /* version carried in HELLO/CHALLENGE */
@@ -137,6 +141,10 @@ int pp_auth_feed(pp_auth *a, const pp_frame_hdr *h, const uint8_t *payload,
  * send/receive keys and sequence numbers 0. Returns 0 or PP_ESTATE (the peer
  * has not proved the secret: no keys). */
 int pp_auth_session(const pp_auth *a, pp_session *s);
+
+/* pp_auth_append_fail: append an AUTH_FAIL frame with reason (enum
+ * pp_auth_fail_reason) and this side's version to out. 0 or PP_ENOMEM. */
+int pp_auth_append_fail(pp_buf *out, uint32_t reason);
 
 /* pp_auth_clear: wipe every byte of *a (OPENSSL_cleanse). Safe on a
  * zeroed or already cleared object. */

@@ -6,6 +6,7 @@
  * sched.c, transports pool.c and node.c, completion complete.c. See
  * engine_int.h for the layers and for which thread owns what. */
 #include "engine_int.h"
+#include "tls.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -212,6 +213,17 @@ static void stretch_done(uv_work_t *req, int status) {
                                                           : e->stretch_rc));
     return;
   }
+  if (e->tls_psk) {
+    /* TLS's pre-shared key comes from the stretched secret too */
+    char err[256] = "";
+    pp_tls_opts to = {e->key, sizeof e->key, NULL, NULL, NULL};
+    int rc = pp_tls_ctx_new(PP_TLS_CLIENT, &to, &e->tls_ctx, err, sizeof err);
+    if (rc != PP_OK) {
+      pp__log(e, PP_LOG_ERROR, "cannot set up TLS (%s): no node will be used",
+              err[0] ? err : pp_strerror(rc));
+      return; /* key_ready stays 0: never a plain connection instead */
+    }
+  }
   e->key_ready = 1;
   if (e->stopping)
     return;
@@ -253,6 +265,8 @@ static void engine_main(void *arg) {
 static void engine_free_config(pp_engine *e) {
   pp__disco_free(e);
   pp__nodes_free(e);
+  pp_tls_ctx_free(e->tls_ctx);
+  e->tls_ctx = NULL;
   OPENSSL_cleanse(e->key, sizeof e->key);
   if (e->secret != NULL) {
     OPENSSL_cleanse(e->secret, e->secret_len);
@@ -319,6 +333,18 @@ int pp_engine_new(const pp_engine_opts *o, pp_engine **out) {
       memcpy(e->disco_ports, o->discover_ports,
              (size_t)o->ndiscover * sizeof *e->disco_ports);
       e->ndisco = o->ndiscover;
+    }
+    if (!o->plain && (o->tls_cert || o->tls_key || o->tls_ca)) {
+      /* certificates: loaded now, so a bad file is an error of this call
+       * (the secret is not used by TLS) */
+      pp_tls_opts to = {o->secret, o->secret_len, o->tls_cert, o->tls_key,
+                        o->tls_ca};
+      rc = pp_tls_ctx_new(PP_TLS_CLIENT, &to, &e->tls_ctx, o->error,
+                          o->error_len);
+      if (rc != PP_OK)
+        goto fail_config;
+    } else if (!o->plain) {
+      e->tls_psk = 1; /* keyed from the stretched secret in stretch_done */
     }
     rc = pp__nodes_init(e, o->nodes);
     if (rc != PP_OK)

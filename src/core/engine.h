@@ -39,6 +39,16 @@ typedef struct pp_engine_opts {
   uint32_t node_timeout_ms;  /* silence after which a node is dead; 0 = 5 s */
   uint32_t max_node_workers; /* a node's announced worker count is capped
                                 at this; 0 = PP_MAX_NODE_WORKERS_DEFAULT */
+  /* Transport security to nodes (docs/protocol.md 6.6): TLS 1.3 keyed from
+   * the secret unless plain is set (then today's sealed frames, for nodes
+   * that allow them); with tls_cert, tls_key and tls_ca (paths, read at
+   * start) certificates are verified both ways instead. */
+  int plain;
+  const char *tls_cert, *tls_key, *tls_ca;
+  /* Optional: receives a message when pp_engine_new fails (a TLS file that
+   * cannot be loaded, ...). */
+  char *error;
+  size_t error_len;
   uint32_t no_capacity_ms;   /* fail queued jobs after this long with no
                                 worker and no node; 0 = never */
   /* Auto-discovery: listen for signed ppserver announcements on these UDP

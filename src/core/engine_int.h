@@ -52,6 +52,8 @@ struct pp_engine {
   int stretch_rc; /* [written by the pool thread before stretch_done] */
   uint64_t node_timeout_ns, no_capacity_ns;
   uint32_t max_node_workers; /* cap on a node's announced workers */
+  struct pp_tls_ctx *tls_ctx; /* TLS to nodes; NULL = plain sealed frames */
+  int tls_psk; /* TLS in PSK mode: tls_ctx is made once the key is ready */
   uint32_t max_frame;
   int capture_output;
   uint32_t max_output;

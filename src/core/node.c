@@ -5,7 +5,10 @@
  * when for the whole timeout nothing moved in either direction: no byte
  * received and none of ours acknowledged, so a long upload or download is
  * never mistaken for silence, while a SIGSTOPped node is still caught),
- * reconnects with exponential backoff. A lost node's jobs go back through
+ * reconnects with exponential backoff. With TLS (the default, tls.h) the
+ * connection starts with a TLS 1.3 handshake, pp's handshake runs inside
+ * it, and frames are sent without the per-frame MAC (TLS records are
+ * authenticated); node_write is the one place bytes are encrypted. A lost node's jobs go back through
  * the peer layer, uncharged. Node records come from the configuration at
  * start, or from discovery announcements at run time
  * (pp__node_discovered); discovered ones that stop announcing while
@@ -13,6 +16,7 @@
 #include "auth.h"
 #include "engine_int.h"
 #include "spec.h"
+#include "tls.h"
 
 #include <netinet/in.h>
 #include <sys/ioctl.h>
@@ -52,6 +56,9 @@ struct pp__node {
   int gai_busy;          /* getaddrinfo request outstanding */
   struct pp_auth *auth;  /* handshake state while HANDSHAKE */
   struct pp_session *sess;
+  struct pp_tls *tls;    /* TLS state (engine in TLS mode), from connect */
+  int tls_auth;          /* pp's HELLO sent inside TLS */
+  pp_buf net;            /* TLS: ciphertext as read, before pp_tls_feed */
   pp_buf out;            /* sealed frames emitted, not yet flushed */
   uint64_t state_since_ns, last_rx_ns, last_tx_ns, last_ping_ns;
   uint64_t next_attempt_ns;
@@ -130,6 +137,8 @@ void pp__nodes_free(pp_engine *e) {
       pp_session_clear(n->sess);
       free(n->sess);
     }
+    pp_tls_free(n->tls);
+    pp_buf_free(&n->net);
     pp_buf_free(&n->out);
     pp__peer_clear(&n->peer);
     free(n->host);
@@ -159,9 +168,10 @@ static void on_node_write(uv_write_t *req, int status) {
 
 static void node_down(pp__node *n, const char *why);
 
-/* node_write: send out's bytes; ownership of out's storage moves to the
- * write request only on success (out is then empty). 0 or a pp code. */
-static int node_write(pp__node *n, pp_buf *out) {
+/* node_write_raw: send out's bytes as they are; ownership of out's storage
+ * moves to the write request only on success (out is then empty). 0 or a
+ * pp code. */
+static int node_write_raw(pp__node *n, pp_buf *out) {
   if (pp_buf_avail(out) == 0)
     return PP_OK;
   nreq *r = calloc(1, sizeof *r);
@@ -180,8 +190,25 @@ static int node_write(pp__node *n, pp_buf *out) {
   return PP_OK;
 }
 
+/* node_write: send out's bytes (frames): through TLS when the connection
+ * has it (out is emptied; the records go out), else as they are. 0 or a pp
+ * code (out unchanged when plain). */
+static int node_write(pp__node *n, pp_buf *out) {
+  if (n->tls == NULL || pp_buf_avail(out) == 0)
+    return node_write_raw(n, out);
+  pp_buf rec;
+  pp_buf_init(&rec);
+  int rc = pp_tls_write(n->tls, out->data + out->off, pp_buf_avail(out), &rec);
+  if (rc == PP_OK) {
+    pp_buf_free(out);
+    rc = node_write_raw(n, &rec);
+  }
+  pp_buf_free(&rec);
+  return rc;
+}
+
 /* seal_frame: append one sealed frame (the one frame builder, then the
- * session MAC) to out. 0 or a pp code (out unchanged). */
+ * session MAC; inside TLS no MAC) to out. 0 or a pp code (out unchanged). */
 static int seal_frame(pp__node *n, pp_buf *out, uint8_t type, uint32_t flags,
                       uint64_t id, uint32_t attempt, const pp_part *parts,
                       size_t nparts) {
@@ -189,7 +216,7 @@ static int seal_frame(pp__node *n, pp_buf *out, uint8_t type, uint32_t flags,
   if (n->sess == NULL)
     return PP_ESTATE;
   int rc = pp_frame_build(out, type, flags, id, attempt, parts, nparts);
-  if (rc == PP_OK) {
+  if (rc == PP_OK && n->tls == NULL) {
     rc = pp_session_seal_tail(n->sess, out, out->len - off);
     if (rc != PP_OK)
       out->len = off;
@@ -326,6 +353,10 @@ static void node_down(pp__node *n, const char *why) {
     free(n->sess);
     n->sess = NULL;
   }
+  pp_tls_free(n->tls);
+  n->tls = NULL;
+  n->tls_auth = 0;
+  pp_buf_free(&n->net);
   if (n->gai_busy) {
     /* the getaddrinfo callback will see the state and just return */
     uv_cancel((uv_req_t *)&n->gai);
@@ -340,15 +371,32 @@ static void node_down(pp__node *n, const char *why) {
 
 /* ---- reading ------------------------------------------------------------- */
 
-/* session_frames: handle every complete sealed frame. 0 or an error. */
+/* next_frame: cut the next frame after authentication: a sealed frame, or
+ * inside TLS a plain one (no MAC; handshake types are a protocol error).
+ * Returns 1 with *h, *p and *size (bytes to consume), 0 (need more) or an
+ * error. */
+static int next_frame(pp__node *n, pp_frame_hdr *h, const uint8_t **p,
+                      size_t *size) {
+  if (n->tls == NULL) {
+    int rc = pp_session_next(n->sess, &n->peer.rbuf, PP_FRAME_MAX_DEFAULT, h, p);
+    *size = rc == 1 ? PP_SESSION_FRAME_SIZE(h) : 0;
+    return rc;
+  }
+  int rc = pp_frame_next(&n->peer.rbuf, PP_FRAME_MAX_DEFAULT, h, p);
+  if (rc == 1 && h->type >= PP_MSG_AUTH_FIRST && h->type <= PP_MSG_AUTH_LAST)
+    return PP_EPROTO;
+  *size = rc == 1 ? PP_FRAME_HDR + (size_t)h->length : 0;
+  return rc;
+}
+
+/* session_frames: handle every complete frame after authentication. 0 or
+ * an error. */
 static int session_frames(pp__node *n) {
   pp_frame_hdr h;
   const uint8_t *p;
+  size_t size;
   int rc = PP_ECLOSED;
-  while (n->sess != NULL &&
-         (rc = pp_session_next(n->sess, &n->peer.rbuf, PP_FRAME_MAX_DEFAULT, &h,
-                               &p)) == 1) {
-    size_t size = PP_SESSION_FRAME_SIZE(&h);
+  while (n->sess != NULL && (rc = next_frame(n, &h, &p, &size)) == 1) {
     switch (h.type) {
     case PP_MSG_HELLO:
       if (h.length < 8 || n->state != NODE_AUTHED)
@@ -370,8 +418,11 @@ static int session_frames(pp__node *n) {
         n->last_tx_ns = n->ready_since_ns = pp_now_ns();
         n->ever_ready = 1;
         set_connected(n, 1, (int)nw);
-        pp__log(e, PP_LOG_INFO, "connected to node %s (%u workers)",
-                n->st.name, nw);
+        char how[96] = "no TLS: authenticated frames in clear";
+        if (n->tls)
+          pp_tls_describe(n->tls, how, sizeof how);
+        pp__log(e, PP_LOG_INFO, "connected to node %s (%u workers, %s)",
+                n->st.name, nw, how);
         pp__want_dispatch(n->peer.e);
       }
       break;
@@ -435,9 +486,47 @@ static int handshake_frames(pp__node *n) {
   return rc;
 }
 
+/* tls_input: n bytes of ciphertext arrived: decrypt them into the read
+ * buffer, send what TLS answers, and once the TLS handshake is done start
+ * pp's handshake inside it. A node that answers our ClientHello with a pp
+ * frame (70 70: its FAIL(MODE), or an old node) does not speak TLS.
+ * Returns 0 or an error (the caller takes the node down). */
+static int tls_input(pp__node *n, const uint8_t *p, size_t len) {
+  if (!pp_tls_done(n->tls) && n->state == NODE_HANDSHAKE && len > 0 &&
+      p[0] == (PP_FRAME_MAGIC & 0xff))
+    return PP_ENOTLS;
+  pp_buf out;
+  pp_buf_init(&out);
+  int rc = pp_tls_feed(n->tls, p, len, &n->peer.rbuf, &out);
+  int wrc = node_write_raw(n, &out); /* an alert, after a failure too */
+  pp_buf_free(&out);
+  if (rc != PP_OK)
+    return rc;
+  if (wrc != PP_OK)
+    return wrc;
+  if (pp_tls_done(n->tls) && !n->tls_auth && n->state == NODE_HANDSHAKE) {
+    n->tls_auth = 1;
+    if (pp_auth_start(n->auth, &out) != PP_OK)
+      rc = PP_ENOMEM;
+    else
+      rc = node_write(n, &out);
+    pp_buf_free(&out);
+  }
+  return rc;
+}
+
 static void on_node_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   pp__node *n = h->data;
   PP_UNUSED(hint);
+  if (n->tls != NULL) { /* ciphertext: a scratch buffer, fed at once */
+    n->net.off = n->net.len = 0;
+    if (pp_buf_reserve(&n->net, 65536) != PP_OK) {
+      *buf = uv_buf_init(NULL, 0);
+      return;
+    }
+    *buf = uv_buf_init((char *)n->net.data, (unsigned)n->net.cap);
+    return;
+  }
   if (pp_buf_reserve(&n->peer.rbuf, 65536) != PP_OK) {
     *buf = uv_buf_init(NULL, 0);
     return;
@@ -451,14 +540,23 @@ static void on_node_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   int rc = PP_OK;
   PP_UNUSED(buf);
   if (nread < 0) {
-    node_down(n, nread == UV_EOF ? "connection closed" : uv_strerror((int)nread));
+    node_down(n, nread != UV_EOF ? uv_strerror((int)nread)
+                 : n->tls && !pp_tls_done(n->tls)
+                     ? "connection closed during the TLS handshake (a node"
+                       " without TLS?)"
+                     : "connection closed");
     return;
   }
   if (nread == 0)
     return;
-  n->peer.rbuf.len += (size_t)nread;
   n->last_rx_ns = pp_now_ns();
-  if (n->state == NODE_HANDSHAKE) {
+  if (n->tls != NULL)
+    rc = tls_input(n, (const uint8_t *)buf->base, (size_t)nread);
+  else
+    n->peer.rbuf.len += (size_t)nread;
+  if (rc == 0 && n->state == NODE_HANDSHAKE && n->tls != NULL && !n->tls_auth)
+    return; /* TLS handshake still running */
+  if (rc == 0 && n->state == NODE_HANDSHAKE) {
     rc = handshake_frames(n);
     if (rc == 0)
       return;
@@ -466,11 +564,24 @@ static void on_node_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   if (rc >= 0)
     rc = session_frames(n);
   if (rc < 0) {
-    char why[128];
+    char why[384];
+    const char *detail = n->tls ? pp_tls_error(n->tls) : "";
     n->fault = rc != PP_ECLOSED;
     if (rc == PP_EAUTH)
       snprintf(why, sizeof why,
-               "authentication failed (is the secret the same on both sides?)");
+               "authentication failed (is the secret the same on both"
+               " sides?)%s%s", detail[0] ? ": TLS: " : "", detail);
+    else if (rc == PP_ETLS)
+      snprintf(why, sizeof why, "TLS failed: %s", detail[0] ? detail : "?");
+    else if (rc == PP_ENOTLS)
+      snprintf(why, sizeof why,
+               "the node does not accept TLS (ppserver --no-tls, or an older"
+               " ppserver); pp.Server(..., tls=False) connects without"
+               " encryption");
+    else if (rc == PP_ETLSREQ)
+      snprintf(why, sizeof why,
+               "the node requires TLS (ppserver --require-tls) and this"
+               " client has tls=False");
     else if (rc == PP_EVERSION)
       snprintf(why, sizeof why, "protocol version mismatch");
     else if (rc == PP_ECLOSED)
@@ -499,9 +610,13 @@ static void on_connect(uv_connect_t *req, int status) {
   n->auth = calloc(1, sizeof *n->auth);
   pp_buf out;
   pp_buf_init(&out);
+  /* TLS first (its ClientHello); pp's HELLO follows inside it */
   if (n->auth == NULL ||
       pp_auth_init(n->auth, PP_AUTH_CLIENT, e->key, sizeof e->key) != PP_OK ||
-      pp_auth_start(n->auth, &out) != PP_OK) {
+      (e->tls_ctx != NULL
+           ? pp_tls_new(e->tls_ctx, n->host, &n->tls) != PP_OK ||
+                 pp_tls_start(n->tls, &out) != PP_OK
+           : pp_auth_start(n->auth, &out) != PP_OK)) {
     pp_buf_free(&out);
     node_down(n, "cannot start the handshake");
     return;
@@ -509,7 +624,7 @@ static void on_connect(uv_connect_t *req, int status) {
   n->state = NODE_HANDSHAKE;
   n->state_since_ns = n->last_rx_ns = pp_now_ns();
   uv_read_start((uv_stream_t *)&n->tcp, on_node_alloc, on_node_read);
-  int rc = node_write(n, &out);
+  int rc = node_write_raw(n, &out);
   pp_buf_free(&out);
   if (rc != PP_OK)
     node_down(n, pp_strerror(rc));

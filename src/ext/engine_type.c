@@ -113,7 +113,9 @@ static int start_engine(ppx_engine_object *self, pp_engine_opts *o,
   o->worker_env = cenv;
   o->nodes = cnodes;
   int erc = pp_engine_new(o, &self->e);
-  if (erc == PP_EINVAL)
+  if (erc != PP_OK && o->error != NULL && o->error[0] != '\0')
+    PyErr_SetString(PyExc_ValueError, o->error); /* e.g. a TLS file */
+  else if (erc == PP_EINVAL)
     ppx_raise(erc, "bad engine options (a node address, or a missing or too "
                    "long secret)");
   else if (erc != PP_OK)
@@ -132,7 +134,9 @@ out:
 
 /* Engine(argv, *, env=None, nworkers=0, restart=False, max_retries=2,
  *        job_type=pp._core.Job, nodes=None, secret=None, node_timeout=5.0,
- *        no_capacity_timeout=0.0, discover=None, max_frame=0)
+ *        no_capacity_timeout=0.0, discover=None, max_frame=0,
+ *        capture_output=False, max_output=0, echo=None, plain=False,
+ *        tls_cert=None, tls_key=None, tls_ca=None)
  * Starts the engine thread and nworkers workers running argv. 0 or -1 with
  * an exception; an Engine is initialised once. */
 static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
@@ -141,7 +145,8 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
                            "nodes",    "secret",       "node_timeout",
                            "no_capacity_timeout",      "discover",
                            "max_frame", "capture_output", "max_output",
-                           "echo", "max_node_workers", NULL};
+                           "echo", "max_node_workers", "plain", "tls_cert",
+                           "tls_key", "tls_ca", NULL};
   PyObject *argv, *env = Py_None, *jt = NULL, *nodes = Py_None;
   PyObject *discover = Py_None;
   uint16_t ports[MAX_DISCOVER_PORTS];
@@ -152,6 +157,9 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
   int capture = 0;
   PyObject *echo = Py_None;
   Py_ssize_t max_node_workers = 0;
+  int plain = 0;
+  const char *tls_cert = NULL, *tls_key = NULL, *tls_ca = NULL;
+  char errmsg[512] = "";
   if (self->e != NULL) {
     PyErr_SetString(PyExc_RuntimeError, "Engine already initialised");
     return -1;
@@ -159,12 +167,13 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
   self->st = ppx_state_of_type(Py_TYPE(self));
   if (self->st == NULL)
     return -1;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OipiOOz*ddOnpnOn", kwlist,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OipiOOz*ddOnpnOnpzzz", kwlist,
                                    &argv, &env, &nworkers, &restart,
                                    &max_retries, &jt, &nodes, &secret,
                                    &node_timeout, &no_capacity, &discover,
                                    &max_frame, &capture, &max_output, &echo,
-                                   &max_node_workers))
+                                   &max_node_workers, &plain, &tls_cert,
+                                   &tls_key, &tls_ca))
     return -1;
   int rc = -1;
   int nports = parse_ports(discover, ports);
@@ -221,6 +230,12 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
       .max_node_workers = (uint32_t)max_node_workers,
       .discover_ports = ports,
       .ndiscover = nports,
+      .plain = plain,
+      .tls_cert = tls_cert,
+      .tls_key = tls_key,
+      .tls_ca = tls_ca,
+      .error = errmsg,
+      .error_len = sizeof errmsg,
   };
   rc = start_engine(self, &o, argv, env, nodes);
   if (rc == 0) {
@@ -611,10 +626,14 @@ static PyType_Slot Engine_slots[] = {
     {Py_tp_doc,
      "Engine(argv, *, env=None, nworkers=0, restart=False, max_retries=2, "
      "job_type=Job, nodes=None, secret=None, node_timeout=5.0, "
-     "no_capacity_timeout=0.0, discover=None, max_frame=0)\n\n"
+     "no_capacity_timeout=0.0, discover=None, max_frame=0, "
+     "capture_output=False, max_output=0, echo=None, plain=False, "
+     "tls_cert=None, tls_key=None, tls_ca=None)\n\n"
      "The C engine: job queue, scheduler, local worker pool and remote "
      "nodes. max_frame is the payload limit on worker pipes in bytes (0: "
-     "the default, FRAME_MAX)."},
+     "the default, FRAME_MAX). Nodes are reached over TLS keyed from the "
+     "secret, or with the three certificate files; plain=True sends "
+     "authenticated frames in clear."},
     {Py_tp_new, PyType_GenericNew},
     {Py_tp_init, Engine_init},
     {Py_tp_dealloc, Engine_dealloc},

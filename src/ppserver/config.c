@@ -29,7 +29,8 @@
 enum opt_id {
   O_HELP, O_DEBUG, O_LOGFMT, O_AUTO, O_RESTART, O_PROTO, O_CONFIG, O_IFACE,
   O_BCAST, O_PORT, O_WORKERS, O_SECRET, O_SECRET_FILE, O_TIMEOUT, O_SOCKTO,
-  O_PIDFILE, O_PYTHON, O_ANNOUNCE, O_MAXFRAME, O_JOBMEM, O_MAXCLIENTS, O_COUNT
+  O_PIDFILE, O_PYTHON, O_ANNOUNCE, O_MAXFRAME, O_JOBMEM, O_MAXCLIENTS,
+  O_NOTLS, O_REQTLS, O_TLSCERT, O_TLSKEY, O_TLSCA, O_GENSECRET, O_COUNT
 };
 
 /* One row per option: long name (also the config key, with '-' or '_'),
@@ -62,6 +63,12 @@ static const struct optdef {
     [O_MAXFRAME] = {"max-frame", 0, 1, 1},
     [O_JOBMEM] = {"job-memory-limit", 0, 1, 1},
     [O_MAXCLIENTS] = {"max-clients", 0, 1, 1},
+    [O_NOTLS] = {"no-tls", 0, 0, 1},
+    [O_REQTLS] = {"require-tls", 0, 0, 1},
+    [O_TLSCERT] = {"tls-cert", 0, 1, 1},
+    [O_TLSKEY] = {"tls-key", 0, 1, 1},
+    [O_TLSCA] = {"tls-ca", 0, 1, 1},
+    [O_GENSECRET] = {"gen-secret", 0, 0, 0},
 };
 
 /* A layer of settings as strings, with where each came from. */
@@ -142,7 +149,8 @@ static const char usage_text[] =
     "                [-k seconds] [-P pid_file] [--secret-file PATH] [--python PATH]\n"
     "                [--announce-interval SECONDS] [--max-frame BYTES]\n"
     "                [--job-memory-limit BYTES]\n"
-    "                [--max-clients N]\n"
+    "                [--max-clients N] [--no-tls | --require-tls]\n"
+    "                [--tls-cert FILE --tls-key FILE --tls-ca FILE] [--gen-secret]\n"
     "\n"
     "Parallel Python execution node: authenticates pp clients with a shared\n"
     "secret and runs their jobs on a pool of local Python worker processes.\n"
@@ -187,6 +195,15 @@ static const char usage_text[] =
     "      --max-clients N        connections open at once, handshakes included\n"
     "                             (default: the open-files limit less what the\n"
     "                             workers need); more are closed at once\n"
+    "      --no-tls               plain connections only: authenticated frames in\n"
+    "                             clear (today's protocol); TLS clients are refused\n"
+    "      --require-tls          TLS connections only: plain clients are refused\n"
+    "                             (default: TLS, and plain for clients that ask)\n"
+    "      --tls-cert FILE, --tls-key FILE, --tls-ca FILE\n"
+    "                             TLS with certificates (PEM) instead of a key from\n"
+    "                             the secret; clients must present a certificate\n"
+    "                             from the CA, as this node's must be to them\n"
+    "      --gen-secret           print a new random secret (256 bits) and exit\n"
     "\n"
     "Secret (required; there is no default), first found wins:\n"
     "  -s/--secret, --secret-file, the PP_SECRET environment variable, then the\n"
@@ -197,7 +214,8 @@ static const char usage_text[] =
     "the long option names (`-` or `_`): debug, log_format, autodiscovery, restart,\n"
     "proto, interface, broadcast, port, workers, secret, secret_file, timeout,\n"
     "socket_timeout, pid_file, python, announce_interval, max_frame,\n"
-    "job_memory_limit, max_clients. Flags take true/false, yes/no, on/off, 1/0.\n"
+    "job_memory_limit, max_clients, no_tls, require_tls, tls_cert, tls_key,\n"
+    "tls_ca. Flags take true/false, yes/no, on/off, 1/0.\n"
     "Options given on the command line override the file. Example:\n"
     "    # /etc/ppserver.conf  (chmod 600 if it holds the secret)\n"
     "    port = 35000\n"
@@ -609,6 +627,10 @@ int ppsrv_config_load(ppsrv_config *cfg, int argc, char **argv, char *err,
     cfg->help = 1;
     goto out;
   }
+  if (cli.val[O_GENSECRET] != NULL) {
+    cfg->gen_secret = 1;
+    goto out;
+  }
   if (cli.val[O_CONFIG] != NULL) {
     cfg->config_path = strdup(cli.val[O_CONFIG]);
     rc = parse_config_file(cfg, &file, cli.val[O_CONFIG], err, errlen);
@@ -692,6 +714,36 @@ int ppsrv_config_load(ppsrv_config *cfg, int argc, char **argv, char *err,
     if (!cfg->autodiscovery)
       add_warning(cfg, "-b/--broadcast has no effect without -a");
   }
+  /* transport security (docs/protocol.md 6.6) */
+  int no_tls = m.val[O_NOTLS] && strcmp(m.val[O_NOTLS], "1") == 0;
+  int req_tls = m.val[O_REQTLS] && strcmp(m.val[O_REQTLS], "1") == 0;
+  int ntls = (m.val[O_TLSCERT] != NULL) + (m.val[O_TLSKEY] != NULL) +
+             (m.val[O_TLSCA] != NULL);
+  if (no_tls && req_tls) {
+    set_err(err, errlen, "--no-tls and --require-tls contradict each other");
+    goto out;
+  }
+  if (ntls != 0 && ntls != 3) {
+    set_err(err, errlen, "TLS with certificates needs --tls-cert, --tls-key"
+            " and --tls-ca (all three)");
+    goto out;
+  }
+  if (no_tls && ntls) {
+    set_err(err, errlen, "--no-tls and --tls-cert/--tls-key/--tls-ca"
+            " contradict each other");
+    goto out;
+  }
+  cfg->tls_mode = no_tls ? PPSRV_TLS_OFF : req_tls ? PPSRV_TLS_REQUIRE
+                                                   : PPSRV_TLS_AUTO;
+  if (ntls) {
+    cfg->tls_cert = strdup(m.val[O_TLSCERT]);
+    cfg->tls_key = strdup(m.val[O_TLSKEY]);
+    cfg->tls_ca = strdup(m.val[O_TLSCA]);
+    if (!cfg->tls_cert || !cfg->tls_key || !cfg->tls_ca) {
+      set_err(err, errlen, "out of memory");
+      goto out;
+    }
+  }
   if (cfg->pid_file != NULL && cfg->pid_file[0] == '\0') {
     set_err(err, errlen, "--pid-file must not be empty");
     goto out;
@@ -746,6 +798,9 @@ void ppsrv_config_free(ppsrv_config *cfg) {
   free(cfg->interface);
   free(cfg->pid_file);
   free(cfg->python);
+  free(cfg->tls_cert);
+  free(cfg->tls_key);
+  free(cfg->tls_ca);
   free(cfg->warnings);
   memset(cfg, 0, sizeof *cfg);
 }

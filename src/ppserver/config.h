@@ -28,6 +28,13 @@ enum ppsrv_secret_source {
   PPSRV_SECRET_CONFIG_FILE  /* config file `secret_file` */
 };
 
+/* Which connections the node accepts (docs/protocol.md 6.6). */
+enum ppsrv_tls_mode {
+  PPSRV_TLS_AUTO = 0, /* TLS, and plain for clients that start plain */
+  PPSRV_TLS_OFF,      /* --no-tls: plain only */
+  PPSRV_TLS_REQUIRE   /* --require-tls: TLS only */
+};
+
 typedef struct ppsrv_config {
   int debug;            /* -d: log DEBUG lines */
   char *log_format;     /* -f: owned */
@@ -51,7 +58,10 @@ typedef struct ppsrv_config {
   uint32_t max_frame;   /* --max-frame: payload limit, clients and workers */
   uint64_t job_memory_limit; /* --job-memory-limit: cap per job; 0 = none */
   int max_clients;      /* --max-clients; 0 = from the open-files limit */
+  int tls_mode;         /* enum ppsrv_tls_mode */
+  char *tls_cert, *tls_key, *tls_ca; /* owned, all or none: certificate mode */
   int help;             /* -h given: print usage, exit 0 */
+  int gen_secret;       /* --gen-secret: print a random secret, exit 0 */
   /* Warnings found while parsing, to be logged once the log sink is set up
    * (parsing runs before it). Owned, NUL-separated, may be NULL. */
   char *warnings;

@@ -3,7 +3,10 @@
  * the handshake (auth.h, server role), sealed frames in (FUNC, JOB, PING,
  * BYE) and out (HELLO, PONG, RESULT, BYE), writing and batching,
  * back-pressure, liveness deadlines and closing. Jobs go to feed.c; see
- * ppsrv_int.h for the objects. Main thread only. */
+ * ppsrv_int.h for the objects. A connection is TLS or plain by its first
+ * byte (docs/protocol.md 6.6): TLS bytes go through tls.h (conn_write is
+ * the one place they are encrypted, tls_input the one where they are
+ * decrypted into rbuf) and its frames carry no MAC. Main thread only. */
 #include "ppsrv_int.h"
 
 #include <stdio.h>
@@ -122,11 +125,12 @@ static void on_write(uv_write_t *req, int status) {
   ppsrv__conn_maybe_resume(c);
 }
 
-/* conn_write: write the bytes of *buf. Its storage moves into the write
- * request and *buf is left empty, also on failure (the bytes are sealed
- * frames of this session: nobody can send them again). Returns 0, or a
- * negative pp error after which the connection is closing. */
-static int conn_write(conn *c, pp_buf *buf) {
+/* conn_write_raw: write the bytes of *buf as they are. Its storage moves
+ * into the write request and *buf is left empty, also on failure (the
+ * bytes are sealed frames or TLS records of this session: nobody can send
+ * them again). Returns 0, or a negative pp error after which the
+ * connection is closing. */
+static int conn_write_raw(conn *c, pp_buf *buf) {
   if (pp_buf_avail(buf) == 0) {
     pp_buf_free(buf);
     return PP_OK;
@@ -155,6 +159,27 @@ static int conn_write(conn *c, pp_buf *buf) {
   return PP_OK;
 }
 
+/* conn_write: write the frames in *buf: encrypted on a TLS connection,
+ * else as they are; *buf is left empty. Returns 0, or a negative pp error
+ * after which the connection is closing. */
+static int conn_write(conn *c, pp_buf *buf) {
+  if (c->tls == NULL || pp_buf_avail(buf) == 0)
+    return conn_write_raw(c, buf);
+  pp_buf rec;
+  pp_buf_init(&rec);
+  int rc = pp_tls_write(c->tls, buf->data + buf->off, pp_buf_avail(buf), &rec);
+  pp_buf_free(buf);
+  if (rc != PP_OK) {
+    char why[320];
+    pp_buf_free(&rec);
+    snprintf(why, sizeof why, "cannot encrypt: %s", rc == PP_ENOMEM
+             ? "out of memory" : pp_tls_error(c->tls));
+    ppsrv__conn_close(c, PP_LOG_ERROR, why);
+    return rc;
+  }
+  return conn_write_raw(c, &rec);
+}
+
 int ppsrv__conn_send(conn *c, uint8_t type, uint32_t flags, uint64_t id,
                      uint32_t attempt, const pp_part *parts, size_t n) {
   pp_buf *out = &c->outq;
@@ -168,7 +193,7 @@ int ppsrv__conn_send(conn *c, uint8_t type, uint32_t flags, uint64_t id,
     mark = out->len; /* reserve may have compacted the buffer */
     rc = pp_frame_build(out, type, flags, id, attempt, parts, n);
   }
-  if (rc == PP_OK) {
+  if (rc == PP_OK && c->tls == NULL) { /* inside TLS: no MAC */
     rc = pp_session_seal_tail(&c->sess, out, PP_FRAME_HDR + len);
     if (rc != PP_OK)
       out->len = mark; /* drop the unsealed frame */
@@ -273,10 +298,17 @@ void ppsrv__conn_maybe_resume(conn *c) {
  * growing with the bytes that actually arrive, never in one jump to the
  * size a header announces. */
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  /* TLS: ciphertext lands in one scratch buffer (one thread, and on_read
+   * feeds it to TLS before the next read), plaintext in rbuf (tls_input) */
+  static uint8_t net_scratch[65536];
   conn *c = h->data;
   size_t avail = pp_buf_avail(&c->rbuf);
   size_t room;
   PP_UNUSED(hint);
+  if (c->tls != NULL) {
+    *buf = uv_buf_init((char *)net_scratch, sizeof net_scratch);
+    return;
+  }
   if (c->state == C_HANDSHAKE) {
     size_t lim = 2 * (PP_FRAME_HDR + PP_AUTH_MAX_PREAUTH_FRAME);
     room = avail < lim ? lim - avail : 0;
@@ -428,12 +460,24 @@ static void process_session(conn *c) {
   pp_frame_hdr h;
   const uint8_t *p;
   int rc = 0;
-  while (c->state == C_READY &&
-         (rc = pp_session_next(&c->sess, &c->rbuf, c->s->cfg->max_frame, &h,
-                               &p)) == 1) {
+  for (;;) {
+    size_t size;
+    if (c->state != C_READY)
+      break;
+    if (c->tls == NULL) {
+      rc = pp_session_next(&c->sess, &c->rbuf, c->s->cfg->max_frame, &h, &p);
+      size = PP_SESSION_FRAME_SIZE(&h);
+    } else { /* TLS records are authenticated: frames carry no MAC */
+      rc = pp_frame_next(&c->rbuf, c->s->cfg->max_frame, &h, &p);
+      if (rc == 1 && h.type >= PP_MSG_AUTH_FIRST && h.type <= PP_MSG_AUTH_LAST)
+        rc = PP_EPROTO;
+      size = PP_FRAME_HDR + (size_t)h.length;
+    }
+    if (rc != 1)
+      break;
     if (handle_frame(c, &h, p) != PP_OK)
       return;
-    pp_buf_consume(&c->rbuf, PP_SESSION_FRAME_SIZE(&h));
+    pp_buf_consume(&c->rbuf, size);
     c->rx_frames++;
   }
   if (c->state != C_READY)
@@ -504,8 +548,11 @@ static void authenticated(conn *c) {
   s->nclients++;
   if (s->nclients == 1 && s->cfg->timeout > 0)
     uv_timer_stop(&s->idle_exit);
-  pp_log(PP_LOG_INFO, "client %s authenticated (%zu connected)", c->peer,
-         s->nclients);
+  char how[96] = "plain: authenticated frames in clear";
+  if (c->tls != NULL)
+    pp_tls_describe(c->tls, how, sizeof how);
+  pp_log(PP_LOG_INFO, "client %s authenticated (%zu connected, %s)", c->peer,
+         s->nclients, how);
   uint8_t hello[8];
   pp_put_u32(hello, (uint32_t)getpid());
   pp_put_u32(hello + 4, (uint32_t)s->cfg->nworkers);
@@ -549,6 +596,78 @@ static void process_handshake(conn *c) {
   }
 }
 
+/* refuse_mode: the client's first byte shows a mode this node does not
+ * accept (--no-tls, --require-tls): answer FAIL(MODE) as a plain frame,
+ * which either kind of client can read, and close with why. */
+static void refuse_mode(conn *c, int err, const char *why) {
+  pp_buf out;
+  pp_buf_init(&out);
+  if (pp_auth_append_fail(&out, PP_AUTH_FAIL_MODE) == PP_OK &&
+      conn_write_raw(c, &out) != PP_OK)
+    return;
+  pp_buf_free(&out);
+  handshake_failed(c, err, why);
+}
+
+/* choose_mode: the first bytes of c arrived in rbuf: a TLS handshake
+ * record makes c a TLS connection (its bytes move to TLS), anything else a
+ * plain one (pp's handshake checks the magic). A mode this node does not
+ * accept is refused. Returns 0, or an error after which c is closing. */
+static int choose_mode(conn *c) {
+  srv *s = c->s;
+  int tls = c->rbuf.data[c->rbuf.off] == PP_TLS_RECORD_HANDSHAKE;
+  if (tls && s->tls_ctx == NULL) {
+    refuse_mode(c, PP_ENOTLS, "TLS client refused: this node accepts plain"
+                " connections only (--no-tls)");
+    return PP_ENOTLS;
+  }
+  if (!tls && s->cfg->tls_mode == PPSRV_TLS_REQUIRE) {
+    refuse_mode(c, PP_ETLSREQ, "plain client refused: this node requires TLS"
+                " (--require-tls)");
+    return PP_ETLSREQ;
+  }
+  c->mode = tls ? CM_TLS : CM_PLAIN;
+  return PP_OK;
+}
+
+/* tls_input: n bytes of ciphertext at p (or, with from_rbuf, the first
+ * bytes, still in rbuf): decrypt what they complete into rbuf and send what
+ * TLS answers. A failure closes c: in the handshake a wrong secret counts
+ * as a failed authentication (admit.c), anything else as a bad handshake;
+ * afterwards a record that does not authenticate closes the client.
+ * Returns 0 or an error after which c is closing. */
+static int tls_input(conn *c, const uint8_t *p, size_t n, int from_rbuf) {
+  pp_buf in, out;
+  pp_buf_init(&in);
+  pp_buf_init(&out);
+  if (from_rbuf) { /* the first bytes: rbuf becomes the plaintext buffer */
+    in = c->rbuf;
+    pp_buf_init(&c->rbuf);
+    p = in.data + in.off;
+    n = pp_buf_avail(&in);
+  }
+  int rc = c->tls != NULL ? PP_OK : pp_tls_new(c->s->tls_ctx, NULL, &c->tls);
+  if (rc == PP_OK)
+    rc = pp_tls_feed(c->tls, p, n, &c->rbuf, &out);
+  pp_buf_free(&in);
+  if (conn_write_raw(c, &out) != PP_OK) /* TLS's answer, or its alert */
+    return PP_ECLOSED;
+  if (rc == PP_OK)
+    return PP_OK;
+  char why[384];
+  const char *detail = c->tls ? pp_tls_error(c->tls) : pp_strerror(rc);
+  if (c->state == C_HANDSHAKE) {
+    snprintf(why, sizeof why, "handshake failed: %s (TLS: %s)",
+             rc == PP_EAUTH ? "authentication failed" : "TLS handshake failed",
+             detail);
+    handshake_failed(c, rc, why);
+  } else {
+    snprintf(why, sizeof why, "bad TLS record: %s", detail);
+    ppsrv__conn_close(c, PP_LOG_WARNING, why);
+  }
+  return rc;
+}
+
 /* on_read: libuv's read callback: nread bytes arrived at the end of
  * c->rbuf (see on_alloc), or EOF / an error, which close the connection.
  * Arrival is liveness for the sweep. Main thread. */
@@ -560,8 +679,19 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   if (nread > 0) {
     size_t before = pp_buf_avail(&c->rbuf);
     uint64_t consumed = c->rx_frames;
-    c->rbuf.len += (size_t)nread;
     c->last_rx_ms = uv_now(&c->s->loop);
+    if (c->tls != NULL) {
+      if (tls_input(c, (const uint8_t *)buf->base, (size_t)nread, 0) != PP_OK)
+        return;
+    } else {
+      c->rbuf.len += (size_t)nread;
+      if (c->mode == CM_UNKNOWN) {
+        if (choose_mode(c) != PP_OK)
+          return;
+        if (c->mode == CM_TLS && tls_input(c, NULL, 0, 1) != PP_OK)
+          return;
+      }
+    }
     if (c->state == C_HANDSHAKE) {
       process_handshake(c);
     } else {
@@ -606,6 +736,7 @@ static void on_conn_closed(uv_handle_t *h) {
   pp_buf_free(&c->rbuf);
   pp_auth_clear(&c->auth);
   pp_session_clear(&c->sess);
+  pp_tls_free(c->tls);
   pp_buf_free(&c->outq);
   free(c);
   ppsrv__maybe_finish(s);

@@ -44,6 +44,7 @@
 #include "pp_common.h"
 #include "server.h"
 #include "stretch.h"
+#include "tls.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -82,6 +83,10 @@ typedef struct funcmap {
 } funcmap;
 
 enum { C_HANDSHAKE = 0, C_READY = 1, C_CLOSING = 2 };
+
+/* How a connection speaks, decided by the first byte the client sends
+ * (docs/protocol.md 6.6): a TLS handshake record (0x16) or a pp frame. */
+enum { CM_UNKNOWN = 0, CM_PLAIN = 1, CM_TLS = 2 };
 
 /* A log line a flood could repeat: logged at most once per interval, with
  * the number left out since (admit.c). */
@@ -124,6 +129,8 @@ struct conn {
   uint64_t frame_ms;  /* C_READY: when the partial frame in rbuf began */
   size_t func_bytes;  /* descriptor bytes in funcs */
   uint64_t rx_frames; /* sealed frames handled */
+  int mode;        /* CM_*: plain sealed frames or TLS */
+  pp_tls *tls;     /* CM_TLS: owned; freed in the close callback */
   pp_auth auth;    /* C_HANDSHAKE */
   pp_session sess; /* C_READY */
   pp_buf rbuf;
@@ -187,6 +194,7 @@ struct srv {
   char listen_name[96];
   struct sockaddr_storage bound; /* the listener's address */
   ppsrv_announcer *announcer;    /* -a; NULL otherwise */
+  pp_tls_ctx *tls_ctx;           /* NULL with --no-tls */
 };
 
 /* ---- conn.c ------------------------------------------------------------ */

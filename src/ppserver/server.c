@@ -277,6 +277,24 @@ int ppsrv_run(const ppsrv_config *cfg) {
     return 1;
   }
   s->cfg = cfg;
+  /* every key, TLS's pre-shared one included, comes from the secret
+   * stretched once, before anything listens */
+  if (pp_secret_stretch(cfg->secret, cfg->secret_len, s->key) != PP_OK) {
+    pp_log(PP_LOG_ERROR, "cannot derive keys from the secret");
+    free(s);
+    return 1;
+  }
+  if (cfg->tls_mode != PPSRV_TLS_OFF) {
+    char err[512];
+    pp_tls_opts to = {s->key, sizeof s->key, cfg->tls_cert, cfg->tls_key,
+                      cfg->tls_ca};
+    if (pp_tls_ctx_new(PP_TLS_SERVER, &to, &s->tls_ctx, err, sizeof err) !=
+        PP_OK) {
+      pp_log(PP_LOG_ERROR, "%s", err[0] ? err : "cannot set up TLS");
+      free(s);
+      return 2;
+    }
+  }
   s->nworkers = (size_t)cfg->nworkers;
   s->idle_timeout_ms = (uint64_t)cfg->socket_timeout * 1000u;
   s->hs_timeout_ms = s->idle_timeout_ms < PPSRV_HANDSHAKE_TIMEOUT_MS
@@ -285,6 +303,7 @@ int ppsrv_run(const ppsrv_config *cfg) {
   set_limits(s);
   if (uv_loop_init(&s->loop) != 0 || uv_mutex_init(&s->done_mu) != 0) {
     pp_log(PP_LOG_ERROR, "cannot initialise the event loop");
+    pp_tls_ctx_free(s->tls_ctx);
     free(s);
     return 1;
   }
@@ -299,11 +318,6 @@ int ppsrv_run(const ppsrv_config *cfg) {
   uv_signal_init(&s->loop, &s->sig_usr1);
   s->sig_term.data = s->sig_int.data = s->sig_usr1.data = s;
 
-  /* before listening: a client that can connect can be authenticated */
-  if (pp_secret_stretch(cfg->secret, cfg->secret_len, s->key) != PP_OK) {
-    pp_log(PP_LOG_ERROR, "cannot derive keys from the secret");
-    goto stop;
-  }
   if (start_listening(s) != 0)
     goto stop;
   if (ppsrv__start_engine(s) != 0)
@@ -332,11 +346,16 @@ int ppsrv_run(const ppsrv_config *cfg) {
              cfg->timeout);
   pp_log(PP_LOG_INFO,
          "ppserver pid %d listening on %s with %d workers (%s, pickle"
-         " protocol %d, socket timeout %d s%s, at most %zu connections)",
+         " protocol %d, socket timeout %d s%s, at most %zu connections, %s)",
          (int)getpid(), s->listen_name, cfg->nworkers,
          cfg->restart ? "restart after each job" : "persistent workers",
          cfg->proto >= 0 ? cfg->proto : 4, cfg->socket_timeout, idle,
-         s->max_clients);
+         s->max_clients,
+         cfg->tls_mode == PPSRV_TLS_OFF ? "plain connections only (--no-tls)"
+         : cfg->tls_mode == PPSRV_TLS_REQUIRE
+             ? (cfg->tls_cert ? "TLS with certificates only" : "TLS only")
+         : cfg->tls_cert ? "TLS with certificates, or plain"
+                         : "TLS, or plain");
   rc = 0;
 
 stop:
@@ -355,6 +374,7 @@ stop:
     pp_log(PP_LOG_DEBUG, "event loop closed with handles still open");
   uv_mutex_destroy(&s->done_mu);
   free(s->admit);
+  pp_tls_ctx_free(s->tls_ctx);
   if (rc == 0)
     pp_log(PP_LOG_INFO, "ppserver stopped");
   free(s);

@@ -293,7 +293,8 @@ def test_public_api_callables_and_signatures():
         "logstream=None, restart=False, proto=%d, socket_timeout=3600, "
         "max_retries=2, node_timeout=5.0, no_capacity_timeout=None, *, "
         "max_frame=None, job_timeout=None, job_memory_limit=None, "
-        "output='echo', max_output=1048576, max_node_workers=256)"
+        "output='echo', max_output=1048576, max_node_workers=256, tls=True, "
+        "tls_cert=None, tls_key=None, tls_ca=None)"
         % (pickle.HIGHEST_PROTOCOL,))
     expected = {
         "submit": "(self, func, args=(), depfuncs=(), modules=(), callback=None, "
