@@ -27,7 +27,9 @@ Every system uses 2 local workers.  Workloads (pp targets in brackets):
        of 10,000 after one warm-up batch; growth of the client's VmRSS [<= 50 MB]
   W6   pp only, through bin/ppserver on 127.0.0.1: remote-only W1 with a 2-worker
        node [>= 100,000 jobs/s], remote-only W2 [<= 60 us], and W3 with 1 local
-       worker + a 1-worker node [efficiency >= 0.95]
+       worker + a 1-worker node [efficiency >= 0.95]. Remote W1, W2 and W4 (200 x
+       1 MiB) run twice on the same node in the same child: over TLS (the default)
+       and with tls=False; TLS may cost W1 at most 25 % and W2 at most 20 us.
 
 Isolation and noise: each (workload, system, repeat) runs in a fresh child process
 (this same file, started with --child), in its own session, with a time limit; a child
@@ -110,7 +112,7 @@ SYSTEM_LABEL = {"pp": "pp", "pool": "Pool", "ppe": "PPE", "ppbare": "ppbare"}
 
 # per-child time limits in seconds (before --timeout-scale)
 TIMEOUTS = {"W1": 120, "W2": 90, "W3": 120, "W4": 120, "W5": 120, "MEM": 900,
-            "W6": 180}
+            "W6": 300}
 
 
 def rss_mib():
@@ -337,31 +339,49 @@ def child_w6(name, p):
     import pp
     out = {}
     node, addr = start_node(2)
+    base = os.urandom(p["w4_size"])
     try:
-        s = pp.Server(0, ppservers=(addr,), secret=W6_SECRET)
-        try:
-            for x in range(300):                                       # warm-up
-                s.submit(inc, (x,))()
-            n = p["w1_jobs"]
-            gc.collect()
-            t0 = perf_counter()
-            jobs = [s.submit(inc, (x,)) for x in range(n)]
-            res = [j() for j in jobs]
-            out["remote_jobs_per_s"] = n / (perf_counter() - t0)
-            if res != list(range(1, n + 1)):
-                raise AssertionError("W6 W1 wrong result")
-            times = []
-            for x in range(p["w2_trips"]):
+        # plain first, then TLS, on the same node: the TLS cost is their ratio
+        for tls, tag in ((False, "plain_"), (True, "")):
+            s = pp.Server(0, ppservers=(addr,), secret=W6_SECRET, tls=tls)
+            try:
+                for x in range(300):                                   # warm-up
+                    s.submit(inc, (x,))()
+                n = p["w1_jobs"]
+                gc.collect()
                 t0 = perf_counter()
-                if s.submit(inc, (x,))() != x + 1:
-                    raise AssertionError("W6 W2 wrong result")
-                times.append(perf_counter() - t0)
-            out["remote_median_us"] = statistics.median(times) * 1e6
-        finally:
-            s.destroy()
+                jobs = [s.submit(inc, (x,)) for x in range(n)]
+                res = [j() for j in jobs]
+                out["remote_%sjobs_per_s" % tag] = n / (perf_counter() - t0)
+                if res != list(range(1, n + 1)):
+                    raise AssertionError("W6 W1 wrong result")
+                times = []
+                for x in range(p["w2_trips"]):
+                    t0 = perf_counter()
+                    if s.submit(inc, (x,))() != x + 1:
+                        raise AssertionError("W6 W2 wrong result")
+                    times.append(perf_counter() - t0)
+                out["remote_%smedian_us" % tag] = statistics.median(times) * 1e6
+                nj = p["w4_jobs"]
+                blobs = [i.to_bytes(8, "little") + base[8:] for i in range(nj)]
+                gc.collect()
+                t0 = perf_counter()
+                res = [j() for j in [s.submit(blob_len, (b,)) for b in blobs]]
+                out["remote_%sw4_mib_per_s" % tag] = (
+                    nj * p["w4_size"] / MiB / (perf_counter() - t0))
+                if res != [p["w4_size"]] * nj:
+                    raise AssertionError("W6 W4 wrong result")
+                del blobs, res
+            finally:
+                s.destroy()
     finally:
         node.kill()
         node.wait()
+    out["tls_w1_cost_pct"] = 100 * (1 - out["remote_jobs_per_s"] /
+                                    out["remote_plain_jobs_per_s"])
+    out["tls_w2_cost_us"] = out["remote_median_us"] - out["remote_plain_median_us"]
+    out["tls_w4_cost_pct"] = 100 * (1 - out["remote_w4_mib_per_s"] /
+                                    out["remote_plain_w4_mib_per_s"])
     sum_primes(1000)
     t0 = perf_counter()
     ref = [sum_primes(n) for n in W3_INPUTS]
@@ -835,6 +855,18 @@ def main(argv=None):
                 ">=100,000", lambda v, rp: v >= 100_000)
         add_row("W6", "remote W2 median us (lower)", "remote_median_us", "f1",
                 "<=60 us", lambda v, rp: v <= 60)
+        add_row("W6", "remote W1 jobs/s, tls=False", "remote_plain_jobs_per_s", "int",
+                "-", None)
+        add_row("W6", "remote W2 median us, tls=False", "remote_plain_median_us", "f1",
+                "-", None)
+        add_row("W6", "TLS cost, remote W1 %", "tls_w1_cost_pct", "f1", "<=25 %",
+                lambda v, rp: v <= 25)
+        add_row("W6", "TLS cost, remote W2 us", "tls_w2_cost_us", "f1", "<=20 us",
+                lambda v, rp: v <= 20)
+        add_row("W6", "remote W4 MiB/s (TLS)", "remote_w4_mib_per_s", "int", "-", None)
+        add_row("W6", "remote W4 MiB/s, tls=False", "remote_plain_w4_mib_per_s", "int",
+                "-", None)
+        add_row("W6", "TLS cost, remote W4 %", "tls_w4_cost_pct", "f1", "-", None)
         add_row("W6", "1 local+1 node W3 efficiency", "mixed_efficiency", "f3",
                 ">=0.95", lambda v, rp: v >= 0.95)
     print("Results (medians over repeats; pp/X = pp figure divided by X's figure; "
