@@ -11,6 +11,8 @@
 PYTHON   ?= python3
 CC       ?= cc
 SANITIZER ?=
+# pp's version: one definition, python/pp/_version.py (ppserver --version)
+PP_VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' python/pp/_version.py)
 CFLAGS_C  = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g -O1 -Isrc/core
 LIBS      = -luv -lssl -lcrypto -lpthread
 CORE_SRC  = $(wildcard src/core/*.c)
@@ -55,9 +57,9 @@ $(MODE_STAMP):
 	rm -f bin/.mode-*
 	touch $@
 
-bin/ppserver: $(PPSERVER_SRC) $(wildcard src/ppserver/*.h) $(CORE_SRC) $(CORE_HDR) $(MODE_STAMP)
+bin/ppserver: $(PPSERVER_SRC) $(wildcard src/ppserver/*.h) $(CORE_SRC) $(CORE_HDR) $(MODE_STAMP) python/pp/_version.py
 	@mkdir -p bin
-	$(CC) $(CFLAGS_C) -O2 $(SANFLAGS) -o $@ $(PPSERVER_SRC) $(CORE_SRC) $(LIBS)
+	$(CC) $(CFLAGS_C) -O2 $(SANFLAGS) -DPP_VERSION='"$(PP_VERSION)"' -o $@ $(PPSERVER_SRC) $(CORE_SRC) $(LIBS)
 
 deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

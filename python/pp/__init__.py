@@ -14,7 +14,9 @@ from ._server import Job, Server, Statistics, Template, as_completed
 from ._executor import Executor
 from ._progress import progress
 
-version = __version__ = "2.0.0"
+from ._version import __version__
+
+version = __version__
 copyright = "Copyright (c) 2026 the pp developers"
 
 __all__ = ["Server", "Template", "Job", "Statistics", "as_completed",

@@ -19,10 +19,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+
+#ifndef PP_VERSION
+#error "PP_VERSION must be defined: the Makefile and tools/pp_build.py take it from python/pp/_version.py"
+#endif
 
 /* ---- the options ------------------------------------------------------ */
 
@@ -30,7 +35,8 @@ enum opt_id {
   O_HELP, O_DEBUG, O_LOGFMT, O_AUTO, O_RESTART, O_PROTO, O_CONFIG, O_IFACE,
   O_BCAST, O_PORT, O_WORKERS, O_SECRET, O_SECRET_FILE, O_TIMEOUT, O_SOCKTO,
   O_PIDFILE, O_PYTHON, O_ANNOUNCE, O_MAXFRAME, O_JOBMEM, O_MAXCLIENTS,
-  O_NOTLS, O_REQTLS, O_TLSCERT, O_TLSKEY, O_TLSCA, O_GENSECRET, O_COUNT
+  O_NOTLS, O_REQTLS, O_TLSCERT, O_TLSKEY, O_TLSCA, O_GENSECRET, O_VERSION,
+  O_COUNT
 };
 
 /* One row per option: long name (also the config key, with '-' or '_'),
@@ -69,6 +75,7 @@ static const struct optdef {
     [O_TLSKEY] = {"tls-key", 0, 1, 1},
     [O_TLSCA] = {"tls-ca", 0, 1, 1},
     [O_GENSECRET] = {"gen-secret", 0, 0, 0},
+    [O_VERSION] = {"version", 0, 0, 0},
 };
 
 /* A layer of settings as strings, with where each came from. */
@@ -151,12 +158,14 @@ static const char usage_text[] =
     "                [--job-memory-limit BYTES]\n"
     "                [--max-clients N] [--no-tls | --require-tls]\n"
     "                [--tls-cert FILE --tls-key FILE --tls-ca FILE] [--gen-secret]\n"
+    "                [--version]\n"
     "\n"
     "Parallel Python execution node: authenticates pp clients with a shared\n"
     "secret and runs their jobs on a pool of local Python worker processes.\n"
     "\n"
     "Options:\n"
     "  -h, --help                 this help message\n"
+    "      --version              print pp's version and exit\n"
     "  -d, --debug                log debug messages\n"
     "  -f, --log-format FORMAT    log line format (Python logging style; fields\n"
     "                             asctime levelname message name process levelno)\n"
@@ -182,7 +191,8 @@ static const char usage_text[] =
     "  -k, --socket-timeout SECONDS\n"
     "                             drop a client silent for this long (default 30)\n"
     "  -P, --pid-file PATH        write the process id here; removed at exit\n"
-    "      --python PATH          Python interpreter for the workers (default python3;\n"
+    "      --python PATH          Python interpreter for the workers (default: the\n"
+    "                             PP_PYTHON environment variable, else python3;\n"
     "                             it must be able to import pp)\n"
     "      --max-frame BYTES      largest frame payload accepted from a client (a\n"
     "                             JOB's arguments) or a worker (a result), 1024 to\n"
@@ -206,11 +216,15 @@ static const char usage_text[] =
     "      --gen-secret           print a new random secret (256 bits) and exit\n"
     "\n"
     "Secret (required; there is no default), first found wins:\n"
-    "  -s/--secret, --secret-file, the PP_SECRET environment variable, then the\n"
-    "  config file's `secret` or `secret_file`.\n"
+    "  -s/--secret, --secret-file, the PP_SECRET environment variable, the\n"
+    "  config file's `secret` or `secret_file`, then `pp_secret = '...'` in\n"
+    "  ~/.pythonrc.py (read, never executed; refused when other users may read\n"
+    "  it: chmod 600).\n"
     "\n"
-    "Config file (-c): one `key = value` per line; `#` starts a comment line;\n"
-    "blank lines are ignored; a value may be wrapped in double quotes. Keys are\n"
+    "Config file (-c): one `key = value` (or `key: value`) per line; `#` or `;`\n"
+    "starts a comment line; blank lines are ignored; a value may be wrapped in\n"
+    "double quotes. pp's INI files are read too: lines `[general]` and\n"
+    "`[network]` start sections, and any key may be in either. Keys are\n"
     "the long option names (`-` or `_`): debug, log_format, autodiscovery, restart,\n"
     "proto, interface, broadcast, port, workers, secret, secret_file, timeout,\n"
     "socket_timeout, pid_file, python, announce_interval, max_frame,\n"
@@ -228,6 +242,8 @@ static const char usage_text[] =
 
 const char *ppsrv_usage(void) { return usage_text; }
 
+const char *ppsrv_version(void) { return "ppserver (pp) " PP_VERSION; }
+
 const char *ppsrv_secret_source_name(int source) {
   switch (source) {
   case PPSRV_SECRET_ARGV: return "command line (-s)";
@@ -235,6 +251,7 @@ const char *ppsrv_secret_source_name(int source) {
   case PPSRV_SECRET_ENV: return "PP_SECRET environment variable";
   case PPSRV_SECRET_CONFIG: return "config file (secret)";
   case PPSRV_SECRET_CONFIG_FILE: return "config file (secret_file)";
+  case PPSRV_SECRET_PYTHONRC: return "~/.pythonrc.py (pp_secret)";
   default: return "none";
   }
 }
@@ -430,10 +447,26 @@ static int parse_config_file(ppsrv_config *cfg, layer *file, const char *path,
     lineno++;
     char *s = trim(line);
     line = nl ? nl + 1 : NULL;
-    if (*s == '\0' || *s == '#')
+    if (*s == '\0' || *s == '#' || *s == ';')
       continue;
-    char *eq = strchr(s, '=');
-    if (eq == NULL) {
+    if (*s == '[') { /* an INI section header, as pp's config files have */
+      size_t sl = strlen(s);
+      if (sl < 3 || s[sl - 1] != ']') {
+        set_err(err, errlen, "%s:%d: expected `[section]`", path, lineno);
+        goto out;
+      }
+      s[sl - 1] = '\0';
+      char *name = trim(s + 1);
+      if (strcasecmp(name, "general") != 0 && strcasecmp(name, "network") != 0) {
+        set_err(err, errlen, "%s:%d: unknown section [%s] (ppserver reads"
+                " [general] and [network])", path, lineno, name);
+        goto out;
+      }
+      continue;
+    }
+    /* the separator is the first '=' or ':' (configparser accepts both) */
+    char *eq = s + strcspn(s, "=:");
+    if (*eq == '\0') {
       set_err(err, errlen, "%s:%d: expected `key = value`", path, lineno);
       goto out;
     }
@@ -591,6 +624,123 @@ static int secret_from_file(ppsrv_config *cfg, const char *path, int source,
   return rc;
 }
 
+/* pythonrc_path: "$HOME/.pythonrc.py" (HOME unset or empty: the user's
+ * home from the password database) into buf. Returns 0, or -1 when no home
+ * is known or the path does not fit. */
+static int pythonrc_path(char *buf, size_t len) {
+  const char *home = getenv("HOME");
+  if (home == NULL || home[0] == '\0') {
+    struct passwd *pw = getpwuid(geteuid());
+    home = pw != NULL ? pw->pw_dir : NULL;
+  }
+  if (home == NULL || home[0] == '\0')
+    return -1;
+  int n = snprintf(buf, len, "%s/.pythonrc.py", home);
+  return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+/* pythonrc_literal: parse the Python string literal at *p ('...' or "...",
+ * optionally b-prefixed; escapes \\ \' \" only) into out (capacity cap,
+ * NUL-terminated), then allow only spaces and a # comment to the end of the
+ * line. Returns the literal's length, or -1 when the text is not such a
+ * literal (a triple-quoted, raw or f-string, another escape, an expression:
+ * the parser refuses rather than guess what Python would make of it). */
+static long pythonrc_literal(const char *p, char *out, size_t cap) {
+  if (*p == 'b' || *p == 'B')
+    p++;
+  char q = *p;
+  if (q != '\'' && q != '"')
+    return -1;
+  if (p[1] == q && p[2] == q)
+    return -1; /* triple quotes */
+  size_t n = 0;
+  for (p++; *p != q; p++) {
+    char c = *p;
+    if (c == '\0')
+      return -1; /* unterminated on this line */
+    if (c == '\\') {
+      c = *++p;
+      if (c != '\\' && c != '\'' && c != '"')
+        return -1;
+    }
+    if (n + 1 >= cap)
+      return -1;
+    out[n++] = c;
+  }
+  out[n] = '\0';
+  for (p++; *p == ' ' || *p == '\t'; p++)
+    ;
+  if (*p != '\0' && *p != '#')
+    return -1;
+  return (long)n;
+}
+
+/* secret_from_pythonrc: pp's old place for the secret, `pp_secret = '...'`
+ * in ~/.pythonrc.py. The file is read, never executed: a top-level line
+ * (no indentation) assigning a string literal to pp_secret; the last such
+ * line wins, as it would in Python. A file that other users may read (or
+ * that belongs to someone else) is refused when it holds the secret.
+ * Returns 0 with the secret taken, 1 when there is no file or no pp_secret
+ * in it, 2 with err on a bad file. */
+static int secret_from_pythonrc(ppsrv_config *cfg, char *err, size_t errlen) {
+  char path[PATH_MAX];
+  if (pythonrc_path(path, sizeof path) != 0)
+    return 1;
+  struct stat st;
+  if (stat(path, &st) != 0 && errno == ENOENT)
+    return 1;
+  size_t len = 0;
+  char *text = read_small_file(path, 1 << 20, &len, &st, "~/.pythonrc.py",
+                               err, errlen);
+  if (text == NULL)
+    return 2;
+  char value[PP_AUTH_SECRET_MAX + 2];
+  long vlen = -1;
+  int rc = 1, lineno = 0, found_line = 0;
+  for (char *line = text, *nl; line != NULL; line = nl ? nl + 1 : NULL) {
+    nl = strchr(line, '\n');
+    if (nl != NULL)
+      *nl = '\0';
+    lineno++;
+    size_t ll = strlen(line);
+    if (ll > 0 && line[ll - 1] == '\r')
+      line[ll - 1] = '\0';
+    if (strncmp(line, "pp_secret", 9) != 0)
+      continue;
+    char *p = line + 9;
+    while (*p == ' ' || *p == '\t')
+      p++;
+    if (*p != '=' || p[1] == '=')
+      continue; /* another name (pp_secret2), a comparison, ... */
+    for (p++; *p == ' ' || *p == '\t'; p++)
+      ;
+    vlen = pythonrc_literal(p, value, sizeof value);
+    if (vlen < 0) {
+      set_err(err, errlen, "%s:%d: pp_secret must be a plain string literal"
+              " ('...' or \"...\") on one line; ppserver reads the file"
+              " without running it", path, lineno);
+      rc = 2;
+      goto out;
+    }
+    found_line = lineno;
+  }
+  if (found_line == 0)
+    goto out; /* rc 1: not there */
+  if (ppsrv_file_trusted(&st, path, "~/.pythonrc.py", 1, err, errlen)) {
+    rc = 2;
+    goto out;
+  }
+  char origin[PATH_MAX + 32];
+  snprintf(origin, sizeof origin, "%s:%d", path, found_line);
+  rc = take_secret(cfg, value, (size_t)vlen, PPSRV_SECRET_PYTHONRC, origin,
+                   err, errlen);
+out:
+  OPENSSL_cleanse(value, sizeof value);
+  OPENSSL_cleanse(text, len);
+  free(text);
+  return rc;
+}
+
 static int default_workers(void) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   if (n < 1)
@@ -629,6 +779,10 @@ int ppsrv_config_load(ppsrv_config *cfg, int argc, char **argv, char *err,
   }
   if (cli.val[O_GENSECRET] != NULL) {
     cfg->gen_secret = 1;
+    goto out;
+  }
+  if (cli.val[O_VERSION] != NULL) {
+    cfg->version = 1;
     goto out;
   }
   if (cli.val[O_CONFIG] != NULL) {
@@ -689,7 +843,10 @@ int ppsrv_config_load(ppsrv_config *cfg, int argc, char **argv, char *err,
     goto out;
   cfg->log_format = dup_or(m.val[O_LOGFMT], PPSRV_DEFAULT_LOG_FORMAT);
   cfg->interface = dup_or(m.val[O_IFACE], PPSRV_DEFAULT_INTERFACE);
-  cfg->python = dup_or(m.val[O_PYTHON], PPSRV_DEFAULT_PYTHON);
+  const char *envpy = getenv("PP_PYTHON");
+  cfg->python = dup_or(m.val[O_PYTHON], envpy != NULL && envpy[0] != '\0'
+                                            ? envpy
+                                            : PPSRV_DEFAULT_PYTHON);
   cfg->broadcast = dup_or(m.val[O_BCAST], NULL);
   cfg->pid_file = dup_or(m.val[O_PIDFILE], NULL);
   if (cfg->log_format == NULL || cfg->interface == NULL ||
@@ -749,7 +906,8 @@ int ppsrv_config_load(ppsrv_config *cfg, int argc, char **argv, char *err,
     goto out;
   }
 
-  /* the secret: -s > --secret-file > PP_SECRET > config secret/secret_file */
+  /* the secret: -s > --secret-file > PP_SECRET > config secret/secret_file
+   * > ~/.pythonrc.py's pp_secret */
   const char *env = getenv("PP_SECRET");
   if (cli.val[O_SECRET] != NULL) {
     rc = take_secret(cfg, cli.val[O_SECRET], strlen(cli.val[O_SECRET]),
@@ -770,13 +928,14 @@ int ppsrv_config_load(ppsrv_config *cfg, int argc, char **argv, char *err,
   } else if (file.val[O_SECRET_FILE] != NULL) {
     rc = secret_from_file(cfg, file.val[O_SECRET_FILE],
                           PPSRV_SECRET_CONFIG_FILE, err, errlen);
-  } else {
+  } else if ((rc = secret_from_pythonrc(cfg, err, errlen)) == 1) {
     set_err(err, errlen,
             "no secret given: ppserver does not run without a shared secret."
             " Give one with --secret-file PATH (a file holding the secret),"
             " the PP_SECRET environment variable, `secret_file = PATH` or"
-            " `secret = ...` in a config file (-c), or -s SECRET (visible in"
-            " ps); clients pass the same value as pp.Server(secret=...)");
+            " `secret = ...` in a config file (-c), `pp_secret = '...'` in"
+            " ~/.pythonrc.py, or -s SECRET (visible in ps); clients pass the"
+            " same value as pp.Server(secret=...)");
     rc = 2;
   }
 

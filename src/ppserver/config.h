@@ -25,7 +25,8 @@ enum ppsrv_secret_source {
   PPSRV_SECRET_FILE,        /* --secret-file */
   PPSRV_SECRET_ENV,         /* PP_SECRET */
   PPSRV_SECRET_CONFIG,      /* config file `secret` */
-  PPSRV_SECRET_CONFIG_FILE  /* config file `secret_file` */
+  PPSRV_SECRET_CONFIG_FILE, /* config file `secret_file` */
+  PPSRV_SECRET_PYTHONRC     /* `pp_secret = '...'` in ~/.pythonrc.py */
 };
 
 /* Which connections the node accepts (docs/protocol.md 6.6). */
@@ -62,6 +63,7 @@ typedef struct ppsrv_config {
   char *tls_cert, *tls_key, *tls_ca; /* owned, all or none: certificate mode */
   int help;             /* -h given: print usage, exit 0 */
   int gen_secret;       /* --gen-secret: print a random secret, exit 0 */
+  int version;          /* --version given: print PP_VERSION, exit 0 */
   /* Warnings found while parsing, to be logged once the log sink is set up
    * (parsing runs before it). Owned, NUL-separated, may be NULL. */
   char *warnings;
@@ -73,13 +75,17 @@ typedef struct ppsrv_config {
  * argument is copied and then overwritten in place in argv, so it no longer
  * shows in ps(1). Returns 0 on success; on a bad flag, value or config file
  * returns 2 and writes a message (no trailing newline) into err. A missing
- * secret is also an error (2) unless -h was given. *cfg must be freed with
+ * secret is also an error (2) unless -h or --version was given. *cfg must be freed with
  * ppsrv_config_free in every case. Main thread. */
 int ppsrv_config_load(ppsrv_config *cfg, int argc, char **argv, char *err,
                       size_t errlen);
 
 /* ppsrv_config_free: release everything cfg owns, wiping the secret. */
 void ppsrv_config_free(ppsrv_config *cfg);
+
+/* ppsrv_version: "ppserver (pp) X.Y.Z", the --version line (static); the
+ * version is pp's, from python/pp/_version.py. */
+const char *ppsrv_version(void);
 
 /* ppsrv_usage: the -h text (static). */
 const char *ppsrv_usage(void);

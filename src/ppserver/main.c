@@ -96,6 +96,11 @@ int main(int argc, char **argv) {
     ppsrv_config_free(&cfg);
     return gen_secret();
   }
+  if (rc == 0 && cfg.version) {
+    printf("%s\n", ppsrv_version());
+    ppsrv_config_free(&cfg);
+    return 0;
+  }
   if (rc != 0) {
     fprintf(stderr, "ppserver: error: %s\n", err);
     ppsrv_config_free(&cfg);

@@ -5,6 +5,7 @@
  * removed); SIGUSR1 logs statistics. Client connections are conn.c's;
  * see ppsrv_int.h for the objects. Main thread only. */
 #include "files.h"
+#include "notify.h"
 #include "ppsrv_int.h"
 
 #include <errno.h>
@@ -52,6 +53,7 @@ static void server_stop(srv *s, const char *why) {
     return;
   pp_log(PP_LOG_INFO, "stopping: %s", why);
   s->stopping = 1;
+  ppsrv_notify("STOPPING=1");
   ppsrv_announce_stop(s->announcer);
   s->announcer = NULL;
   for (conn *c = s->conns, *next; c; c = next) {
@@ -356,6 +358,11 @@ int ppsrv_run(const ppsrv_config *cfg) {
              ? (cfg->tls_cert ? "TLS with certificates only" : "TLS only")
          : cfg->tls_cert ? "TLS with certificates, or plain"
                          : "TLS, or plain");
+  /* under systemd Type=notify: the unit is started once clients can connect */
+  char ready[300];
+  snprintf(ready, sizeof ready, "READY=1\nSTATUS=listening on %s\nMAINPID=%d",
+           s->listen_name, (int)getpid());
+  ppsrv_notify(ready);
   rc = 0;
 
 stop:

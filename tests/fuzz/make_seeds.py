@@ -97,6 +97,9 @@ put("config", "bad-bool", b"debug = maybe\n")
 put("config", "bad-format", b"log_format = %(nope)s\n")
 put("config", "nul", b"port = 1\x00\n")
 put("config", "ini-section", b"[general]\nport = 35000\n")
+put("config", "ini-ppft", b"[general]\ndebug = False\nworkers = 2\nsecret = epo20pdosl;dksldkmm\n"
+    b"; comment\n[network]\nautodiscovery: False\ninterface = 0.0.0.0\nport = 60000\n"
+    b"timeout = 10\n[other]\n")
 
 # ---- intake: [flags][njobs][attempt seed][limit][chunk][stream]
 def result(jid, status=0, data=b"x", attempt=1):
