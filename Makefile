@@ -3,7 +3,8 @@
 #   make test       install missing Debian packages, build, run C unit tests and pytest
 #   make run        run examples/sum_primes.py on all cores
 #   make bench      benchmarks against multiprocessing.Pool and ProcessPoolExecutor
-#   make install    install pp for the current python3
+#   make install    install pp (with ppserver and its man page) for the current python3
+#   make sdist      dist/pp-VERSION.tar.gz, everything needed to build
 #   make SANITIZER=address test   the same under AddressSanitizer + UBSan
 #   make valgrind   C unit tests under valgrind (leaks are errors)
 #   make fuzz       run every fuzz target (tests/fuzz) for FUZZ_TIME s each
@@ -22,7 +23,10 @@ CTESTS    = $(patsubst tests/c/%.c,tests/c/bin/%,$(wildcard tests/c/test_*.c))
 CHELPERS  = $(patsubst tests/c/%.c,tests/c/bin/%,$(filter-out tests/c/test_%.c,$(wildcard tests/c/*.c)))
 # binaries are rebuilt when SANITIZER changes
 MODE_STAMP = bin/.mode-$(STAMP)
-DEBS      = libuv1-dev libssl-dev python3-dev python3-pytest python3-wheel pkg-config iproute2
+# systemd (systemd-analyze verify of deploy/ppserver.service), slurm-wlm and
+# munge (the single-node Slurm the sbatch recipe is tested on) are for tests
+DEBS      = libuv1-dev libssl-dev python3-dev python3-pytest pkg-config iproute2 \
+            systemd slurm-wlm munge
 
 ifeq ($(SANITIZER),address)
   SANFLAGS   = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -45,7 +49,7 @@ endif
 # pytest: the interpreter's own, or Debian's python3-pytest on its path
 PYTEST = PYTHONPATH=$(CURDIR)/python:/usr/lib/python3/dist-packages $(PYENV) $(PYTHON) -m pytest
 
-.PHONY: all ext ctests deps test test-c test-py test-fuzz fuzz fuzz-build run bench chaos install valgrind clean
+.PHONY: all ext ctests deps test test-c test-py test-fuzz fuzz fuzz-build run bench chaos install sdist valgrind clean
 
 PPSERVER_SRC = $(wildcard src/ppserver/*.c)
 PPSERVER     = $(if $(PPSERVER_SRC),bin/ppserver)
@@ -69,9 +73,10 @@ deps:
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi; \
 	fi
 
-python/pp/.built-$(STAMP): $(CORE_SRC) $(CORE_HDR) $(EXT_SRC) setup.py
+# the extension is built by the package's build backend (one definition)
+python/pp/.built-$(STAMP): $(CORE_SRC) $(CORE_HDR) $(EXT_SRC) tools/pp_build.py
 	rm -f python/pp/.built-*
-	PP_SANITIZE=$(PP_SANITIZE) $(PYTHON) setup.py -q build_ext --inplace --force
+	PP_SANITIZE=$(PP_SANITIZE) $(PYTHON) tools/pp_build.py ext
 	touch $@
 
 ext: python/pp/.built-$(STAMP)
@@ -152,17 +157,14 @@ bench: ext $(PPSERVER)
 chaos: ext $(PPSERVER)
 	PYTHONPATH=$(CURDIR)/python $(PYTHON) bench/chaos.py
 
-# Offline: no build isolation. setuptools needs the `wheel` package for
-# bdist_wheel; when the interpreter lacks it, Debian's python3-wheel is put on
-# the build's path (that package alone, not the rest of dist-packages).
+# Offline: no build isolation; the build backend is in the tree
+# (tools/pp_build.py) and needs only the standard library and cc.
 # PIPFLAGS passes extra pip options (e.g. --target DIR).
 install: deps
-	@unset PYTHONPATH; \
-	if ! $(PYTHON) -c "import wheel" 2>/dev/null; then \
-	  mkdir -p build/wheelpath; \
-	  for d in /usr/lib/python3/dist-packages/wheel*; do ln -sfn $$d build/wheelpath/; done; \
-	  export PYTHONPATH=$(CURDIR)/build/wheelpath; fi; \
-	$(PYTHON) -m pip install --no-build-isolation --no-deps $(PIPFLAGS) .
+	unset PYTHONPATH; $(PYTHON) -m pip install --no-build-isolation --no-deps $(PIPFLAGS) .
+
+sdist:
+	$(PYTHON) tools/pp_build.py sdist dist
 
 valgrind: ctests
 	@set -e; for t in $(CTESTS); do echo "== valgrind $$t"; \
@@ -171,4 +173,4 @@ valgrind: ctests
 	    --trace-children=no $$t; done
 
 clean:
-	rm -rf build bin tests/c/bin tests/fuzz/bin python/pp/*.so python/pp/.built-*
+	rm -rf build dist bin tests/c/bin tests/fuzz/bin python/pp/*.so python/pp/.built-*

@@ -13,6 +13,7 @@ from ._errors import (CancelledError, DestroyedError, JobAbortedError,
 from ._server import Job, Server, Statistics, Template, as_completed
 from ._executor import Executor
 from ._progress import progress
+from ._slurm import slurm_nodes
 
 from ._version import __version__
 
@@ -23,4 +24,4 @@ __all__ = ["Server", "Template", "Job", "Statistics", "as_completed",
            "Executor", "progress", "PPError",
            "WorkerLostError", "DestroyedError", "SerializationError",
            "RemoteError", "RemoteTraceback", "CancelledError", "JobTimeoutError",
-           "JobAbortedError", "version"]
+           "JobAbortedError", "version", "slurm_nodes"]

@@ -414,6 +414,82 @@ def as_completed(jobs: Iterable[Job], timeout: Optional[float] = None
 _WORKER_BOOT = _boot.WORKER_BOOT
 
 
+def _pythonrc_secret(path):
+    """pp_secret from ~/.pythonrc.py (path), read with ast and never run:
+    the last top-level `pp_secret = <str or bytes literal>`. None when the
+    file or the assignment is missing; ValueError when the assignment is not
+    a literal, or when the file holds it and belongs to another user or
+    others may read or write it (as ppserver refuses it too)."""
+    import ast
+    import stat
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            text = f.read(1 << 20)
+    except FileNotFoundError:
+        return None
+    try:
+        tree = ast.parse(text, filename=path)
+    except SyntaxError as e:
+        raise ValueError("%s: cannot be parsed for pp_secret: %s" % (path, e)) from None
+    value = None
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id == "pp_secret"):
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                value = None
+            if not isinstance(value, (str, bytes)):
+                raise ValueError("%s:%d: pp_secret must be a string literal (pp "
+                                 "reads the file without running it)"
+                                 % (path, node.lineno))
+    if value is None:
+        return None
+    if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o077:
+        raise ValueError(
+            "%s holds pp_secret and other users may access it (mode %04o, "
+            "owner uid %d): refused; run `chmod 600 %s`"
+            % (path, stat.S_IMODE(st.st_mode), st.st_uid, path))
+    return value
+
+
+def find_secret(secret=None, secret_file=None):
+    """The secret for remote nodes, where pp (and ppserver) look for it, first
+    found wins: the secret argument, the secret_file (its contents, trailing
+    newline dropped), the PP_SECRET environment variable, `pp_secret` in
+    ~/.pythonrc.py. Returns (bytes, where) or (None, None) when none is set;
+    ValueError for an unusable source (an empty or too long secret, a file
+    others may read)."""
+    if secret is not None:
+        where = "secret="
+    elif secret_file is not None:
+        secret_file = os.fspath(secret_file)
+        with open(secret_file, "rb") as f:
+            st = os.fstat(f.fileno())
+            secret = f.read(_core.SECRET_MAX + 3).rstrip(b"\r\n")
+        if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o077:
+            raise ValueError("secret file %s: other users may access it (mode "
+                             "%04o): refused; run `chmod 600 %s`"
+                             % (secret_file, st.st_mode & 0o7777, secret_file))
+        where = secret_file
+    elif os.environ.get("PP_SECRET"):
+        secret, where = os.environ["PP_SECRET"], "PP_SECRET"
+    else:
+        path = os.path.join(os.path.expanduser("~"), ".pythonrc.py")
+        secret, where = _pythonrc_secret(path), path
+        if secret is None:
+            return None, None
+    if isinstance(secret, str):
+        secret = secret.encode("utf-8")
+    if (not isinstance(secret, (bytes, bytearray))
+            or not 0 < len(secret) <= _core.SECRET_MAX):
+        raise ValueError("secret (from %s) must be a non-empty str or bytes "
+                         "(at most %d bytes)" % (where, _core.SECRET_MAX))
+    return bytes(secret), where
+
+
 def _worker_env():
     env = dict(os.environ)
     env["PYTHONPATH"] = _boot.worker_pythonpath()
@@ -468,7 +544,8 @@ class Server:
                  max_node_workers: int = _core.MAX_NODE_WORKERS,
                  tls: bool = True, tls_cert: Optional[str] = None,
                  tls_key: Optional[str] = None,
-                 tls_ca: Optional[str] = None) -> None:
+                 tls_ca: Optional[str] = None,
+                 secret_file: Optional[str] = None) -> None:
         """Start the local workers and connect to the nodes.
 
         ncpus: local worker processes ("autodetect": one per core; 0: none,
@@ -477,6 +554,9 @@ class Server:
             "[v6addr]:port"; "*" or "*:port" finds nodes started with
             ``ppserver -a`` by UDP broadcast. Needs secret.
         secret: the nodes' shared secret, str or bytes (no default secret).
+            Without it pp looks, in order, at secret_file, $PP_SECRET and
+            pp_secret in ~/.pythonrc.py (read, never run).
+        secret_file: a file holding the secret (mode 600).
         loglevel: the level of the messages pp writes to logstream.
         logstream: where pp writes its log messages (default sys.stderr). pp
             adds one handler to the "pp" logger for all its Servers; without
@@ -528,17 +608,14 @@ class Server:
                                               job_memory_limit, int)
         nodes, ports = self._check_nodes(ppservers)
         if nodes or ports:
+            secret, _ = find_secret(secret, secret_file)
             if secret is None:
                 raise ValueError(
                     "ppservers need a secret: pp.Server(..., secret='...') with "
-                    "the secret the ppserver nodes were started with (there is "
-                    "no default secret)")
-            if isinstance(secret, str):
-                secret = secret.encode("utf-8")
-            if (not isinstance(secret, (bytes, bytearray))
-                    or not 0 < len(secret) <= _core.SECRET_MAX):
-                raise ValueError("secret must be a non-empty str or bytes "
-                                 "(at most %d bytes)" % _core.SECRET_MAX)
+                    "the secret the ppserver nodes were started with, or "
+                    "secret_file=PATH, the PP_SECRET environment variable, or "
+                    "pp_secret = '...' in ~/.pythonrc.py (there is no default "
+                    "secret)")
         ncpus = self._check_ncpus(ncpus)
         if max_frame is not None and (
                 isinstance(max_frame, bool) or not isinstance(max_frame, int)
