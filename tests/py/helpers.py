@@ -304,13 +304,15 @@ class PPServer:
     With ready=True the constructor returns once the node listens and has
     `ready_workers` (default: workers) worker processes. With nofile=N it
     runs under `prlimit --nofile=N` (soft and hard open-files limit; prlimit
-    execs the node, so the pid is the node's). stop() kills it and its
-    workers by pid; the `ppserver` fixture always calls it."""
+    execs the node, so the pid is the node's). program= runs another
+    ppserver (e.g. an installed copy) instead of bin/ppserver. stop() kills
+    it and its workers by pid; the `ppserver` fixture always calls it."""
 
     def __init__(self, *args, secret=SECRET, workers=1, port=0, env=None, ready=True,
                  ready_workers=None, pid_file=None, python=sys.executable,
-                 host="127.0.0.1", nofile=None):
+                 host="127.0.0.1", nofile=None, program=None):
         self.args = list(args)
+        self.program = str(program or PPSERVER_BIN)
         self.nofile = nofile
         self.secret = secret
         self.workers = workers
@@ -335,7 +337,7 @@ class PPServer:
         """(Re)start the node, on its previous port if it had one."""
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("ppserver %s is still running" % self.pid)
-        argv = [str(PPSERVER_BIN), "-i", self.host, "-p", str(self.port or 0),
+        argv = [self.program, "-i", self.host, "-p", str(self.port or 0),
                 "-w", str(self.workers)]
         if self.nofile:
             argv = ["prlimit", "--nofile=%d" % self.nofile, "--"] + argv
