@@ -284,7 +284,7 @@ def test_public_api_callables_and_signatures():
         "progress", "PPError",
         "WorkerLostError", "DestroyedError", "SerializationError",
         "RemoteError", "RemoteTraceback", "CancelledError", "JobTimeoutError",
-        "JobAbortedError", "version"])
+        "JobAbortedError", "version", "slurm_nodes"])
     for name in pp.__all__:
         assert hasattr(pp, name), name
     S = pp.Server
@@ -294,7 +294,7 @@ def test_public_api_callables_and_signatures():
         "max_retries=2, node_timeout=5.0, no_capacity_timeout=None, *, "
         "max_frame=None, job_timeout=None, job_memory_limit=None, "
         "output='echo', max_output=1048576, max_node_workers=256, tls=True, "
-        "tls_cert=None, tls_key=None, tls_ca=None)"
+        "tls_cert=None, tls_key=None, tls_ca=None, secret_file=None)"
         % (pickle.HIGHEST_PROTOCOL,))
     expected = {
         "submit": "(self, func, args=(), depfuncs=(), modules=(), callback=None, "
@@ -322,6 +322,8 @@ def test_public_api_callables_and_signatures():
         "memory_limit=None, retries=0)")
     assert sig(pp.Template.submit) == "(self, *args)"
     assert sig(pp.as_completed) == "(jobs, timeout=None)"
+    assert sig(pp.slurm_nodes) == "(nodelist=None, port=None)"
+    assert pp.version == pp.__version__
     job_methods = ["result", "exception", "done", "cancel", "cancelled",
                    "running", "add_done_callback", "ready", "wait", "get",
                    "successful", "abort"]
