@@ -465,7 +465,7 @@ def find_secret(secret=None, secret_file=None):
     if secret is not None:
         where = "secret="
     elif secret_file is not None:
-        secret_file = os.fspath(secret_file)
+        secret_file = os.path.expanduser(os.fspath(secret_file))
         with open(secret_file, "rb") as f:
             st = os.fstat(f.fileno())
             secret = f.read(_core.SECRET_MAX + 3).rstrip(b"\r\n")

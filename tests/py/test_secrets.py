@@ -42,6 +42,8 @@ def test_client_lookup_order_each_step(home, tmp_path, monkeypatch):
     find = _server.find_secret
     assert find("arg-secret", sfile) == (b"arg-secret", "secret=")
     assert find(None, sfile) == (b"file-secret", str(sfile))
+    write_private(home / "s.txt", "home-file-secret\n")
+    assert find(None, "~/s.txt") == (b"home-file-secret", str(home / "s.txt"))
     assert find(None, None) == (b"env-secret", "PP_SECRET")
     monkeypatch.delenv("PP_SECRET")
     assert find(None, None) == (b"rc-secret", str(home / ".pythonrc.py"))
