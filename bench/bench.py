@@ -14,6 +14,10 @@ Every system uses 2 local workers.  Workloads (pp targets in brackets):
        "W1 futures": the same with pp's bare job type (pp._core.Job, not a
        concurrent.futures.Future) measured in the same run ("ppbare"); the
        ratio bare/pp.Job is what making jobs futures costs [<= 1.05]
+  "W1 capture", "W2 capture": W1 and W2 with output="inherit" ("ppinherit")
+       in the same run as the default output="echo" (every job's stdout and
+       stderr captured): the jobs/s ratio inherit/echo [<= 1.05] and the
+       median round-trip difference
   W2   2,000 sequential round trips (submit one, wait for its result); us per trip,
        median and mean of the per-trip times [<= 30 us]
   W3   sum_primes(n) for n in range(100000, 100800, 100), 4 times over (32 jobs);
@@ -108,7 +112,8 @@ MEM_BATCH = 10_000
 W6_SECRET = "pp-bench-loopback-secret"
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "MEM", "W6")
 SYSTEMS = ("pp", "pool", "ppe")
-SYSTEM_LABEL = {"pp": "pp", "pool": "Pool", "ppe": "PPE", "ppbare": "ppbare"}
+SYSTEM_LABEL = {"pp": "pp", "pool": "Pool", "ppe": "PPE", "ppbare": "ppbare",
+                "ppinherit": "ppinherit"}
 
 # per-child time limits in seconds (before --timeout-scale)
 TIMEOUTS = {"W1": 120, "W2": 90, "W3": 120, "W4": 120, "W5": 120, "MEM": 900,
@@ -139,6 +144,9 @@ def start_system(name):
         class BareServer(pp.Server):
             _job_type = pp._core.Job
         return BareServer(NWORKERS)
+    if name == "ppinherit":  # output="inherit": W1/W2's anchor for capture's cost
+        import pp
+        return pp.Server(NWORKERS, output="inherit")
     if name == "pool":
         import multiprocessing
         return multiprocessing.Pool(NWORKERS)
@@ -149,7 +157,7 @@ def start_system(name):
 
 
 def stop_system(name, h):
-    if name in ("pp", "ppbare"):
+    if name in ("pp", "ppbare", "ppinherit"):
         h.destroy()
     elif name == "pool":
         h.terminate()
@@ -160,7 +168,7 @@ def stop_system(name, h):
 
 def run_batch(name, h, func, arglist, depfuncs=(), modules=()):
     """Submit func(*args) for every args in arglist, then collect all results in order."""
-    if name in ("pp", "ppbare"):
+    if name in ("pp", "ppbare", "ppinherit"):
         submit = h.submit
         if depfuncs or modules:
             jobs = [submit(func, a, depfuncs, modules) for a in arglist]
@@ -213,7 +221,7 @@ def child_w2(name, p):
     h = start_system(name)
     times = [0.0] * n
     try:
-        if name == "pp":
+        if name in ("pp", "ppinherit"):
             submit = h.submit
             for x in range(100):                                       # warm-up
                 submit(inc, (x,))()
@@ -473,7 +481,7 @@ CHILD_FUNCS = {"W1": child_w1, "W2": child_w2, "W3": child_w3, "W4": child_w4,
 def child_main(spec_json):
     spec = json.loads(spec_json)
     wl, name, params = spec["workload"], spec["system"], spec["params"]
-    if name in ("pp", "ppbare"):
+    if name in ("pp", "ppbare", "ppinherit"):
         import pp  # noqa: F401  (import outside the timed region)
     load0 = os.getloadavg()[0]
     samples = CHILD_FUNCS[wl](name, params)
@@ -755,6 +763,8 @@ def main(argv=None):
             wl_systems = list(systems)
         if wl == "W1" and "pp" in systems:
             wl_systems.append("ppbare")   # same run: the futures' cost on W1
+        if wl in ("W1", "W2") and "pp" in systems:
+            wl_systems.append("ppinherit")  # same run: output capture's cost
         if not wl_systems:
             continue
         reps = repeat
@@ -827,6 +837,19 @@ def main(argv=None):
                 lambda v, rp: v <= 1.05, values={"pp": cost, "pool": None, "ppe": None})
         summary["W1 futures"]["bare_jobs_per_s"] = bare
         summary["W1 futures"]["pp_jobs_per_s"] = full
+    if "W1" in raw and "ppinherit" in raw["W1"]:
+        inh, full = metric("W1", "ppinherit", "jobs_per_s"), metric("W1", "pp", "jobs_per_s")
+        add_row("W1 capture", "inherit/echo jobs/s ratio", None, "f3", "<=1.05",
+                lambda v, rp: v <= 1.05,
+                values={"pp": ratio(inh, full), "pool": None, "ppe": None})
+        summary["W1 capture"]["inherit_jobs_per_s"] = inh
+        summary["W1 capture"]["echo_jobs_per_s"] = full
+    if "W2" in raw and "ppinherit" in raw["W2"]:
+        inh, full = metric("W2", "ppinherit", "median_us"), metric("W2", "pp", "median_us")
+        add_row("W2 capture", "echo - inherit median us", None, "f1", "report",
+                lambda v, rp: True,
+                values={"pp": (full - inh) if full is not None and inh is not None else None,
+                        "pool": None, "ppe": None})
     if "W2" in raw:
         add_row("W2", "median us/trip (lower)", "median_us", "f1", "<=30 us",
                 lambda v, rp: v <= 30)
