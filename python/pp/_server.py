@@ -930,18 +930,20 @@ class Server:
         print()
 
     def map(self, func: Callable[..., Any], *iterables: Iterable[Any],
-            chunksize: Optional[int] = None, progress: bool = False
-            ) -> List[Any]:
+            chunksize: Optional[int] = None, progress: bool = False,
+            timeout: Optional[float] = None) -> List[Any]:
         """[func(*items) for items in zip(*iterables)], in parallel; the
         first exception is re-raised. progress=True shows a progress bar
-        (see pp.progress)."""
+        (see pp.progress). timeout: seconds each chunk may run (default:
+        the Server's job_timeout), as submit's; a chunk over it raises
+        JobTimeoutError."""
         items = list(zip(*iterables))
         if not items:
             return []
         if chunksize is None:
             chunksize = max(1, math.ceil(len(items) / (4 * max(1, self._ncpus))))
         self._check_chunksize(chunksize)
-        jobs = self._submit_chunks(func, items, chunksize)
+        jobs = self._submit_chunks(func, items, chunksize, timeout)
         out = []
         if progress:
             from ._progress import Bar
@@ -956,25 +958,32 @@ class Server:
         return out
 
     def imap(self, func: Callable[..., Any], *iterables: Iterable[Any],
-             chunksize: int = 1, progress: bool = False) -> Iterator[Any]:
+             chunksize: int = 1, progress: bool = False,
+             timeout: Optional[float] = None) -> Iterator[Any]:
         """Iterator over func(*items), in order. The input is read lazily:
         a few chunks per worker are in flight ahead of the consumer, so an
-        endless iterable works. The first chunks are submitted now."""
-        return self._lazy_map(func, iterables, chunksize, progress, True)
+        endless iterable works. The first chunks are submitted now.
+        timeout: seconds each chunk may run, as for map."""
+        return self._lazy_map(func, iterables, chunksize, progress, True,
+                              timeout)
 
     def imap_unordered(self, func: Callable[..., Any],
                        *iterables: Iterable[Any], chunksize: int = 1,
-                       progress: bool = False) -> Iterator[Any]:
+                       progress: bool = False,
+                       timeout: Optional[float] = None) -> Iterator[Any]:
         """Iterator over func(*items), in completion order; the input is
-        read lazily as for imap."""
-        return self._lazy_map(func, iterables, chunksize, progress, False)
+        read lazily as for imap (timeout too)."""
+        return self._lazy_map(func, iterables, chunksize, progress, False,
+                              timeout)
 
-    def _lazy_map(self, func, iterables, chunksize, progress, ordered):
+    def _lazy_map(self, func, iterables, chunksize, progress, ordered,
+                  timeout=None):
         """imap/imap_unordered: submit the first window of chunks now, then
         return the generator that yields results and refills the window.
         The window is a few chunks per worker (local and connected nodes)."""
         self._check_open()
         self._check_chunksize(chunksize)
+        limits = self._chunk_limits(timeout)
         total = None
         if progress:
             try:
@@ -992,7 +1001,7 @@ class Server:
                 chunk = list(itertools.islice(items, chunksize))
                 if not chunk:
                     return False
-                job = self._submit_chunk(func, f, is_method, chunk)
+                job = self._submit_chunk(func, f, is_method, chunk, limits)
                 pending.append(job)
                 if done_q is not None:
                     job.add_done_callback(done_q.put)
@@ -1035,20 +1044,35 @@ class Server:
                 or chunksize < 1:
             raise ValueError("chunksize must be an int >= 1")
 
-    def _submit_chunk(self, func, f, is_method, chunk):
+    def _chunk_limits(self, timeout):
+        """The job-control limits of map/imap chunks: (timeout,
+        memory_limit, retries) with the Server's defaults, or None."""
+        timeout = _check_limit("timeout", timeout, float)
+        if timeout is None:
+            timeout = self._job_timeout
+        if timeout is None and self._job_memory_limit is None:
+            return None
+        return (timeout, self._job_memory_limit, 0)
+
+    def _submit_chunk(self, func, f, is_method, chunk, limits=None):
         """Submit one chunk (a list of argument tuples) as one job whose
-        result is the list of func's results."""
+        result is the list of func's results, with limits (_chunk_limits)."""
         if is_method:
             chunk = [(func.__self__,) + a for a in chunk]
-        return self._engine.submit(f, pickle.dumps(chunk, self._proto),
-                                   self._groups["default"], _core.JOBF_CHUNK,
-                                   None, ())
+        data = pickle.dumps(chunk, self._proto)
+        gid = self._groups["default"]
+        if limits is None:
+            return self._engine.submit(f, data, gid, _core.JOBF_CHUNK, None, ())
+        return self._engine.submit(f, data, gid, _core.JOBF_CHUNK, None, (),
+                                   limits)
 
-    def _submit_chunks(self, func, items, chunksize):
+    def _submit_chunks(self, func, items, chunksize, timeout=None):
         self._check_open()
         self._check_chunksize(chunksize)
+        limits = self._chunk_limits(timeout)
         f, is_method = self._func(func, (), (), None, ())
-        return [self._submit_chunk(func, f, is_method, items[i:i + chunksize])
+        return [self._submit_chunk(func, f, is_method, items[i:i + chunksize],
+                                   limits)
                 for i in range(0, len(items), chunksize)]
 
     def executor(self) -> _cf.Executor:

@@ -247,6 +247,26 @@ def test_retries_of_a_raising_job(where, tmp_path):
 
 
 
+
+def test_map_and_imap_chunks_have_timeouts():
+    """map/imap/imap_unordered(timeout=) bound each chunk as submit's
+    timeout bounds a job; the Server's job_timeout is their default."""
+    with pp.Server(2) as s:
+        t0 = time.monotonic()
+        with pytest.raises(pp.JobTimeoutError):
+            s.map(nap, [0.01, 60, 0.01], chunksize=1, timeout=0.5)
+        with pytest.raises(pp.JobTimeoutError):
+            list(s.imap(nap, [60], timeout=0.5))
+        with pytest.raises(pp.JobTimeoutError):
+            list(s.imap_unordered(nap, [0.01, 60], timeout=0.5))
+        assert time.monotonic() - t0 < 30
+        assert s.map(nap, [0.01] * 4, chunksize=2, timeout=30) == [0.01] * 4
+    with pp.Server(2, job_timeout=0.5) as s:
+        with pytest.raises(pp.JobTimeoutError):
+            s.map(nap, [60], chunksize=1)
+        assert list(s.imap(nap, [0.01, 0.02])) == [0.01, 0.02]
+
+
 def raise_first_where(path):
     """Appends 'pid ppid' of the process running it; raises the first time."""
     import os
