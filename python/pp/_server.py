@@ -28,7 +28,7 @@ from concurrent.futures import _base as _cfb
 from typing import (IO, Any, Callable, Dict, Iterable, Iterator, List,
                     Optional, Sequence, Tuple, Union)
 
-from . import _boot, _core, _logging, _ship
+from . import _boot, _core, _logging, _oob, _ship
 from ._errors import (CancelledError, DestroyedError, JobAbortedError,
                       JobTimeoutError, PPError, RemoteError,
                       RemoteTraceback, SerializationError, WorkerLostError)
@@ -834,7 +834,7 @@ class Server:
             args = (func.__self__,) + args
         if kwargs is not None:
             args = args + (kwargs,)
-        data = pickle.dumps(args, self._proto)
+        data = _oob.dumps(args, self._proto)  # bytes or (pickle, buffers)
         gid = self._groups.get(group)
         if gid is None:
             gid = self._group_id(group)

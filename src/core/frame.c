@@ -78,3 +78,62 @@ int pp_frame_append(pp_buf *out, uint8_t type, uint32_t flags, uint64_t id,
   pp_part part = {payload, len};
   return pp_frame_build(out, type, flags, id, attempt, &part, 1);
 }
+
+/* ---- buffer sections ------------------------------------------------------ */
+
+static uint64_t align_up(uint64_t x) {
+  return (x + PP_BUFS_ALIGN - 1) & ~(uint64_t)(PP_BUFS_ALIGN - 1);
+}
+
+uint64_t pp_bufs_size(uint64_t pickle_len, const uint64_t *lens, uint32_t n,
+                      uint64_t *off) {
+  const uint64_t lim = (uint64_t)1 << 62;
+  if (n < 1 || n > PP_BUFS_MAX || pickle_len > lim)
+    return 0;
+  uint64_t end = 16 + 8 * (uint64_t)n + pickle_len;
+  for (uint32_t i = 0; i < n; i++) {
+    if (lens[i] > lim)
+      return 0;
+    uint64_t o = align_up(end);
+    if (off)
+      off[i] = o;
+    end = o + lens[i];
+    if (end > lim)
+      return 0;
+  }
+  return end;
+}
+
+void pp_bufs_write_head(uint8_t *out, uint64_t pickle_len,
+                        const uint64_t *lens, uint32_t n) {
+  pp_put_u32(out, n);
+  pp_put_u32(out + 4, 0);
+  pp_put_u64(out + 8, pickle_len);
+  for (uint32_t i = 0; i < n; i++)
+    pp_put_u64(out + 16 + 8 * (size_t)i, lens[i]);
+}
+
+int pp_bufs_parse(const uint8_t *data, size_t len, pp_bufs_view *v) {
+  if (len < 16)
+    return PP_EPROTO;
+  uint32_t n = pp_get_u32(data);
+  if (n < 1 || n > PP_BUFS_MAX || pp_get_u32(data + 4) != 0)
+    return PP_EPROTO;
+  if (len < 16 + 8 * (size_t)n)
+    return PP_EPROTO;
+  uint64_t pl = pp_get_u64(data + 8);
+  uint64_t lens[PP_BUFS_MAX], offs[PP_BUFS_MAX];
+  for (uint32_t i = 0; i < n; i++)
+    lens[i] = pp_get_u64(data + 16 + 8 * (size_t)i);
+  uint64_t total = pp_bufs_size(pl, lens, n, offs);
+  if (total == 0 || total != (uint64_t)len)
+    return PP_EPROTO;
+  v->n = n;
+  v->pickle = data + 16 + 8 * (size_t)n;
+  v->pickle_len = (size_t)pl;
+  for (uint32_t i = 0; i < n; i++) {
+    v->off[i] = (size_t)offs[i];
+    v->len[i] = (size_t)lens[i];
+  }
+  return PP_OK;
+}

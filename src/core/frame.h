@@ -44,6 +44,14 @@ static inline int pp_frame_type_known(unsigned t) {
  * u64 memory limit bytes (0 = none) */
 #define PP_JOBF_LIMITS 0x2u
 #define PP_LIMITS_LEN 16u
+/* the arguments are a buffer section (below): a pickle stream and the
+ * out-of-band buffers of pickle protocol 5, each apart */
+#define PP_JOBF_BUFS 0x4u
+/* the arguments are not in the frame: the payload ends with a shared
+ * memory descriptor (pp_shm_desc) naming where the data section lies in
+ * the region the engine passed to the worker (local workers only) */
+#define PP_JOBF_SHM 0x8u
+#define PP_JOBF_KNOWN (PP_JOBF_CHUNK | PP_JOBF_LIMITS | PP_JOBF_BUFS)
 /* FUNC flags */
 #define PP_FUNCF_RESET 0x1u /* forget every cached function before this one */
 /* RESULT flags: the low byte is the status */
@@ -62,6 +70,45 @@ enum pp_result_status {
 /* RESULT flag: the payload is u64 runtime_ns, u32 stdout length, u32
  * stderr length, the job's captured stdout, its stderr, then the data */
 #define PP_RESF_OUTPUT 0x100u
+/* RESULT flag: the data (status OK only) is a buffer section */
+#define PP_RESF_BUFS 0x200u
+/* RESULT flag (worker pipes): the worker still references the shared
+ * memory of this JOB's arguments; it sends RELEASE when it no longer does */
+#define PP_RESF_KEPT 0x400u
+
+/* ---- buffer sections (docs/protocol.md 2.1) ------------------------------
+ * A data section with out-of-band buffers:
+ *   u32 nbufs (1..PP_BUFS_MAX), u32 reserved (0), u64 pickle_len,
+ *   u64 buf_len[nbufs], pickle[pickle_len],
+ *   then each buffer, preceded by zero padding up to the next multiple of
+ *   PP_BUFS_ALIGN bytes counted from the start of the section.
+ * The section's length is exactly the end of its last buffer. */
+#define PP_BUFS_MAX 256u
+#define PP_BUFS_ALIGN 64u
+
+typedef struct pp_bufs_view {
+  uint32_t n;
+  const uint8_t *pickle;
+  size_t pickle_len;
+  size_t off[PP_BUFS_MAX]; /* offset of buffer i from the section start */
+  size_t len[PP_BUFS_MAX];
+} pp_bufs_view;
+
+/* pp_bufs_size: the length of a section holding a pickle of pickle_len
+ * bytes and n buffers of lens[]; 0 when n is out of range or the total
+ * overflows 2^63. Offsets of the buffers go to off[] (may be NULL). */
+uint64_t pp_bufs_size(uint64_t pickle_len, const uint64_t *lens, uint32_t n,
+                      uint64_t *off);
+
+/* pp_bufs_write_head: write the fixed head and length table (16 + 8 n
+ * bytes) of a section at out. */
+void pp_bufs_write_head(uint8_t *out, uint64_t pickle_len,
+                        const uint64_t *lens, uint32_t n);
+
+/* pp_bufs_parse: validate the section data[0..len) and describe it in *v
+ * (pointers into data). Returns 0 or PP_EPROTO (bad count, reserved word,
+ * lengths that do not add up exactly). Pure; checks before any use. */
+int pp_bufs_parse(const uint8_t *data, size_t len, pp_bufs_view *v);
 
 typedef struct pp_frame_hdr {
   uint8_t version;

@@ -55,6 +55,7 @@ typedef struct pp_job {
   void *udata;           /* owned by the extension (e.g. a Python object) */
   uint8_t *result;       /* owned, when DONE */
   size_t result_len;
+  uint32_t result_flags; /* PP_RESF_BUFS: result is a buffer section */
   char *errmsg;          /* owned, for LOST / DESTROYED / FAILED */
   int exitstatus;        /* LOST: last exit status, or -1 */
   int termsignal;        /* LOST: last signal, or 0 */

@@ -224,6 +224,20 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
               : status == PP_RES_TIMEOUT ? PP_JOB_TIMEOUT
                                          : PP_JOB_ABORTED;
   } else {
+    if (h->flags & PP_RESF_BUFS) {
+      /* out-of-band buffers: only a value has them; the table must add up
+       * before anyone (the caller's unpickler) trusts it */
+      pp_bufs_view *v = malloc(sizeof *v);
+      int brc = v == NULL ? PP_ENOMEM
+                : status != PP_RES_OK ? PP_EPROTO
+                                      : pp_bufs_parse(data, len, v);
+      free(v);
+      if (brc != PP_OK) {
+        free(out);
+        free(err);
+        return brc;
+      }
+    }
     copy = malloc(len ? len : 1);
     if (copy == NULL) {
       free(out);
@@ -279,6 +293,7 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
     if (c && c->njobs2)
       (*c->njobs2)++;
   }
+  j->result_flags = copy ? (h->flags & PP_RESF_BUFS) : 0;
   pp__complete(e, j, jstatus, copy, copy ? len : 0, msg);
   uv_mutex_unlock(&e->mu);
   return 1;

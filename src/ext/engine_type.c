@@ -286,6 +286,9 @@ static void Engine_dealloc(ppx_engine_object *self) {
 /* Engine.submit(func, data, group, flags, callback, callbackargs[, limits])
  * -> Job, limits being None or (timeout seconds or None, memory limit
  * bytes or None, retries).
+ * data is the pickled arguments (bytes), or (pickle, [buffers]) when pickle
+ * protocol 5 put buffers out of band (pp._oob.dumps): both are copied once
+ * into the new job record, the latter as a buffer section (PP_JOBF_BUFS).
  * Copies the pickled arguments into a new job record and queues it. With a
  * callback, the engine's record holds a reference to the Job object until
  * the callback thread took the completion event. Positional (fast call):
@@ -345,24 +348,52 @@ static PyObject *Engine_submit(ppx_engine_object *self, PyObject *const *args,
                  fo->f->blob_len, self->max_frame);
     return NULL;
   }
-  if (PyObject_GetBuffer(args[1], &b, PyBUF_SIMPLE) < 0)
-    return NULL;
-  if ((size_t)b.len > self->max_frame - PP_KEY_LEN) {
-    PyErr_Format(PyExc_ValueError,
-                 "the pickled arguments (%zd bytes) exceed the frame limit of "
-                 "%zu bytes",
-                 b.len, self->max_frame);
+  uint8_t *copy;
+  size_t len;
+  if (PyTuple_Check(args[1])) {
+    /* (pickle, [buffers]): one copy of everything, laid out as the buffer
+     * section the worker reads in place */
+    ppx_bufs bb;
+    if (ppx_bufs_measure(args[1], &bb) < 0)
+      return NULL;
+    if (bb.size > self->max_frame - PP_KEY_LEN - PP_LIMITS_LEN) {
+      PyErr_Format(PyExc_ValueError,
+                   "the job's arguments with their out-of-band buffers are "
+                   "%llu bytes, above the frame limit of %zu bytes "
+                   "(max_frame)", (unsigned long long)bb.size,
+                   self->max_frame);
+      ppx_bufs_release(&bb);
+      return NULL;
+    }
+    len = (size_t)bb.size;
+    copy = malloc(len);
+    if (copy == NULL) {
+      ppx_bufs_release(&bb);
+      return ppx_raise(PP_ENOMEM, "submit");
+    }
+    ppx_bufs_copy(&bb, copy);
+    ppx_bufs_release(&bb);
+    flags |= PP_JOBF_BUFS;
+  } else {
+    if (PyObject_GetBuffer(args[1], &b, PyBUF_SIMPLE) < 0)
+      return NULL;
+    if ((size_t)b.len > self->max_frame - PP_KEY_LEN) {
+      PyErr_Format(PyExc_ValueError,
+                   "the pickled arguments (%zd bytes) exceed the frame limit "
+                   "of %zu bytes",
+                   b.len, self->max_frame);
+      PyBuffer_Release(&b);
+      return NULL;
+    }
+    copy = malloc(b.len ? (size_t)b.len : 1);
+    if (copy == NULL) {
+      PyBuffer_Release(&b);
+      return ppx_raise(PP_ENOMEM, "submit");
+    }
+    memcpy(copy, b.buf, (size_t)b.len);
+    len = (size_t)b.len;
     PyBuffer_Release(&b);
-    return NULL;
   }
-  uint8_t *copy = malloc(b.len ? (size_t)b.len : 1);
-  if (copy == NULL) {
-    PyBuffer_Release(&b);
-    return ppx_raise(PP_ENOMEM, "submit");
-  }
-  memcpy(copy, b.buf, (size_t)b.len);
-  size_t len = (size_t)b.len;
-  PyBuffer_Release(&b);
   pp_job *j = pp_job_new(fo->f, copy, len, (uint32_t)flags, (uint32_t)group);
   if (j == NULL) {
     free(copy);

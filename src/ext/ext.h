@@ -26,6 +26,7 @@ typedef struct ppx_state {
   PyTypeObject *engine_type; /* pp._core.Engine */
   PyObject *loads;           /* pickle.loads */
   PyObject *dumps;           /* pickle.dumps */
+  PyTypeObject *lease_type;  /* pp._core.Lease (lease.c) */
 } ppx_state;
 
 extern struct PyModuleDef ppx_module_def;
@@ -40,6 +41,48 @@ ppx_state *ppx_state_of_type(PyTypeObject *tp);
 extern PyType_Spec ppx_func_spec;
 extern PyType_Spec ppx_job_spec;
 extern PyType_Spec ppx_engine_spec;
+extern PyType_Spec ppx_lease_spec;
+
+/* ---- out-of-band buffers (lease.c) ------------------------------------ */
+
+/* How a lease gives its memory back: called once, with the GIL held, when
+ * the lease object dies (or fails to be made). */
+typedef void (*ppx_release_fn)(void *ctx, void *base, size_t len);
+
+/* ppx_lease_new: a pp._core.Lease exporting base[0..len) (writable unless
+ * readonly); release(ctx, base, len) runs when it dies. Ownership of the
+ * memory passes to the lease even on failure (release is then called at
+ * once). New reference or NULL. */
+PyObject *ppx_lease_new(ppx_state *st, void *base, size_t len, int readonly,
+                        ppx_release_fn release, void *ctx);
+
+/* ppx_bufs_loads: unpickle the buffer section at lease[off..off+len)
+ * through pp._oob.loads, the buffers being views of the lease (no copy).
+ * New reference, or NULL with ValueError for a malformed table or the
+ * unpickling error. */
+PyObject *ppx_bufs_loads(PyObject *lease, size_t off, size_t len);
+
+/* ppx_oob_dumps: pp._oob.dumps(obj, proto): bytes, or (pickle, [buffers])
+ * when some buffers travel out of band. New reference or NULL. */
+PyObject *ppx_oob_dumps(PyObject *obj, int proto);
+
+/* A (pickle, [buffers]) pair held as Py_buffers, measured as a section. */
+typedef struct ppx_bufs {
+  Py_buffer pickle;
+  int have_pickle;
+  Py_buffer *views; /* n of them */
+  uint64_t *lens, *offs;
+  uint32_t n;
+  uint64_t size;    /* bytes of the whole section */
+} ppx_bufs;
+
+/* ppx_bufs_measure: take buffers on tuple = (pickle, [buffers]) and compute
+ * the section's layout. 0, or -1 with an exception (b is then empty). */
+int ppx_bufs_measure(PyObject *tuple, ppx_bufs *b);
+/* ppx_bufs_copy: write the whole section (b->size bytes) at out. */
+void ppx_bufs_copy(const ppx_bufs *b, uint8_t *out);
+/* ppx_bufs_release: release the Py_buffers and tables. */
+void ppx_bufs_release(ppx_bufs *b);
 
 /* The objects' C layouts, shared by engine_type.c and job_type.c. */
 

@@ -113,18 +113,40 @@ static int job_wait(ppx_job_object *self, double timeout) {
   return ppx_wait_sliced(self->engine->e, wait_job_fn, self->j, timeout);
 }
 
+/* release_job: a lease over a job's result is gone: drop its reference
+ * to the record. */
+static void release_job(void *ctx, void *base, size_t len) {
+  (void)base;
+  (void)len;
+  pp_job_unref((pp_job *)ctx);
+}
+
 /* job_value: the unpickled result of a successful job, cached so that every
  * call returns the same object. New reference, or NULL with the unpickling
  * error. */
 static PyObject *job_value(ppx_job_object *self) {
   if (self->result == NULL) {
-    PyObject *mv = PyMemoryView_FromMemory((char *)self->j->result,
-                                           (Py_ssize_t)self->j->result_len,
-                                           PyBUF_READ);
-    if (mv == NULL)
-      return NULL;
-    PyObject *v = PyObject_CallOneArg(self->engine->st->loads, mv);
-    Py_DECREF(mv);
+    PyObject *v;
+    if (self->j->result_flags & PP_RESF_BUFS) {
+      /* out-of-band buffers are views of the job's own result bytes: the
+       * lease holds a reference to the record, so they outlive the Job */
+      pp_job_ref(self->j);
+      PyObject *lease = ppx_lease_new(self->engine->st, self->j->result,
+                                      self->j->result_len, 0, release_job,
+                                      self->j);
+      if (lease == NULL)
+        return NULL;
+      v = ppx_bufs_loads(lease, 0, self->j->result_len);
+      Py_DECREF(lease);
+    } else {
+      PyObject *mv = PyMemoryView_FromMemory((char *)self->j->result,
+                                             (Py_ssize_t)self->j->result_len,
+                                             PyBUF_READ);
+      if (mv == NULL)
+        return NULL;
+      v = PyObject_CallOneArg(self->engine->st->loads, mv);
+      Py_DECREF(mv);
+    }
     if (v == NULL)
       return NULL;
     if (self->result == NULL) /* another thread may have won meanwhile */

@@ -218,13 +218,15 @@ static int module_exec(PyObject *m) {
     return -1;
   if (add_type(m, &ppx_func_spec, NULL, &st->func_type) < 0 ||
       add_type(m, &ppx_job_spec, NULL, &st->job_type) < 0 ||
-      add_type(m, &ppx_engine_spec, NULL, &st->engine_type) < 0)
+      add_type(m, &ppx_engine_spec, NULL, &st->engine_type) < 0 ||
+      add_type(m, &ppx_lease_spec, NULL, &st->lease_type) < 0)
     return -1;
   struct {
     const char *name;
     long value;
   } ints[] = {
       {"JOBF_CHUNK", PP_JOBF_CHUNK},
+      {"BUFS_MAX", (long)PP_BUFS_MAX},
       {"ST_OK", PP_JOB_OK},
       {"ST_EXC", PP_JOB_EXC},
       {"ST_SERIAL", PP_JOB_SERIAL},
@@ -255,6 +257,7 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg) {
   Py_VISIT(st->func_type);
   Py_VISIT(st->job_type);
   Py_VISIT(st->engine_type);
+  Py_VISIT(st->lease_type);
   Py_VISIT(st->loads);
   Py_VISIT(st->dumps);
   return 0;
@@ -267,6 +270,7 @@ static int module_clear(PyObject *m) {
   Py_CLEAR(st->func_type);
   Py_CLEAR(st->job_type);
   Py_CLEAR(st->engine_type);
+  Py_CLEAR(st->lease_type);
   Py_CLEAR(st->loads);
   Py_CLEAR(st->dumps);
   return 0;

@@ -21,6 +21,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/prctl.h>
@@ -47,6 +48,40 @@ static int write_all(int fd, pp_buf *out) {
   return rc;
 }
 
+/* writev_all: write out's bytes, then each of the n iovecs `more`, to fd
+ * with the GIL released, resuming after partial writes. 0 or -1. out is
+ * emptied either way. */
+static int writev_all(int fd, pp_buf *out, struct iovec *more, int n) {
+  struct iovec iov[2 * PP_BUFS_MAX + 2];
+  int cnt = 0, rc = 0;
+  if (pp_buf_avail(out) > 0)
+    iov[cnt++] = (struct iovec){out->data + out->off, pp_buf_avail(out)};
+  for (int i = 0; i < n; i++)
+    if (more[i].iov_len > 0)
+      iov[cnt++] = more[i];
+  Py_BEGIN_ALLOW_THREADS
+  int k = 0;
+  while (k < cnt) {
+    ssize_t w = writev(fd, iov + k, cnt - k > 1024 ? 1024 : cnt - k);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0) {
+      rc = -1;
+      break;
+    }
+    size_t left = (size_t)w;
+    while (k < cnt && left >= iov[k].iov_len)
+      left -= iov[k++].iov_len;
+    if (k < cnt) {
+      iov[k].iov_base = (char *)iov[k].iov_base + left;
+      iov[k].iov_len -= left;
+    }
+  }
+  Py_END_ALLOW_THREADS
+  out->off = out->len = 0;
+  return rc;
+}
+
 typedef struct wstate {
   int fd;
   int proto;
@@ -58,6 +93,7 @@ typedef struct wstate {
   PyObject *cur_main;    /* borrowed: what sys.modules['__main__'] is now */
   PyObject *loads;       /* borrowed from the module state: pickle.loads */
   PyObject *dumps;       /* borrowed from the module state: pickle.dumps */
+  ppx_state *st;         /* the module state (lease type) */
   pp_wstatus *status;    /* the engine's status page, or NULL */
   uint32_t max_frame;    /* payload limit of the frames we send */
   int capture;           /* fds 1 and 2 are memfds: each job's output */
@@ -146,6 +182,74 @@ static int append_result(wstate *w, uint64_t id, uint32_t attempt,
   pp_buf_free(&w->cap[0]);
   pp_buf_free(&w->cap[1]);
   return rc == PP_OK ? 0 : -1;
+}
+
+/* append_result_bufs: send one RESULT whose data is the buffer section of
+ * bb (status OK with PP_RESF_BUFS): everything before the buffers goes to
+ * the output batch, which is then written together with the buffers in
+ * one writev straight from the objects' memory (no copy in the worker).
+ * 0, or -1 when the engine is gone or memory ran out (fatal). GIL held. */
+static int append_result_bufs(wstate *w, uint64_t id, uint32_t attempt,
+                              uint64_t runtime, const ppx_bufs *bb) {
+  static const uint8_t zeros[PP_BUFS_ALIGN];
+  uint8_t rt[8], lens[8], hdr[PP_FRAME_HDR];
+  size_t no = pp_buf_avail(&w->cap[0]), ne = pp_buf_avail(&w->cap[1]);
+  size_t head = 16 + 8 * (size_t)bb->n;
+  uint8_t *table = PyMem_Malloc(head);
+  struct iovec *iov = PyMem_Malloc(sizeof *iov * 2 * bb->n);
+  unsigned status = PP_RES_OK | PP_RESF_BUFS;
+  uint64_t len = 8 + bb->size;
+  int rc = -1;
+  if (table == NULL || iov == NULL)
+    goto out;
+  if (no + ne > 0) {
+    status |= PP_RESF_OUTPUT;
+    len += 8 + no + ne;
+  }
+  pp_put_u64(rt, runtime);
+  pp_put_u32(lens, (uint32_t)no);
+  pp_put_u32(lens + 4, (uint32_t)ne);
+  pp_bufs_write_head(table, (uint64_t)bb->pickle.len, bb->lens, bb->n);
+  pp_frame_hdr h = {PP_PROTO_VERSION, PP_MSG_RESULT, status, (uint32_t)len,
+                    attempt, id};
+  pp_frame_encode_hdr(hdr, &h);
+  if (pp_buf_append(&w->out, hdr, sizeof hdr) != PP_OK ||
+      pp_buf_append(&w->out, rt, 8) != PP_OK ||
+      (no + ne > 0 &&
+       (pp_buf_append(&w->out, lens, 8) != PP_OK ||
+        pp_buf_append(&w->out, w->cap[0].data + w->cap[0].off, no) != PP_OK ||
+        pp_buf_append(&w->out, w->cap[1].data + w->cap[1].off, ne) != PP_OK)) ||
+      pp_buf_append(&w->out, table, head) != PP_OK ||
+      pp_buf_append(&w->out, bb->pickle.buf, (size_t)bb->pickle.len) != PP_OK)
+    goto out;
+  uint64_t end = head + (uint64_t)bb->pickle.len;
+  for (uint32_t i = 0; i < bb->n; i++) {
+    iov[2 * i] = (struct iovec){(void *)zeros, (size_t)(bb->offs[i] - end)};
+    iov[2 * i + 1] = (struct iovec){bb->views[i].buf, (size_t)bb->lens[i]};
+    end = bb->offs[i] + bb->lens[i];
+  }
+  rc = writev_all(w->fd, &w->out, iov, (int)(2 * bb->n));
+out:
+  PyMem_Free(table);
+  PyMem_Free(iov);
+  pp_buf_free(&w->cap[0]);
+  pp_buf_free(&w->cap[1]);
+  return rc;
+}
+
+/* plain_value: whether v is certainly pickled without large buffers (the
+ * common small results skip pp._oob entirely). */
+static int plain_value(PyObject *v) {
+  return v == Py_None || PyLong_CheckExact(v) || PyFloat_CheckExact(v) ||
+         PyBool_Check(v) ||
+         (PyUnicode_CheckExact(v) && PyUnicode_GET_LENGTH(v) < 65536);
+}
+
+/* release_block: a lease over a JOB's input block is gone: free it. */
+static void release_block(void *ctx, void *base, size_t len) {
+  PP_UNUSED(base);
+  PP_UNUSED(len);
+  free(ctx);
 }
 
 /* setup_capture: when the engine asks for it (status page), make fds 1 and
@@ -292,9 +396,22 @@ static int mem_limit_set(uint64_t add, struct rlimit *old) {
   return setrlimit(RLIMIT_AS, &nl);
 }
 
-/* run_job: execute one JOB frame and append its RESULT. 0, or -1 when the
- * result could not even be encoded (fatal for the worker). */
-static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p) {
+/* run_job: execute one JOB frame and append its RESULT. block is the
+ * malloc'd storage the frame lies in when its arguments are a buffer
+ * section (PP_JOBF_BUFS): run_job owns it (a lease frees it once the last
+ * object built on it is gone), else NULL. 0, or -1 when the result could
+ * not even be encoded (fatal for the worker). */
+static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p,
+                   uint8_t *block) {
+  PyObject *lease = NULL;
+  ppx_bufs rb;
+  int have_rb = 0;
+  if (block != NULL) { /* from here on the lease owns the block */
+    lease = ppx_lease_new(w->st, block, (size_t)(p - block) + h->length, 0,
+                          release_block, block);
+    if (lease == NULL)
+      return -1;
+  }
   unsigned status = PP_RES_OK;
   PyObject *data = NULL, *res = NULL, *args = NULL, *entry = NULL;
   uint64_t t0 = pp_now_ns(), t1;
@@ -309,11 +426,13 @@ static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p) {
     PyObject *m = PyBytes_FromStringAndSize(msg, sizeof msg - 1);
     int rc = m ? append_result(w, h->id, h->attempt, PP_RES_ABORTED, 0, m) : -1;
     Py_XDECREF(m);
+    Py_XDECREF(lease);
     pp_wstatus_end(w->status);
     return rc;
   }
   if (h->flags & PP_JOBF_LIMITS) {
     if (h->length < PP_KEY_LEN + PP_LIMITS_LEN) {
+      Py_XDECREF(lease);
       pp_wstatus_end(w->status);
       return -1; /* the engine broke the protocol */
     }
@@ -322,6 +441,7 @@ static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p) {
   }
   PyObject *key = PyBytes_FromStringAndSize((const char *)p, PP_KEY_LEN);
   if (key == NULL) {
+    Py_XDECREF(lease);
     pp_wstatus_end(w->status);
     return -1;
   }
@@ -346,6 +466,15 @@ static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p) {
     goto exc;
   if (mem_limit != 0)
     limited = mem_limit_set(mem_limit, &old_limit) == 0;
+  if (lease != NULL) {
+    /* out-of-band buffers: views of the input block, read in place */
+    args = ppx_bufs_loads(lease, (size_t)(p - block) + args_off,
+                          h->length - args_off);
+    Py_CLEAR(lease); /* what still uses the block holds it */
+    if (args == NULL)
+      goto exc;
+    goto loaded;
+  }
   PyObject *mv = PyMemoryView_FromMemory((char *)p + args_off,
                                          (Py_ssize_t)(h->length - args_off),
                                          PyBUF_READ);
@@ -369,6 +498,7 @@ static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p) {
   Py_DECREF(mv);
   if (args == NULL)
     goto exc;
+loaded:
   t0 = pp_now_ns();
   if (h->flags & PP_JOBF_CHUNK) {
     res = call_chunk(fn, args);
@@ -386,7 +516,18 @@ static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p) {
   }
   if (res == NULL)
     goto exc;
-  data = PyObject_CallFunction(w->dumps, "Oi", res, w->proto);
+  if (w->proto >= 5 && !plain_value(res))
+    data = ppx_oob_dumps(res, w->proto); /* bytes or (pickle, [buffers]) */
+  else
+    data = PyObject_CallFunction(w->dumps, "Oi", res, w->proto);
+  if (data != NULL && PyTuple_Check(data)) {
+    int ok = ppx_bufs_measure(data, &rb) == 0;
+    Py_CLEAR(data);
+    if (ok) {
+      have_rb = 1;
+      data = PyBytes_FromStringAndSize(NULL, 0); /* sized below with rb */
+    }
+  }
   if (data == NULL || !PyBytes_Check(data)) {
     Py_CLEAR(data);
     status = PP_RES_SERIAL;
@@ -403,19 +544,28 @@ done:
 done_timed:
   if (limited)
     setrlimit(RLIMIT_AS, &old_limit);
+  Py_XDECREF(lease);
   Py_XDECREF(args);
   Py_XDECREF(res);
   collect_output(w);
+  uint64_t dlen = data == NULL ? 0
+                 : have_rb    ? rb.size
+                              : (uint64_t)PyBytes_GET_SIZE(data);
   if (data != NULL &&
-      (uint64_t)PyBytes_GET_SIZE(data) + 16 + pp_buf_avail(&w->cap[0]) +
-              pp_buf_avail(&w->cap[1]) >
+      dlen + 16 + pp_buf_avail(&w->cap[0]) + pp_buf_avail(&w->cap[1]) >
           w->max_frame) {
     /* too large for one frame: fail this job, not the worker */
     PyErr_Format(PyExc_OverflowError,
-                 "the job's %s is %zd bytes when pickled, above the frame "
+                 "the job's %s is %llu bytes when pickled%s, above the frame "
                  "limit of %u bytes (max_frame)",
                  status == PP_RES_OK ? "result" : "exception",
-                 PyBytes_GET_SIZE(data), (unsigned)w->max_frame);
+                 (unsigned long long)dlen,
+                 have_rb ? " with its out-of-band buffers" : "",
+                 (unsigned)w->max_frame);
+    if (have_rb) {
+      ppx_bufs_release(&rb);
+      have_rb = 0;
+    }
     Py_DECREF(data);
     status = PP_RES_SERIAL;
     data = format_exc(w, 1);
@@ -428,7 +578,13 @@ done_timed:
       return -1;
     }
   }
-  int rc = append_result(w, h->id, h->attempt, status, t1 - t0, data);
+  int rc;
+  if (have_rb) {
+    rc = append_result_bufs(w, h->id, h->attempt, t1 - t0, &rb);
+    ppx_bufs_release(&rb);
+  } else {
+    rc = append_result(w, h->id, h->attempt, status, t1 - t0, data);
+  }
   Py_DECREF(data);
   pp_wstatus_end(w->status);
   /* an abort that arrived as the job ended must not hit the next one */
@@ -498,6 +654,7 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
     return NULL;
   w.loads = st->loads; /* the module lives while its function runs */
   w.dumps = st->dumps;
+  w.st = st;
   if (!PyArg_ParseTuple(a, "iOOiil", &w.fd, &w.loader, &w.excfmt, &w.proto,
                         &restart, &parent))
     return NULL;
@@ -532,6 +689,7 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
     const uint8_t *p;
     int rc;
     uint64_t first_unsent = 0;
+    int stolen = 0;
     while ((rc = pp_frame_next(&in, PP_FRAME_MAX_DEFAULT, &h, &p)) == 1) {
       if ((h.type == PP_MSG_FUNC || h.type == PP_MSG_JOB) &&
           h.length < PP_KEY_LEN) {
@@ -541,8 +699,29 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
       if (h.type == PP_MSG_FUNC) {
         if (load_func(&w, &h, p) < 0)
           goto out;
+      } else if (h.type == PP_MSG_JOB && (h.flags & PP_JOBF_BUFS)) {
+        /* the job's buffers are read in place: the frame's storage goes to
+         * the job (run_job's lease), the bytes after it to a fresh input */
+        uint8_t *block = in.data;
+        size_t end = in.off + PP_FRAME_HDR + h.length;
+        pp_buf rest;
+        pp_buf_init(&rest);
+        if (pp_buf_append(&rest, in.data + end, in.len - end) != PP_OK) {
+          PyErr_NoMemory();
+          goto out;
+        }
+        in = rest;
+        stolen = 1;
+        if (run_job(&w, &h, p, block) < 0)
+          goto out;
+        if (first_unsent == 0)
+          first_unsent = pp_now_ns();
+        if (restart) {
+          write_all(w.fd, &w.out);
+          goto bye;
+        }
       } else if (h.type == PP_MSG_JOB) {
-        if (run_job(&w, &h, p) < 0)
+        if (run_job(&w, &h, p, NULL) < 0)
           goto out;
         if (first_unsent == 0)
           first_unsent = pp_now_ns();
@@ -557,7 +736,9 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
         rc = PP_EPROTO;
         break;
       }
-      pp_buf_consume(&in, PP_FRAME_HDR + h.length);
+      if (!stolen)
+        pp_buf_consume(&in, PP_FRAME_HDR + h.length);
+      stolen = 0;
       if (pp_buf_avail(&w.out) > 0 &&
           (pp_buf_avail(&w.out) >= FLUSH_BYTES ||
            pp_now_ns() - first_unsent >= FLUSH_AFTER_NS)) {
@@ -573,7 +754,14 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
     }
     if (pp_buf_avail(&w.out) > 0 && write_all(w.fd, &w.out) < 0)
       goto bye;
-    if (pp_buf_reserve(&in, 65536) != PP_OK) {
+    size_t want = 65536;
+    if (rc == 0 && pp_buf_avail(&in) >= PP_FRAME_HDR) {
+      /* a large frame: make room for all of it at once, not by doubling */
+      uint64_t flen = PP_FRAME_HDR + (uint64_t)pp_get_u32(in.data + in.off + 8);
+      if (flen > pp_buf_avail(&in) + want)
+        want = (size_t)(flen - pp_buf_avail(&in));
+    }
+    if (pp_buf_reserve(&in, want) != PP_OK) {
       PyErr_NoMemory();
       goto out;
     }

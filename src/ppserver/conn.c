@@ -394,7 +394,7 @@ static int handle_job(conn *c, const pp_frame_hdr *h, const uint8_t *p) {
   uint64_t limits[2] = {0, 0};
   if (h->length < PP_KEY_LEN)
     return proto_error(c, "JOB frame shorter than its key");
-  if (h->flags & ~(PP_JOBF_CHUNK | PP_JOBF_LIMITS))
+  if (h->flags & ~PP_JOBF_KNOWN)
     return proto_error(c, "JOB frame with unknown flags");
   if (h->flags & PP_JOBF_LIMITS) {
     if (h->length < PP_KEY_LEN + PP_LIMITS_LEN)
@@ -411,8 +411,8 @@ static int handle_job(conn *c, const pp_frame_hdr *h, const uint8_t *p) {
   pp_func *f = fm_get(&c->funcs, p);
   if (f == NULL)
     return proto_error(c, "JOB names a function key never sent in a FUNC");
-  if (ppsrv__feed_job(c, f, h->flags & PP_JOBF_CHUNK, h->id, h->attempt,
-                      p + off, h->length - off, limits) != PP_OK) {
+  if (ppsrv__feed_job(c, f, h->flags & (PP_JOBF_CHUNK | PP_JOBF_BUFS), h->id,
+                      h->attempt, p + off, h->length - off, limits) != PP_OK) {
     ppsrv__conn_close(c, PP_LOG_ERROR, "out of memory");
     return PP_ENOMEM;
   }

@@ -289,6 +289,8 @@ static void send_result(conn *c, ticket *t) {
   case PP_JOB_EXC:
   case PP_JOB_SERIAL:
     status = (uint32_t)j->status;
+    /* a value with out-of-band buffers keeps its buffer section as is */
+    status |= j->status == PP_JOB_OK ? (j->result_flags & PP_RESF_BUFS) : 0;
     parts[5] = (pp_part){j->result, j->result_len};
     break;
   case PP_JOB_LOST:

@@ -64,7 +64,7 @@ def test_constants_come_from_the_core():
 
 def test_types_are_heap_types_of_the_module():
     heap = 1 << 9  # Py_TPFLAGS_HEAPTYPE
-    for t in (_core.Engine, _core.Job, _core.Func):
+    for t in (_core.Engine, _core.Job, _core.Func, _core.Lease):
         assert t.__flags__ & heap, t
         assert t.__module__ == "pp._core"
     assert issubclass(pp.Job, _core.Job)
@@ -78,8 +78,9 @@ def test_entry_points():
     def names(o):
         return {n for n in dir(o) if not n.startswith("__")}
     assert names(_core) == {
-        "Engine", "Func", "Job", "worker_main", "parse_ppserver", "errorcode",
-        "DEFAULT_PORT", "SECRET_MAX", "MAX_NODE_WORKERS", "FRAME_MAX", "JOBF_CHUNK", "ST_OK",
+        "Engine", "Func", "Job", "Lease", "worker_main", "parse_ppserver",
+        "errorcode", "DEFAULT_PORT", "SECRET_MAX", "MAX_NODE_WORKERS", "FRAME_MAX",
+        "JOBF_CHUNK", "BUFS_MAX", "ST_OK",
         "ST_EXC", "ST_SERIAL", "ST_LOST", "ST_DESTROYED", "ST_CANCELLED",
         "ST_FAILED", "ST_TIMEOUT", "ST_ABORTED", "STATE_QUEUED",
         "STATE_RUNNING", "STATE_DONE"}
