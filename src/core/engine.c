@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <openssl/crypto.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- small helpers ---------------------------------------------------- */
 
@@ -369,7 +370,21 @@ int pp_engine_new(const pp_engine_opts *o, pp_engine **out) {
   uv_prepare_init(&e->loop, &e->dispatcher);
   e->dispatcher.data = e;
   pp__pool_init(e); /* a timer: cannot fail on an initialised loop */
+  if (o->shm_size != UINT64_MAX) {
+    uint64_t size = o->shm_size;
+    if (size == 0) {
+      long pg = sysconf(_SC_PAGESIZE), n = sysconf(_SC_PHYS_PAGES);
+      size = pg > 0 && n > 0 ? (uint64_t)pg * (uint64_t)n / 2 : 0;
+      if (size > ((uint64_t)4 << 30))
+        size = (uint64_t)4 << 30;
+      if (size < ((uint64_t)64 << 20))
+        size = (uint64_t)64 << 20;
+    }
+    e->shm = size <= SIZE_MAX ? pp_shm_new((size_t)size) : NULL;
+  }
   if (uv_thread_create(&e->thread, engine_main, e) != 0) {
+    pp_shm_unref(e->shm);
+    e->shm = NULL;
     uv_close((uv_handle_t *)&e->async, NULL);
     uv_close((uv_handle_t *)&e->tick, NULL);
     uv_close((uv_handle_t *)&e->dispatcher, NULL);
@@ -428,6 +443,7 @@ void pp_engine_free(pp_engine *e) {
   free(e->group_pending);
   free(e->pids);
   free(e->pid_jobs);
+  pp_shm_unref(e->shm); /* blocks of jobs still alive keep it */
   engine_free_config(e);
   free(e);
 }
@@ -693,7 +709,11 @@ void pp_engine_get_stats(pp_engine *e, pp_engine_stats *out) {
   out->queued = e->pending.len;
   out->running = e->running;
   uv_mutex_unlock(&e->mu);
+  out->shm_used = e->shm ? pp_shm_used(e->shm) : 0;
+  out->shm_size = e->shm ? pp_shm_size(e->shm) : 0;
 }
+
+pp_shm *pp_engine_shm(pp_engine *e) { return e->shm; }
 
 int pp_engine_worker_pids(pp_engine *e, int *pids, uint64_t *njobs, int max) {
   uv_mutex_lock(&e->mu);

@@ -24,6 +24,10 @@ typedef struct pp_engine_opts {
   int capture_output;      /* workers capture each job's stdout/stderr */
   uint32_t max_output;     /* bytes kept per stream and job; 0 = 1 MiB */
   int queue_logs;          /* 1: log lines go to pp_engine_next_event */
+  /* Size of the shared-memory arena for out-of-band buffers (shm.h), in
+   * bytes: 0 = half the machine's memory, at most 4 GiB; UINT64_MAX = no
+   * arena (buffers then travel through the worker pipes). */
+  uint64_t shm_size;
   /* Optional completion hook, for embedders without Python (ppserver).
    * Called once per job when it becomes DONE, with the engine mutex held,
    * from the engine thread or from the thread calling cancel/shutdown. The
@@ -80,6 +84,8 @@ typedef struct pp_engine_stats {
   int nlive;          /* worker processes alive right now */
   uint64_t queued;    /* waiting for a worker */
   uint64_t running;   /* handed to a worker, no result yet */
+  uint64_t shm_used;  /* bytes of the shared-memory arena in use */
+  uint64_t shm_size;  /* its size (0: no arena) */
 } pp_engine_stats;
 
 /* pp_engine_new: validate opts, start the engine thread and the initial
@@ -166,6 +172,12 @@ int pp_engine_set_nworkers(pp_engine *e, int n);
 
 /* pp_engine_get_stats: a consistent snapshot. Any thread. */
 void pp_engine_get_stats(pp_engine *e, pp_engine_stats *out);
+
+/* pp_engine_shm: the engine's shared-memory arena (borrowed: valid while
+ * the engine is, pp_shm_ref it to keep it), or NULL without one. Jobs whose
+ * arguments are a large buffer section are made in it (pp_job_new_shm), so
+ * local workers read them in place. Any thread. */
+pp_shm *pp_engine_shm(pp_engine *e);
 
 /* pp_engine_worker_pids: copy up to max live worker pids and, when njobs is
  * not NULL, the number of results each returned. Returns the count. */

@@ -55,6 +55,7 @@ struct pp_engine {
   struct pp_tls_ctx *tls_ctx; /* TLS to nodes; NULL = plain sealed frames */
   int tls_psk; /* TLS in PSK mode: tls_ctx is made once the key is ready */
   uint32_t max_frame;
+  pp_shm *shm;           /* the arena for out-of-band buffers, or NULL */
   int capture_output;
   uint32_t max_output;
   uint16_t *disco_ports; /* auto-discovery UDP ports (ndisco of them) */

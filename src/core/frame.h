@@ -26,7 +26,11 @@ enum pp_msg_type {
   PP_MSG_PING = 6,   /* TCP, either side: are you there? payload echoed */
   PP_MSG_PONG = 7,   /* TCP: answer to PING, same payload */
   PP_MSG_STOP = 8,   /* client -> node: stop job (id, attempt); u32 grace ms */
-  PP_MSG_TYPE_MAX = 8,
+  PP_MSG_RELEASE = 9, /* worker -> engine: it no longer references the
+                         shared memory of JOB (id, attempt); empty */
+  PP_MSG_SHM = 10,   /* engine -> worker: u64 size, the arena's descriptor
+                        in SCM_RIGHTS; worker -> engine: u32 1 mapped, 0 not */
+  PP_MSG_TYPE_MAX = 10,
   /* TCP handshake frames (see auth.h), valid only before authentication */
   PP_MSG_AUTH_FIRST = 16,
   PP_MSG_AUTH_LAST = 19
@@ -52,6 +56,9 @@ static inline int pp_frame_type_known(unsigned t) {
  * the region the engine passed to the worker (local workers only) */
 #define PP_JOBF_SHM 0x8u
 #define PP_JOBF_KNOWN (PP_JOBF_CHUNK | PP_JOBF_LIMITS | PP_JOBF_BUFS)
+/* the shared memory descriptor of a PP_JOBF_SHM JOB: u64 offset, u64 length
+ * of the data section in the arena */
+#define PP_SHM_DESC_LEN 16u
 /* FUNC flags */
 #define PP_FUNCF_RESET 0x1u /* forget every cached function before this one */
 /* RESULT flags: the low byte is the status */

@@ -50,14 +50,41 @@ pp_job *pp_job_new(pp_func *func, uint8_t *args, size_t args_len,
   return j;
 }
 
+pp_job *pp_job_new_shm(pp_func *func, pp_shm *shm, size_t args_len,
+                       uint32_t flags, uint32_t group) {
+  uint64_t off;
+  uint8_t *p = pp_shm_alloc(shm, args_len, &off);
+  if (p == NULL)
+    return NULL;
+  pp_job *j = pp_job_new(func, p, args_len, flags, group);
+  if (j == NULL) {
+    pp_shm_free(shm, off, args_len);
+    return NULL;
+  }
+  j->shm = shm; /* the block's arena reference is the job's now */
+  j->shm_off = off;
+  return j;
+}
+
+void pp_job_free_result(uint8_t *result, size_t len, pp_shm *shm,
+                        uint64_t off) {
+  if (shm != NULL)
+    pp_shm_free(shm, off, len);
+  else
+    free(result);
+}
+
 void pp_job_ref(pp_job *j) { atomic_fetch_add(&j->refs, 1); }
 
 void pp_job_unref(pp_job *j) {
   if (j == NULL || atomic_fetch_sub(&j->refs, 1) != 1)
     return;
   pp_func_unref(j->func);
-  free(j->args);
-  free(j->result);
+  if (j->shm != NULL)
+    pp_shm_free(j->shm, j->shm_off, j->args_len);
+  else
+    free(j->args);
+  pp_job_free_result(j->result, j->result_len, j->rshm, j->rshm_off);
   free(j->errmsg);
   free(j->out);
   free(j->err);

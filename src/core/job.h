@@ -5,6 +5,7 @@
 #define PP_JOB_H
 
 #include "frame.h"
+#include "shm.h"
 
 #include <stdatomic.h>
 #include <stddef.h>
@@ -46,6 +47,9 @@ typedef struct pp_job {
   pp_func *func;         /* ref held */
   uint8_t *args;         /* owned; pickled arguments */
   size_t args_len;
+  pp_shm *shm;           /* args is a block of this arena (one arena ref
+                            held by the block), or NULL: malloc'd */
+  uint64_t shm_off;      /* the block's offset in the arena */
   uint32_t flags;        /* PP_JOBF_* sent with the job */
   uint32_t group;        /* group index, < engine group capacity */
   /* The fields below are protected by the engine mutex. */
@@ -56,6 +60,8 @@ typedef struct pp_job {
   uint8_t *result;       /* owned, when DONE */
   size_t result_len;
   uint32_t result_flags; /* PP_RESF_BUFS: result is a buffer section */
+  pp_shm *rshm;          /* result is a block of this arena, or NULL */
+  uint64_t rshm_off;
   char *errmsg;          /* owned, for LOST / DESTROYED / FAILED */
   int exitstatus;        /* LOST: last exit status, or -1 */
   int termsignal;        /* LOST: last signal, or 0 */
@@ -97,6 +103,15 @@ void pp_func_unref(pp_func *f);
  * args (a malloc'd buffer) only on success. Returns NULL when out of memory. */
 pp_job *pp_job_new(pp_func *func, uint8_t *args, size_t args_len,
                    uint32_t flags, uint32_t group);
+/* pp_job_new_shm: pp_job_new with args a fresh block of args_len bytes in
+ * the arena shm (the caller fills j->args). NULL when the arena has no room
+ * or memory ran out: the caller falls back to pp_job_new. */
+pp_job *pp_job_new_shm(pp_func *func, pp_shm *shm, size_t args_len,
+                       uint32_t flags, uint32_t group);
+/* pp_job_free_result: free a result buffer as pp_job_unref would (a block
+ * of shm at off, or malloc'd when shm is NULL). */
+void pp_job_free_result(uint8_t *result, size_t len, pp_shm *shm,
+                        uint64_t off);
 void pp_job_ref(pp_job *j);
 /* pp_job_unref: drop a reference; the last one frees everything the job owns
  * (not udata, which the extension must have released). Any thread. */

@@ -100,9 +100,16 @@ int pp__peer_send(pp__peer *p, pp_job *first) {
       if (rc == PP_OK)
         rc = p->ops->emit(p, PP_MSG_FUNC, fl, 0, 0, fparts, 2, j);
     }
-    uint8_t lim[PP_LIMITS_LEN];
+    uint8_t lim[PP_LIMITS_LEN], desc[PP_SHM_DESC_LEN];
     uint32_t jf = j->flags & ~PP_JOBF_LIMITS;
     pp_part jparts[3] = {{f->key, PP_KEY_LEN}, {lim, 0}, {j->args, j->args_len}};
+    if (j->shm != NULL && j->shm == p->shm) {
+      /* the other side maps the arena: name the block, send no bytes */
+      pp_put_u64(desc, j->shm_off);
+      pp_put_u64(desc + 8, j->args_len);
+      jparts[2] = (pp_part){desc, PP_SHM_DESC_LEN};
+      jf |= PP_JOBF_SHM;
+    }
     if (j->timeout_ns || j->mem_limit) {
       /* the node enforces them with its workers; a local worker applies
        * the memory limit (the engine itself watches the time) */
@@ -184,6 +191,8 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
     len -= 8 + (size_t)out_len + err_len;
   }
   uint8_t *copy = NULL;
+  pp_shm *rshm = NULL;
+  uint64_t rshm_off = 0;
   char *msg = NULL;
   int exitstatus = -1, termsignal = 0;
   if (status == PP_RES_LOST || status == PP_RES_FAILED ||
@@ -238,7 +247,13 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
         return brc;
       }
     }
-    copy = malloc(len ? len : 1);
+    /* a large value goes to the arena, whose pages stay warm: no page
+     * faults on a fresh allocation for every result */
+    if (len >= PP_SHM_MIN && e->shm != NULL &&
+        (copy = pp_shm_alloc(e->shm, len, &rshm_off)) != NULL)
+      rshm = e->shm;
+    else
+      copy = malloc(len ? len : 1);
     if (copy == NULL) {
       free(out);
       free(err);
@@ -266,8 +281,9 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
   j->err_len = err_len;
   if (j->stop_reason != 0) {
     /* stopped: it ends so, whatever it managed to return */
-    free(copy);
+    pp_job_free_result(copy, len, rshm, rshm_off);
     copy = NULL;
+    rshm = NULL;
     free(msg);
     msg = pp__stop_message(j);
     jstatus = j->stop_reason;
@@ -275,7 +291,7 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
     /* its function raised: run it again (retries=) */
     j->retries--;
     j->avoid = peer; /* run it again elsewhere when there is room */
-    free(copy);
+    pp_job_free_result(copy, len, rshm, rshm_off);
     atomic_store(&j->state, PP_JOB_QUEUED);
     if (e->running > 0)
       e->running--;
@@ -294,6 +310,8 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
       (*c->njobs2)++;
   }
   j->result_flags = copy ? (h->flags & PP_RESF_BUFS) : 0;
+  j->rshm = rshm; /* where the result below lives (pp_job_unref frees it) */
+  j->rshm_off = rshm_off;
   pp__complete(e, j, jstatus, copy, copy ? len : 0, msg);
   uv_mutex_unlock(&e->mu);
   return 1;

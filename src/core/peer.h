@@ -83,6 +83,9 @@ struct pp__peer {
                                current connection; node.c resets it) */
   pp_keyset known;          /* function keys the other side has */
   pp_buf rbuf;              /* bytes read, not yet framed */
+  pp_shm *shm;              /* the arena the other side has mapped (a local
+                               worker that acknowledged it), or NULL: then
+                               arguments in it travel as bytes */
   int strict;               /* a local worker: it never reports LOST,
                                FAILED or TIMEOUT itself (a node's engine
                                may); those are protocol errors */

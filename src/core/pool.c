@@ -15,7 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define INLINE_MAX 8192 /* payloads up to this size are copied, larger ones referenced */
@@ -23,6 +25,13 @@
 #define BACKOFF_MAX_SHIFT 4 /* 100 ms .. 1.6 s between start attempts */
 
 typedef struct wreq wreq;
+
+/* A job a worker still references the shared memory of, as it named it. */
+struct held {
+  pp_job *j; /* a reference */
+  uint64_t id;
+  uint32_t attempt;
+};
 
 struct pp__worker {
   pp__peer peer; /* first: a worker is a peer */
@@ -39,6 +48,10 @@ struct pp__worker {
   int open_handles; /* proc and pipe handles not yet closed */
   pp_wstatus *status; /* shared status page, or NULL */
   wreq *out;        /* frames emitted since the last flush */
+  struct held *held; /* jobs whose shared arguments it still references
+                        (RESULT with KEPT, until its RELEASE): a reference
+                        each keeps the arena block alive */
+  size_t nheld, capheld;
   pp__worker *next;
 };
 
@@ -90,6 +103,10 @@ static void wreq_free(wreq *r);
 static void worker_free(pp__worker *w) {
   if (w->out)
     wreq_free(w->out);
+  /* whatever it still referenced is free now: the process is gone */
+  for (size_t i = 0; i < w->nheld; i++)
+    pp_job_unref(w->held[i].j);
+  free(w->held);
   if (w->status)
     munmap(w->status, PP_WSTATUS_SIZE);
   pp__peer_clear(&w->peer);
@@ -409,6 +426,44 @@ static void send_bye(pp__worker *w) {
 
 /* ---- reading ---------------------------------------------------------- */
 
+/* keep_held: a RESULT with KEPT: the worker goes on referencing the shared
+ * arguments of that JOB after answering it; hold the job (and so its
+ * block) until the worker's RELEASE or its end. 0, PP_EPROTO (not a JOB it
+ * holds, or not one sent in shared memory) or PP_ENOMEM. */
+static int keep_held(pp__worker *w, const pp_frame_hdr *h) {
+  pp_job *j = NULL;
+  for (pp_job *k = w->peer.inflight.head; k; k = k->next)
+    if (k->id == h->id && k->attempt == h->attempt) {
+      j = k;
+      break;
+    }
+  if (j == NULL || j->shm == NULL || j->shm != w->peer.shm)
+    return PP_EPROTO;
+  if (w->nheld == w->capheld) {
+    size_t cap = w->capheld ? w->capheld * 2 : 8;
+    struct held *g = realloc(w->held, cap * sizeof *g);
+    if (g == NULL)
+      return PP_ENOMEM;
+    w->held = g;
+    w->capheld = cap;
+  }
+  pp_job_ref(j);
+  w->held[w->nheld++] = (struct held){j, h->id, h->attempt};
+  return PP_OK;
+}
+
+/* release_held: the worker's RELEASE for (id, attempt): drop that hold.
+ * 0, or -1 when it holds no such job (a protocol error). */
+static int release_held(pp__worker *w, uint64_t id, uint32_t attempt) {
+  for (size_t i = 0; i < w->nheld; i++)
+    if (w->held[i].id == id && w->held[i].attempt == attempt) {
+      pp_job_unref(w->held[i].j);
+      w->held[i] = w->held[--w->nheld];
+      return 0;
+    }
+  return -1;
+}
+
 /* process_frames: act on every complete frame in the read buffer. Returns
  * 0, or a negative error after which the worker must be killed. */
 static int process_frames(pp__worker *w) {
@@ -423,7 +478,27 @@ static int process_frames(pp__worker *w) {
       w->hello = 1;
       e->spawn_fails = 0;
       e->early_deaths = 0;
+    } else if (h.type == PP_MSG_SHM) {
+      /* the worker's answer to the arena we passed at its start */
+      if (h.length != 4) {
+        rc = PP_EPROTO;
+        break;
+      }
+      if (pp_get_u32(p) == 1) {
+        w->peer.shm = e->shm;
+        pp__log(e, PP_LOG_DEBUG, "worker pid %d mapped the shared memory",
+                w->pid);
+      } else
+        pp__log(e, PP_LOG_WARNING, "worker pid %d could not map the shared "
+                "memory; its buffers travel through the pipe", w->pid);
+    } else if (h.type == PP_MSG_RELEASE) {
+      if (h.length != 0 || release_held(w, h.id, h.attempt) != 0) {
+        rc = PP_EPROTO;
+        break;
+      }
     } else if (h.type == PP_MSG_RESULT) {
+      if ((h.flags & PP_RESF_KEPT) && (rc = keep_held(w, &h)) < 0)
+        break;
       rc = pp__peer_result(&w->peer, &h, p, &credit);
       if (rc < 0)
         break;
@@ -454,8 +529,19 @@ static int process_frames(pp__worker *w) {
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   pp__worker *w = h->data;
+  pp_buf *b = &w->peer.rbuf;
+  size_t want = 65536;
   PP_UNUSED(hint);
-  if (pp_buf_reserve(&w->peer.rbuf, 65536) != PP_OK) {
+  if (pp_buf_avail(b) >= PP_FRAME_HDR) {
+    /* a large frame: room for all of it at once, instead of doubling (the
+     * length is validated when the frame is cut, not trusted here beyond
+     * the limit) */
+    uint64_t flen = PP_FRAME_HDR + (uint64_t)pp_get_u32(b->data + b->off + 8);
+    if (flen <= PP_FRAME_HDR + (uint64_t)w->peer.e->max_frame &&
+        flen > pp_buf_avail(b) + want)
+      want = (size_t)(flen - pp_buf_avail(b));
+  }
+  if (pp_buf_reserve(&w->peer.rbuf, want) != PP_OK) {
     *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
     return;
   }
@@ -578,6 +664,55 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
   pp__want_dispatch(e);
 }
 
+/* send_shm: pass the engine's arena to a just started worker: one SHM
+ * frame (u64 size) with a read-only descriptor of the memfd attached
+ * (SCM_RIGHTS), written straight to the fresh socket before anything else
+ * is queued on it. The worker maps it privately and answers SHM (4.2);
+ * until then, and when this fails, its jobs' buffers go through the pipe. */
+static void send_shm(pp__worker *w) {
+  pp_shm *s = w->peer.e->shm;
+  uv_os_fd_t sock;
+  if (s == NULL || uv_fileno((uv_handle_t *)&w->pipe, &sock) != 0)
+    return;
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", pp_shm_fd(s));
+  int ro = open(path, O_RDONLY | O_CLOEXEC); /* the worker cannot write it */
+  int fd = ro >= 0 ? ro : pp_shm_fd(s);
+  uint8_t msg[PP_FRAME_HDR + 8];
+  pp_frame_hdr h = {PP_PROTO_VERSION, PP_MSG_SHM, 0, 8, 0, 0};
+  pp_frame_encode_hdr(msg, &h);
+  pp_put_u64(msg + PP_FRAME_HDR, pp_shm_size(s));
+  struct iovec iov = {msg, sizeof msg};
+  union {
+    struct cmsghdr h;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } ctl;
+  memset(&ctl, 0, sizeof ctl);
+  struct msghdr mh = {0};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = ctl.buf;
+  mh.msg_controllen = sizeof ctl.buf;
+  struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  ssize_t n;
+  do
+    n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  if (ro >= 0)
+    close(ro);
+  if (n != (ssize_t)sizeof msg) {
+    pp__log(w->peer.e, PP_LOG_WARNING,
+            "cannot pass the shared memory to worker pid %d: %s", w->pid,
+            n < 0 ? strerror(errno) : "short write");
+    if (n > 0) /* part of a frame is on the stream: it is unusable */
+      worker_kill(w);
+  }
+}
+
 /* status_page: a shared page for a new worker, its descriptor in *fd (the
  * caller closes it once the child has it). NULL when unavailable: the
  * worker then runs without one (crashes are charged to the oldest job). */
@@ -663,6 +798,7 @@ static int spawn_worker(pp_engine *e) {
   snprintf(w->peer.where, sizeof w->peer.where, "local");
   w->peer.pid = w->pid;
   pids_add(e, w->pid);
+  send_shm(w);
   pp__peer_link(&w->peer);
   uv_read_start((uv_stream_t *)&w->pipe, on_alloc, on_read);
   pp__log(e, PP_LOG_DEBUG, "started worker pid %d", w->pid);

@@ -348,8 +348,9 @@ static PyObject *Engine_submit(ppx_engine_object *self, PyObject *const *args,
                  fo->f->blob_len, self->max_frame);
     return NULL;
   }
-  uint8_t *copy;
+  uint8_t *copy = NULL;
   size_t len;
+  pp_job *j = NULL;
   if (PyTuple_Check(args[1])) {
     /* (pickle, [buffers]): one copy of everything, laid out as the buffer
      * section the worker reads in place */
@@ -366,14 +367,19 @@ static PyObject *Engine_submit(ppx_engine_object *self, PyObject *const *args,
       return NULL;
     }
     len = (size_t)bb.size;
-    copy = malloc(len);
-    if (copy == NULL) {
+    flags |= PP_JOBF_BUFS;
+    pp_shm *shm = pp_engine_shm(self->e);
+    if (shm != NULL && len >= PP_SHM_MIN)
+      /* in the arena: local workers read it in place, no further copy */
+      j = pp_job_new_shm(fo->f, shm, len, (uint32_t)flags, (uint32_t)group);
+    if (j == NULL && (copy = malloc(len)) == NULL) {
       ppx_bufs_release(&bb);
       return ppx_raise(PP_ENOMEM, "submit");
     }
-    ppx_bufs_copy(&bb, copy);
+    /* the one copy on the client, with the GIL: the buffers may be
+     * mutable objects of the caller's */
+    ppx_bufs_copy(&bb, j != NULL ? j->args : copy);
     ppx_bufs_release(&bb);
-    flags |= PP_JOBF_BUFS;
   } else {
     if (PyObject_GetBuffer(args[1], &b, PyBUF_SIMPLE) < 0)
       return NULL;
@@ -394,7 +400,8 @@ static PyObject *Engine_submit(ppx_engine_object *self, PyObject *const *args,
     len = (size_t)b.len;
     PyBuffer_Release(&b);
   }
-  pp_job *j = pp_job_new(fo->f, copy, len, (uint32_t)flags, (uint32_t)group);
+  if (j == NULL)
+    j = pp_job_new(fo->f, copy, len, (uint32_t)flags, (uint32_t)group);
   if (j == NULL) {
     free(copy);
     return ppx_raise(PP_ENOMEM, "submit");
@@ -526,11 +533,16 @@ static PyObject *Engine_stats(ppx_engine_object *self, PyObject *unused) {
   if (!engine_ok(self))
     return NULL;
   pp_engine_get_stats(self->e, &s);
-  return Py_BuildValue("{sKsdsKsK}", "njobs", (unsigned long long)s.njobs,
-                       "time", s.time_ns / 1e9, "queued",
-                       (unsigned long long)s.queued, "running",
-                       (unsigned long long)s.running);
+  return Py_BuildValue("{sKsdsKsKsKsK}", "njobs",
+                       (unsigned long long)s.njobs, "time", s.time_ns / 1e9,
+                       "queued", (unsigned long long)s.queued, "running",
+                       (unsigned long long)s.running, "shm_used",
+                       (unsigned long long)s.shm_used, "shm_size",
+                       (unsigned long long)s.shm_size);
 }
+
+/* Engine.stats() also says shm_used / shm_size: bytes of the shared-memory
+ * arena in blocks now, and its size (0: none). */
 
 /* Engine.pids() -> {pid: results returned} for the live local workers */
 static PyObject *Engine_pids(ppx_engine_object *self, PyObject *unused) {

@@ -12,6 +12,7 @@
 
 #include "../core/frame.h"
 #include "../core/pp_common.h"
+#include "../core/shm.h"
 #include "../core/wstatus.h"
 
 #include <errno.h>
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -100,7 +102,120 @@ typedef struct wstate {
   uint32_t max_output;   /* bytes kept per stream and job */
   pp_buf cap[2];         /* the current job's captured stdout, stderr */
   pp_buf out;
+  /* The engine's arena (shm.h), mapped privately: JOBs with PP_JOBF_SHM
+   * name their arguments in it; writes stay in this process, and a block's
+   * pages are discarded (back to the shared ones) when the job is done
+   * with it. NULL without one. */
+  uint8_t *arena;
+  size_t arena_size;
+  int passed_fd;         /* a descriptor that arrived (SCM_RIGHTS), or -1 */
+  struct shm_use *cur;   /* the running job's use of the arena, or NULL */
+  int cur_done;          /* ... and it has ended already */
+  pp_buf rel;            /* RELEASE frames to send with the next write */
 } wstate;
+
+/* One job's use of its arguments in the arena: the context of their lease.
+ * When the lease dies during the job, the RESULT says nothing; after its
+ * RESULT (which said KEPT), a RELEASE frame tells the engine. */
+struct shm_use {
+  wstate *w;
+  uint64_t id;
+  uint32_t attempt;
+};
+
+/* release_shm: the last view of a job's shared arguments is gone (GIL
+ * held): drop this process's private copies of the pages it wrote and
+ * tell the engine, unless the job is still running (its RESULT will). */
+static void release_shm(void *ctx, void *base, size_t len) {
+  struct shm_use *u = ctx;
+  wstate *w = u->w;
+  size_t span = (len + PP_SHM_PAGE - 1) & ~(size_t)(PP_SHM_PAGE - 1);
+  if (span > 0)
+    madvise(base, span, MADV_DONTNEED);
+  if (u == w->cur) {
+    w->cur_done = 1;
+  } else {
+    pp_frame_hdr h = {PP_PROTO_VERSION, PP_MSG_RELEASE, 0, 0, u->attempt,
+                      u->id};
+    uint8_t hdr[PP_FRAME_HDR];
+    pp_frame_encode_hdr(hdr, &h);
+    pp_buf_append(&w->rel, hdr, sizeof hdr); /* on failure the block stays
+                                                held until the worker ends */
+  }
+  free(u);
+}
+
+/* take_releases: move pending RELEASE frames into the output batch. */
+static void take_releases(wstate *w) {
+  if (pp_buf_avail(&w->rel) > 0 &&
+      pp_buf_append(&w->out, w->rel.data + w->rel.off,
+                    pp_buf_avail(&w->rel)) == PP_OK)
+    pp_buf_free(&w->rel);
+}
+
+/* map_arena: an SHM frame: map the descriptor that came with it and answer
+ * whether that worked. 0, or -1 when the answer cannot be queued. */
+static int map_arena(wstate *w, const pp_frame_hdr *h, const uint8_t *p) {
+  uint32_t ok = 0;
+  if (h->length == 8 && w->passed_fd >= 0 && w->arena == NULL) {
+    uint64_t size = pp_get_u64(p);
+    struct stat st;
+    if (size > 0 && size <= SIZE_MAX && fstat(w->passed_fd, &st) == 0 &&
+        (uint64_t)st.st_size >= size) {
+      void *m = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE,
+                     w->passed_fd, 0);
+      if (m != MAP_FAILED) {
+        w->arena = m;
+        w->arena_size = (size_t)size;
+        ok = 1;
+      }
+    }
+  }
+  if (w->passed_fd >= 0) {
+    close(w->passed_fd);
+    w->passed_fd = -1;
+  }
+  uint8_t a[4];
+  pp_put_u32(a, ok);
+  return pp_frame_append(&w->out, PP_MSG_SHM, 0, 0, 0, a, 4) == PP_OK ? 0 : -1;
+}
+
+/* read_in: read from the engine into in (GIL released), keeping a
+ * descriptor passed with the bytes (SCM_RIGHTS) in w->passed_fd. Returns
+ * what recvmsg returned. */
+static ssize_t read_in(wstate *w, pp_buf *in) {
+  ssize_t n;
+  union {
+    struct cmsghdr h;
+    char buf[CMSG_SPACE(4 * sizeof(int))];
+  } ctl;
+  struct iovec iov = {in->data + in->len, in->cap - in->len};
+  struct msghdr mh;
+  Py_BEGIN_ALLOW_THREADS
+  do {
+    memset(&mh, 0, sizeof mh);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = ctl.buf;
+    mh.msg_controllen = sizeof ctl.buf;
+    n = recvmsg(w->fd, &mh, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  Py_END_ALLOW_THREADS
+  if (n > 0)
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+        continue;
+      size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < k; i++) {
+        int fd;
+        memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        if (w->passed_fd >= 0)
+          close(w->passed_fd);
+        w->passed_fd = fd; /* the last one counts */
+      }
+    }
+  return n;
+}
 
 /* map_status: map the engine's status page (fd 4) if there is one. */
 static void map_status(wstate *w) {
@@ -190,14 +305,15 @@ static int append_result(wstate *w, uint64_t id, uint32_t attempt,
  * one writev straight from the objects' memory (no copy in the worker).
  * 0, or -1 when the engine is gone or memory ran out (fatal). GIL held. */
 static int append_result_bufs(wstate *w, uint64_t id, uint32_t attempt,
-                              uint64_t runtime, const ppx_bufs *bb) {
+                              unsigned extra, uint64_t runtime,
+                              const ppx_bufs *bb) {
   static const uint8_t zeros[PP_BUFS_ALIGN];
   uint8_t rt[8], lens[8], hdr[PP_FRAME_HDR];
   size_t no = pp_buf_avail(&w->cap[0]), ne = pp_buf_avail(&w->cap[1]);
   size_t head = 16 + 8 * (size_t)bb->n;
   uint8_t *table = PyMem_Malloc(head);
   struct iovec *iov = PyMem_Malloc(sizeof *iov * 2 * bb->n);
-  unsigned status = PP_RES_OK | PP_RESF_BUFS;
+  unsigned status = PP_RES_OK | PP_RESF_BUFS | extra;
   uint64_t len = 8 + bb->size;
   int rc = -1;
   if (table == NULL || iov == NULL)
@@ -406,6 +522,8 @@ static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p,
   PyObject *lease = NULL;
   ppx_bufs rb;
   int have_rb = 0;
+  size_t data_off = 0, data_len = 0; /* the arguments in the lease */
+  w->cur = NULL;
   if (block != NULL) { /* from here on the lease owns the block */
     lease = ppx_lease_new(w->st, block, (size_t)(p - block) + h->length, 0,
                           release_block, block);
@@ -439,9 +557,40 @@ static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p,
     mem_limit = pp_get_u64(p + PP_KEY_LEN + 8);
     args_off += PP_LIMITS_LEN;
   }
+  if (block != NULL) {
+    data_off = (size_t)(p - block) + args_off;
+    data_len = h->length - args_off;
+  } else if (h->flags & PP_JOBF_SHM) {
+    /* the arguments are a block of the arena: check the descriptor, then
+     * lend the block to the unpickler in place */
+    uint64_t off = 0, len = 0;
+    if (h->length == args_off + PP_SHM_DESC_LEN) {
+      off = pp_get_u64(p + args_off);
+      len = pp_get_u64(p + args_off + 8);
+    }
+    struct shm_use *u = NULL;
+    if (w->arena == NULL || h->length != args_off + PP_SHM_DESC_LEN ||
+        off % PP_SHM_PAGE != 0 || off > w->arena_size ||
+        len > w->arena_size - off || (u = malloc(sizeof *u)) == NULL) {
+      pp_wstatus_end(w->status);
+      return -1; /* the engine broke the protocol */
+    }
+    *u = (struct shm_use){w, h->id, h->attempt};
+    w->cur = u;
+    w->cur_done = 0;
+    lease = ppx_lease_new(w->st, w->arena + off, (size_t)len, 0, release_shm,
+                          u);
+    if (lease == NULL) {
+      w->cur = NULL;
+      pp_wstatus_end(w->status);
+      return -1;
+    }
+    data_len = (size_t)len;
+  }
   PyObject *key = PyBytes_FromStringAndSize((const char *)p, PP_KEY_LEN);
   if (key == NULL) {
     Py_XDECREF(lease);
+    w->cur = NULL;
     pp_wstatus_end(w->status);
     return -1;
   }
@@ -467,9 +616,15 @@ static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p,
   if (mem_limit != 0)
     limited = mem_limit_set(mem_limit, &old_limit) == 0;
   if (lease != NULL) {
-    /* out-of-band buffers: views of the input block, read in place */
-    args = ppx_bufs_loads(lease, (size_t)(p - block) + args_off,
-                          h->length - args_off);
+    /* out-of-band buffers: views of the input block or of the arena,
+     * read in place */
+    if (h->flags & PP_JOBF_BUFS) {
+      args = ppx_bufs_loads(lease, data_off, data_len);
+    } else {
+      PyObject *lv = PyMemoryView_FromObject(lease);
+      args = lv ? PyObject_CallOneArg(w->loads, lv) : NULL;
+      Py_XDECREF(lv);
+    }
     Py_CLEAR(lease); /* what still uses the block holds it */
     if (args == NULL)
       goto exc;
@@ -547,6 +702,15 @@ done_timed:
   Py_XDECREF(lease);
   Py_XDECREF(args);
   Py_XDECREF(res);
+  unsigned kept = 0;
+  if (w->cur != NULL) {
+    /* the job's objects still use its shared arguments (kept in a global,
+     * a cycle not yet collected): the engine keeps the block until our
+     * RELEASE */
+    if (!w->cur_done)
+      kept = PP_RESF_KEPT;
+    w->cur = NULL;
+  }
   collect_output(w);
   uint64_t dlen = data == NULL ? 0
                  : have_rb    ? rb.size
@@ -580,10 +744,10 @@ done_timed:
   }
   int rc;
   if (have_rb) {
-    rc = append_result_bufs(w, h->id, h->attempt, t1 - t0, &rb);
+    rc = append_result_bufs(w, h->id, h->attempt, kept, t1 - t0, &rb);
     ppx_bufs_release(&rb);
   } else {
-    rc = append_result(w, h->id, h->attempt, status, t1 - t0, data);
+    rc = append_result(w, h->id, h->attempt, status | kept, t1 - t0, data);
   }
   Py_DECREF(data);
   pp_wstatus_end(w->status);
@@ -655,6 +819,7 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
   w.loads = st->loads; /* the module lives while its function runs */
   w.dumps = st->dumps;
   w.st = st;
+  w.passed_fd = -1;
   if (!PyArg_ParseTuple(a, "iOOiil", &w.fd, &w.loader, &w.excfmt, &w.proto,
                         &restart, &parent))
     return NULL;
@@ -699,7 +864,11 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
       if (h.type == PP_MSG_FUNC) {
         if (load_func(&w, &h, p) < 0)
           goto out;
-      } else if (h.type == PP_MSG_JOB && (h.flags & PP_JOBF_BUFS)) {
+      } else if (h.type == PP_MSG_SHM) {
+        if (map_arena(&w, &h, p) < 0)
+          goto out;
+      } else if (h.type == PP_MSG_JOB && (h.flags & PP_JOBF_BUFS) &&
+                 !(h.flags & PP_JOBF_SHM)) {
         /* the job's buffers are read in place: the frame's storage goes to
          * the job (run_job's lease), the bytes after it to a fresh input */
         uint8_t *block = in.data;
@@ -739,6 +908,7 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
       if (!stolen)
         pp_buf_consume(&in, PP_FRAME_HDR + h.length);
       stolen = 0;
+      take_releases(&w);
       if (pp_buf_avail(&w.out) > 0 &&
           (pp_buf_avail(&w.out) >= FLUSH_BYTES ||
            pp_now_ns() - first_unsent >= FLUSH_AFTER_NS)) {
@@ -752,6 +922,7 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
                    pp_strerror(rc));
       goto out;
     }
+    take_releases(&w);
     if (pp_buf_avail(&w.out) > 0 && write_all(w.fd, &w.out) < 0)
       goto bye;
     size_t want = 65536;
@@ -765,12 +936,7 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
       PyErr_NoMemory();
       goto out;
     }
-    ssize_t n;
-    Py_BEGIN_ALLOW_THREADS
-    do
-      n = read(w.fd, in.data + in.len, in.cap - in.len);
-    while (n < 0 && errno == EINTR);
-    Py_END_ALLOW_THREADS
+    ssize_t n = read_in(&w, &in);
     if (n <= 0)
       goto bye; /* engine closed the pipe: exit quietly */
     in.len += (size_t)n;
@@ -788,5 +954,9 @@ out:
   Py_XDECREF(w.default_main);
   if (w.status)
     munmap(w.status, PP_WSTATUS_SIZE);
+  if (w.passed_fd >= 0)
+    close(w.passed_fd);
+  pp_buf_free(&w.rel);
+  /* the arena stays mapped: objects built on it may outlive this loop */
   return ret;
 }

@@ -167,10 +167,16 @@ static void learn(conn *c, const pp_job *j) {
 int ppsrv__feed_job(conn *c, pp_func *f, uint32_t flags, uint64_t id,
                     uint32_t attempt, const uint8_t *args, size_t n,
                     const uint64_t limits[2]) {
-  uint8_t *copy = malloc(n ? n : 1);
+  uint8_t *copy = NULL;
   ticket *t = calloc(1, sizeof *t);
   pp_job *j = NULL;
-  if (copy != NULL && t != NULL) {
+  pp_shm *shm = pp_engine_shm(c->s->engine);
+  if (t != NULL && (flags & PP_JOBF_BUFS) && shm != NULL && n >= PP_SHM_MIN &&
+      (j = pp_job_new_shm(f, shm, n, flags, 0)) != NULL)
+    /* out-of-band buffers: into the arena, so the node's workers read
+     * them in place as a client's local workers do */
+    memcpy(j->args, args, n);
+  else if (t != NULL && (copy = malloc(n ? n : 1)) != NULL) {
     if (n)
       memcpy(copy, args, n);
     j = pp_job_new(f, copy, n, flags, 0); /* owns copy on success */

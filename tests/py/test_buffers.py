@@ -153,3 +153,60 @@ def test_arguments_above_the_frame_limit_are_a_clear_error():
         assert "frame limit" in str(ei.value) and str(limit) in str(ei.value)
         assert s.submit(ident, (b"ok" * 40000,)).result(timeout=60) == \
             b"ok" * 40000
+
+
+# ---- shared memory to local workers (protocol 4.2) ---------------------------
+
+def keep(a):
+    global KEPT
+    KEPT = a
+    return len(a)
+
+
+def drop():
+    global KEPT
+    KEPT = None
+    return True
+
+
+def keep_and_die(a):
+    import os
+    global KEPT
+    KEPT = a
+    os._exit(3)
+
+
+def shm_used(s):
+    return s._engine.stats()["shm_used"]
+
+
+def test_shared_memory_is_held_while_a_worker_uses_it_and_freed_after():
+    import gc
+    with pp.Server(1, logstream=io.StringIO()) as s:
+        assert s._engine.stats()["shm_size"] > 0
+        s.submit(len, ((),)).result(timeout=30)  # the worker mapped the arena
+        arg = bytearray(b"k" * (1 << 20))
+        j = s.submit(keep, (memoryview(arg),))
+        assert j.result(timeout=30) == 1 << 20
+        del j
+        gc.collect()
+        # the worker keeps a view of its argument: the block stays
+        assert shm_used(s) >= 1 << 20
+        assert s.submit(drop, ()).result(timeout=30)
+        wait_for(lambda: shm_used(s) == 0, 10, what="RELEASE after drop()")
+
+
+def test_a_worker_that_dies_holding_shared_memory_leaks_none(logbuf):
+    import gc
+    with pp.Server(1, max_retries=1, logstream=logbuf) as s:
+        s.submit(len, ((),)).result(timeout=30)
+        j = s.submit(keep_and_die, (b"d" * (1 << 20),))
+        with pytest.raises(pp.WorkerLostError):
+            j.result(timeout=60)
+        del j
+        gc.collect()
+        wait_for(lambda: shm_used(s) == 0, 10, what="arena after the crash")
+        # and the replacement worker serves from the arena again
+        assert s.submit(len, (b"x" * (1 << 20),)).result(timeout=30) == 1 << 20
+        gc.collect()
+        wait_for(lambda: shm_used(s) == 0, 10, what="arena after a job")

@@ -94,7 +94,8 @@ def test_entry_points():
         "tid", "_abort", "_info", "_output"}
     assert names(_core.Func) == set()
     e = engine()
-    assert set(e.stats()) == {"njobs", "time", "queued", "running"}
+    assert set(e.stats()) == {"njobs", "time", "queued", "running",
+                              "shm_used", "shm_size"}
     e.shutdown()
 
 
