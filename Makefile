@@ -150,6 +150,7 @@ run: deps
 bench: ext $(PPSERVER)
 	PYTHONPATH=$(CURDIR)/python $(PYTHON) bench/bench.py
 	PYTHONPATH=$(CURDIR)/python $(PYTHON) bench/jobcontrol.py
+	PYTHONPATH=$(CURDIR)/python:/usr/lib/python3/dist-packages $(PYTHON) bench/data.py
 	$(PYTHON) bench/scale.py
 	$(PYTHON) bench/guess.py
 

@@ -309,6 +309,10 @@ int main(int argc, char **argv) {
       flush_held();
       cleanup_exit(0);
       break;
+    case PP_MSG_SHM:
+      /* the engine's arena (read with read(2): its descriptor is dropped);
+       * this worker takes no shared memory, so its jobs come as bytes */
+      break;
     default:
       fprintf(stderr, "fake_worker: unexpected frame type %d\n", h.type);
       cleanup_exit(3);

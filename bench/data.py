@@ -1,0 +1,145 @@
+"""Data-plane benchmarks (issue 11 targets): how fast large arguments and
+results move between the client and its workers, and the client's peak
+memory for a large argument. Same run, 2 local workers, medians.
+
+  W4       200 jobs, each given a distinct 1 MiB bytes object, returning
+           len(): MiB/s, pp and multiprocessing.Pool side by side
+  NP128    one job given a 128 MiB numpy array, returning its nbytes: GiB/s
+  RES100   one job returning a 100 MiB numpy array: GiB/s
+  PEAK64   the client's peak RSS growth for a job given a 64 MiB bytearray,
+           in copies of the argument (0 = no extra copy)
+  RW4      W4 through a ppserver on 127.0.0.1 (2 workers): MiB/s
+
+    PYTHONPATH=python:/usr/lib/python3/dist-packages python3 bench/data.py
+"""
+import multiprocessing
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import pp
+
+try:
+    import numpy as np
+except ImportError:
+    np = None
+
+MiB = 1 << 20
+REPEAT = int(os.environ.get("PP_BENCH_REPEAT", "5"))
+
+
+def length(b):
+    return len(b)
+
+
+def nbytes(a):
+    return a.nbytes
+
+
+def make(n):
+    import numpy
+    return numpy.ones(n // 8)
+
+
+def med(fn, repeat=REPEAT):
+    fn()  # warm up (worker start, arena pages)
+    return statistics.median(fn() for _ in range(repeat))
+
+
+def w4_pp(s):
+    data = [os.urandom(16) * (MiB // 16) for _ in range(200)]
+
+    def run():
+        t = time.perf_counter()
+        jobs = [s.submit(length, (d,)) for d in data]
+        assert all(j() == MiB for j in jobs)
+        return 200 / (time.perf_counter() - t)
+    return med(run)
+
+
+def w4_pool():
+    data = [os.urandom(16) * (MiB // 16) for _ in range(200)]
+    with multiprocessing.Pool(2) as p:
+        def run():
+            t = time.perf_counter()
+            assert all(r == MiB for r in p.map(length, data, chunksize=1))
+            return 200 / (time.perf_counter() - t)
+        return med(run)
+
+
+def hwm_kb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def reset_hwm():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def main():
+    out = {}
+    with pp.Server(2, logstream=sys.stderr) as s:
+        s.submit(length, (b"",))()
+        out["W4 pp MiB/s"] = w4_pp(s)
+        if np is not None:
+            a = np.ones(128 * MiB // 8)
+
+            def np128():
+                t = time.perf_counter()
+                assert s.submit(nbytes, (a,))() == a.nbytes
+                return 128 / 1024 / (time.perf_counter() - t)
+            out["NP128 GiB/s"] = med(np128)
+
+            def res100():
+                t = time.perf_counter()
+                r = s.submit(make, (100 * MiB,))()
+                dt = time.perf_counter() - t
+                assert r.nbytes == 100 * MiB
+                return 100 / 1024 / dt
+            out["RES100 GiB/s"] = med(res100)
+        arg = bytearray(os.urandom(64 * MiB))
+        s.submit(length, (arg,))()
+        peaks = []
+        for _ in range(3):
+            reset_hwm()
+            base = hwm_kb()
+            assert s.submit(length, (arg,))() == 64 * MiB
+            peaks.append((hwm_kb() - base) / (64 * 1024))
+        out["PEAK64 extra copies"] = statistics.median(peaks)
+    out["W4 Pool MiB/s"] = w4_pool()
+    out["W4 pp/Pool"] = out["W4 pp MiB/s"] / out["W4 Pool MiB/s"]
+    ppserver = os.path.join(os.path.dirname(__file__), "..", "bin", "ppserver")
+    if os.path.exists(ppserver):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        env = dict(os.environ, PP_SECRET="bench-secret-0123456789")
+        node = subprocess.Popen([ppserver, "-i", "127.0.0.1", "-p", str(port),
+                                 "-w", "2", "--python", sys.executable],
+                                env=env, stderr=subprocess.DEVNULL)
+        try:
+            with pp.Server(0, ppservers=("127.0.0.1:%d" % port,),
+                           secret=env["PP_SECRET"], logstream=sys.stderr) as s:
+                end = time.monotonic() + 30
+                while len(s.get_active_nodes()) < 2 and time.monotonic() < end:
+                    time.sleep(0.05)
+                out["RW4 MiB/s"] = w4_pp(s)
+        finally:
+            node.terminate()
+            node.wait(10)
+    for k, v in out.items():
+        print("%-22s %10.2f" % (k, v))
+    if np is None:
+        print("(numpy is not importable: NP128 and RES100 not measured)")
+
+
+if __name__ == "__main__":
+    main()
