@@ -198,6 +198,9 @@ static void on_async(uv_async_t *a) {
 static void stretch_work(uv_work_t *req) {
   pp_engine *e = req->data;
   e->stretch_rc = pp_secret_stretch(e->secret, e->secret_len, e->key);
+  /* libcrypto keeps per-thread state (its error queue) for this pool
+   * thread, which libuv never ends: free it now (made again if needed) */
+  OPENSSL_thread_stop();
 }
 
 /* stretch_done: engine thread: the key is there (or could not be made):
