@@ -606,7 +606,7 @@ class Server:
         self._job_timeout = _check_limit("job_timeout", job_timeout, float)
         self._job_memory_limit = _check_limit("job_memory_limit",
                                               job_memory_limit, int)
-        nodes, ports = self._check_nodes(ppservers)
+        nodes, ports, subnets, any_node = self._split_nodes(ppservers)
         if nodes or ports:
             secret, _ = find_secret(secret, secret_file)
             if secret is None:
@@ -646,12 +646,15 @@ class Server:
             secret=bytes(secret) if nodes or ports else None,
             node_timeout=float(node_timeout),
             no_capacity_timeout=float(no_capacity_timeout or 0),
-            discover=ports or None, max_frame=max_frame or 0,
+            discover=ports or None, subnets=[s[1:3] for s in subnets] or None,
+            disco_any=any_node, max_frame=max_frame or 0,
             capture_output=output != "inherit", max_output=max_output,
             echo=_echo if output == "echo" else None,
             max_node_workers=max_node_workers, plain=not tls, **tls_files)
+        subnet_ports = {s[0] for s in subnets}
         self.ppservers = tuple(nodes) + tuple(
-            "*" if p == Server.default_port else "*:%d" % p for p in ports)
+            "*" if p == Server.default_port else "*:%d" % p for p in ports
+            if p not in subnet_ports or any_node) + tuple(s[3] for s in subnets)
         self._ncpus = ncpus
         self._restart = bool(restart)
         self._groups = {"default": 0}
@@ -670,22 +673,35 @@ class Server:
     @staticmethod
     def _check_nodes(ppservers):
         """Split ppservers into 'host:port' strings and auto-discovery UDP
-        ports ("*" is the default port, "*:port" another). The syntax is the
-        C core's (_core.parse_ppserver), the one parser of these entries."""
+        ports ("*" is the default port, "*:port" another; a subnet entry
+        discovers on its port too). The syntax is the C core's
+        (_core.parse_ppserver), the one parser of these entries."""
+        nodes, ports, _, _ = Server._split_nodes(ppservers)
+        return nodes, ports
+
+    @staticmethod
+    def _split_nodes(ppservers):
+        """_check_nodes, plus pp 1.x's subnet entries ("192.168.1.*",
+        "10.1.*.*:port") as (port, network, bits, entry) and whether a plain
+        "*" entry lets nodes from anywhere be used."""
         if isinstance(ppservers, str):
             ppservers = (ppservers,)
-        nodes, ports = [], []
+        nodes, ports, subnets, any_node = [], [], [], False
         for entry in ppservers:
             spec = _core.parse_ppserver(entry)
-            if spec[0] == "discover":
+            if spec[0] in ("discover", "subnet"):
                 if spec[1] not in ports:
                     ports.append(spec[1])
+                if spec[0] == "subnet":
+                    subnets.append((spec[1], spec[2], spec[3], entry))
+                else:
+                    any_node = True
                 continue
             _, host, port = spec
             name = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
             if name not in nodes:
                 nodes.append(name)
-        return nodes, ports
+        return nodes, ports, subnets, any_node
 
     @staticmethod
     def _check_ncpus(ncpus):

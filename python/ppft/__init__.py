@@ -28,10 +28,11 @@ Where pp deliberately differs from ppft:
     (Server.default_secret is None).
   * socket_timeout is accepted and ignored: node liveness is pp's
     node_timeout and the longest a job may run is job_timeout.
-  * Subnet entries ("192.168.1.*", "10.0.*.*:35000") enable auto-discovery
-    on their port and are listed in auto_ppservers as ppft lists them; pp's
-    engine asks every local broadcast address, which includes that subnet,
-    and does not refuse authenticated nodes from other subnets.
+  * Subnet entries ("192.168.1.*", "10.0.*.*:35000") are listed in
+    auto_ppservers as ppft lists them and passed to pp.Server as they are:
+    discovery on their port, asking that subnet's broadcast address too,
+    using only nodes in the subnet (unless a "*" entry is given as well).
+    Entries with a "*" before a number ("10.*.0.*") fall back to "*".
 
 pp and ppft side by side: this module belongs to pp, and ppft installs a
 top-level "pp" alias of itself the same way, so the two distributions
@@ -195,7 +196,14 @@ def _parse_ppservers(ppservers):
                 host = "*.*.*.*"
             auto.append(((host.replace("*", "0"), port),
                          (host.replace("*", "255"), port)))
-            spec = "*" if port == Server.default_port else "*:%d" % port
+            try:
+                subnet = _core.parse_ppserver(entry)[0] == "subnet"
+            except ValueError:
+                subnet = False
+            if subnet:
+                spec = entry
+            else:
+                spec = "*" if port == Server.default_port else "*:%d" % port
             if spec not in entries:
                 entries.append(spec)
             continue

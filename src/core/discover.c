@@ -106,6 +106,21 @@ static void on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
   }
   if (m.kind != PP_DISCO_ANNOUNCE)
     return; /* a query: ours, or another client's */
+  if (!d->e->disco_any) {
+    /* only subnet entries: the node's address must be in one of them */
+    uint32_t a = ntohl(((const struct sockaddr_in *)addr)->sin_addr.s_addr);
+    if (m.addr[0] | m.addr[1] | m.addr[2] | m.addr[3])
+      a = ((uint32_t)m.addr[0] << 24) | ((uint32_t)m.addr[1] << 16) |
+          ((uint32_t)m.addr[2] << 8) | m.addr[3];
+    int in = 0;
+    for (int s = 0; s < d->e->nsubnets; s++)
+      in |= (a & d->e->subnet_mask[s]) == d->e->subnet_net[s];
+    if (!in) {
+      pp__log(d->e, PP_LOG_DEBUG, "discovery: node %s:%u is outside the"
+              " ppservers subnets: ignored", from, m.port);
+      return;
+    }
+  }
   char ip[INET_ADDRSTRLEN];
   if (m.addr[0] | m.addr[1] | m.addr[2] | m.addr[3]) {
     struct sockaddr_in sa;
@@ -134,7 +149,7 @@ static void on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
  * sockets sharing a port on this host, which may be another client's.
  * Failures only log: UDP is best effort. Engine thread. */
 static void send_queries(pp__disco *d) {
-  struct in_addr b[MAX_BCAST + 2];
+  struct in_addr b[MAX_BCAST + 2 + PP_MAX_SUBNETS];
   uint8_t dg[PP_DISCO_LEN];
   pp_disco_msg m;
   int nb = pp_netif_broadcasts(b, MAX_BCAST);
@@ -143,6 +158,16 @@ static void send_queries(pp__disco *d) {
   if (nb == 0)
     b[nb++].s_addr = htonl(INADDR_BROADCAST);
   b[nb++].s_addr = htonl(PP_NETIF_LOOPBACK_BCAST);
+  /* pp 1.x's subnet entries: that subnet's broadcast address too */
+  for (int s = 0; s < d->e->nsubnets && nb < MAX_BCAST + 2 + PP_MAX_SUBNETS;
+       s++) {
+    uint32_t bc = d->e->subnet_net[s] | ~d->e->subnet_mask[s];
+    int dup = 0;
+    for (int i = 0; i < nb; i++)
+      dup |= b[i].s_addr == htonl(bc);
+    if (!dup)
+      b[nb++].s_addr = htonl(bc);
+  }
   memset(&m, 0, sizeof m);
   m.kind = PP_DISCO_QUERY;
   m.time_ms = pp_wall_ms();

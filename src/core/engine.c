@@ -338,6 +338,20 @@ int pp_engine_new(const pp_engine_opts *o, pp_engine **out) {
              (size_t)o->ndiscover * sizeof *e->disco_ports);
       e->ndisco = o->ndiscover;
     }
+    rc = PP_EINVAL;
+    if (o->nsubnets < 0 || o->nsubnets > PP_MAX_SUBNETS ||
+        (o->nsubnets > 0 && (o->subnets == NULL || o->ndiscover == 0)))
+      goto fail_config;
+    for (int i = 0; i < o->nsubnets; i++) {
+      uint32_t bits = o->subnets[2 * i + 1];
+      if (bits < 8 || bits > 30)
+        goto fail_config;
+      e->subnet_mask[i] = 0xffffffffu << (32 - bits);
+      e->subnet_net[i] = o->subnets[2 * i] & e->subnet_mask[i];
+    }
+    e->nsubnets = o->nsubnets;
+    e->disco_any = o->disco_any || o->nsubnets == 0;
+    rc = PP_ENOMEM;
     if (!o->plain && (o->tls_cert || o->tls_key || o->tls_ca)) {
       /* certificates: loaded now, so a bad file is an error of this call
        * (the secret is not used by TLS) */

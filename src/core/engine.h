@@ -60,7 +60,16 @@ typedef struct pp_engine_opts {
    * configured one. NULL / 0 = off. */
   const uint16_t *discover_ports;
   int ndiscover;
+  /* pp 1.x's subnet entries ("192.168.1.*"): up to PP_MAX_SUBNETS pairs
+   * (network, prefix bits), host byte order. Queries also go to each
+   * subnet's broadcast address and, unless disco_any, only nodes whose
+   * address is in one of the subnets are used. */
+  const uint32_t *subnets;
+  int nsubnets;
+  int disco_any; /* a plain "*" entry too: nodes from anywhere */
 } pp_engine_opts;
+
+#define PP_MAX_SUBNETS 16
 
 /* Per-node statistics (see pp_engine_node_stats). */
 typedef struct pp_node_stats {

@@ -59,6 +59,9 @@ struct pp_engine {
   int capture_output;
   uint32_t max_output;
   uint16_t *disco_ports; /* auto-discovery UDP ports (ndisco of them) */
+  uint32_t subnet_net[PP_MAX_SUBNETS], subnet_mask[PP_MAX_SUBNETS];
+  int nsubnets;  /* pp 1.x subnet entries (host byte order) */
+  int disco_any; /* nodes from any address, not only those subnets */
   int ndisco;
 
   uv_loop_t loop;

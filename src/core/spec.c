@@ -1,5 +1,5 @@
 /* spec.c — parsing node specifications ("host", "host:port", "[v6]:port",
- * "*", "*:port"), the one place that knows their syntax: the engine, the
+ * "*", "*:port", subnets "10.1.2.*[:port]"), the one place that knows their syntax: the engine, the
  * extension (for pp.Server's ppservers argument) and ppserver all call it.
  * Pure functions; any thread. */
 #include "spec.h"
@@ -60,12 +60,65 @@ int pp_node_spec_parse(const char *spec, char **host, char **port) {
 }
 
 
+int pp_spec_subnet(const char *spec, uint32_t *net, int *bits,
+                   unsigned *port) {
+  uint32_t v = 0;
+  int given = 0, stars = 0;
+  const char *s = spec;
+  for (int i = 0; i < 4; i++) {
+    if (i > 0) {
+      if (*s != '.')
+        return PP_EINVAL;
+      s++;
+    }
+    if (*s == '*') {
+      stars++;
+      s++;
+      v <<= 8;
+      continue;
+    }
+    if (stars > 0)
+      return PP_EINVAL; /* only trailing octets may be "*" */
+    size_t n = strspn(s, "0123456789");
+    if (n == 0 || n > 3)
+      return PP_EINVAL;
+    long o = strtol(s, NULL, 10);
+    if (o > 255)
+      return PP_EINVAL;
+    v = (v << 8) | (uint32_t)o;
+    given++;
+    s += n;
+  }
+  if (given == 0 || stars == 0)
+    return PP_EINVAL; /* "*.*.*.*" is "*"; no "*" is a host */
+  unsigned p = PP_DEFAULT_PORT;
+  if (*s == ':') {
+    long pv = port_ok(s + 1);
+    if (pv == 0)
+      return PP_EINVAL;
+    p = (unsigned)pv;
+  } else if (*s != '\0') {
+    return PP_EINVAL;
+  }
+  *net = v;
+  *bits = 8 * given;
+  *port = p;
+  return PP_OK;
+}
+
 int pp_spec_classify(const char *spec, char **host, char **port,
                      unsigned *disco_port) {
   *host = *port = NULL;
   *disco_port = 0;
   if (spec == NULL || spec[0] == '\0')
     return PP_EINVAL;
+  if (spec[0] != '*' && strchr(spec, '*') != NULL) {
+    uint32_t net;
+    int bits;
+    if (pp_spec_subnet(spec, &net, &bits, disco_port) != PP_OK)
+      return PP_EINVAL;
+    return PP_SPEC_SUBNET;
+  }
   if (spec[0] == '*') {
     if (spec[1] == '\0') {
       *disco_port = PP_DEFAULT_PORT;

@@ -54,6 +54,40 @@ static char **list_to_strv(PyObject *list, int *err) {
   return v;
 }
 
+/* parse_subnets: a sequence of at most PP_MAX_SUBNETS (network, bits)
+ * pairs (ints, host byte order; pp._core.parse_ppserver makes them) into
+ * out[2 * i], out[2 * i + 1]. Returns the count (0 for None), or -1 with
+ * an exception. GIL held. */
+static int parse_subnets(PyObject *seq, uint32_t out[2 * PP_MAX_SUBNETS]) {
+  if (seq == Py_None)
+    return 0;
+  PyObject *l = PySequence_List(seq);
+  if (l == NULL)
+    return -1;
+  Py_ssize_t n = PyList_GET_SIZE(l);
+  int rc = (int)n;
+  if (n > PP_MAX_SUBNETS) {
+    PyErr_Format(PyExc_ValueError, "at most %d subnet entries",
+                 PP_MAX_SUBNETS);
+    rc = -1;
+  }
+  for (Py_ssize_t i = 0; rc >= 0 && i < n; i++) {
+    unsigned long net = 0;
+    int bits = 0;
+    if (!PyArg_ParseTuple(PyList_GET_ITEM(l, i), "ki", &net, &bits) ||
+        net > 0xffffffffUL || bits < 8 || bits > 30) {
+      if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "bad subnet (network, bits)");
+      rc = -1;
+      break;
+    }
+    out[2 * i] = (uint32_t)net;
+    out[2 * i + 1] = (uint32_t)bits;
+  }
+  Py_DECREF(l);
+  return rc;
+}
+
 /* parse_ports: a sequence of 1..64 UDP ports (ints 1..65535) into ports[].
  * Returns the count (0 for None), or -1 with an exception. */
 static int parse_ports(PyObject *seq, uint16_t ports[MAX_DISCOVER_PORTS]) {
@@ -146,8 +180,11 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
                            "no_capacity_timeout",      "discover",
                            "max_frame", "capture_output", "max_output",
                            "echo", "max_node_workers", "plain", "tls_cert",
-                           "tls_key", "tls_ca", NULL};
+                           "tls_key", "tls_ca", "subnets", "disco_any", NULL};
   PyObject *argv, *env = Py_None, *jt = NULL, *nodes = Py_None;
+  PyObject *subnets_obj = Py_None;
+  int disco_any = 0;
+  uint32_t subnets[2 * PP_MAX_SUBNETS];
   PyObject *discover = Py_None;
   uint16_t ports[MAX_DISCOVER_PORTS];
   Py_buffer secret = {0};
@@ -167,16 +204,20 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
   self->st = ppx_state_of_type(Py_TYPE(self));
   if (self->st == NULL)
     return -1;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OipiOOz*ddOnpnOnpzzz", kwlist,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OipiOOz*ddOnpnOnpzzzOp", kwlist,
                                    &argv, &env, &nworkers, &restart,
                                    &max_retries, &jt, &nodes, &secret,
                                    &node_timeout, &no_capacity, &discover,
                                    &max_frame, &capture, &max_output, &echo,
                                    &max_node_workers, &plain, &tls_cert,
-                                   &tls_key, &tls_ca))
+                                   &tls_key, &tls_ca, &subnets_obj,
+                                   &disco_any))
     return -1;
   int rc = -1;
   int nports = parse_ports(discover, ports);
+  int nsubnets = nports < 0 ? 0 : parse_subnets(subnets_obj, subnets);
+  if (nsubnets < 0)
+    goto out;
   if (jt == NULL)
     jt = (PyObject *)self->st->job_type;
   if (nports < 0)
@@ -230,6 +271,9 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
       .max_node_workers = (uint32_t)max_node_workers,
       .discover_ports = ports,
       .ndiscover = nports,
+      .subnets = subnets,
+      .nsubnets = nsubnets,
+      .disco_any = disco_any,
       .plain = plain,
       .tls_cert = tls_cert,
       .tls_key = tls_key,

@@ -122,7 +122,8 @@ ppx_state *ppx_state_of_type(PyTypeObject *tp) {
  * engine agree on the syntax. ValueError for anything else. GIL held. */
 static PyObject *parse_ppserver(PyObject *m, PyObject *arg) {
   static const char forms[] =
-      "'host', 'host:port', '[v6addr]:port', '*' or '*:port'";
+      "'host', 'host:port', '[v6addr]:port', '*', '*:port' or a subnet"
+      " such as '192.168.1.*' or '10.1.*.*:port'";
   Py_ssize_t len;
   PP_UNUSED(m);
   const char *s = PyUnicode_Check(arg) ? PyUnicode_AsUTF8AndSize(arg, &len)
@@ -140,6 +141,12 @@ static PyObject *parse_ppserver(PyObject *m, PyObject *arg) {
                                     : PP_EINVAL; /* an embedded NUL */
   if (rc == PP_SPEC_DISCOVER)
     return Py_BuildValue("(sI)", "discover", dport);
+  if (rc == PP_SPEC_SUBNET) {
+    uint32_t net;
+    int bits;
+    pp_spec_subnet(s, &net, &bits, &dport); /* classify checked it */
+    return Py_BuildValue("(sIki)", "subnet", dport, (unsigned long)net, bits);
+  }
   if (rc == PP_SPEC_NODE) {
     /* the parser checked that port is a number in 1..65535 */
     PyObject *r = Py_BuildValue("(ssl)", "node", host, strtol(port, NULL, 10));
@@ -159,7 +166,8 @@ static PyMethodDef module_methods[] = {
      "worker_main(fd, loader, excfmt, proto, restart, parent_pid): run the "
      "worker loop until the engine says BYE or closes the pipe"},
     {"parse_ppserver", parse_ppserver, METH_O,
-     "parse_ppserver(entry) -> ('node', host, port) | ('discover', port); "
+     "parse_ppserver(entry) -> ('node', host, port) | ('discover', port) | "
+     "('subnet', port, network, bits); "
      "ValueError for a malformed ppservers entry"},
     {NULL, NULL, 0, NULL}};
 

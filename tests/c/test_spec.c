@@ -30,6 +30,22 @@ static void discover(const char *spec, unsigned port) {
          "%s: rc %d port %u", spec, rc, d);
 }
 
+/* subnet: classify spec, expecting pp 1.x's subnet entry with this
+ * network (host order), prefix and port. */
+static void subnet(const char *spec, uint32_t net, int bits, unsigned port) {
+  char *h, *p;
+  unsigned d;
+  uint32_t n = 1;
+  int b = 0;
+  unsigned sp = 0;
+  int rc = pp_spec_classify(spec, &h, &p, &d);
+  CHECKF(rc == PP_SPEC_SUBNET && d == port && h == NULL && p == NULL,
+         "%s: rc %d port %u", spec, rc, d);
+  CHECKF(pp_spec_subnet(spec, &n, &b, &sp) == PP_OK && n == net &&
+             b == bits && sp == port,
+         "%s: %08x/%d:%u", spec, n, b, sp);
+}
+
 static void bad(const char *spec) {
   char *h = (char *)1, *p = (char *)1;
   unsigned d = 1;
@@ -38,6 +54,17 @@ static void bad(const char *spec) {
 }
 
 int main(void) {
+  subnet("192.168.1.*", 0xc0a80100u, 24, 60000);
+  subnet("10.2.*.*:7000", 0x0a020000u, 16, 7000);
+  subnet("127.*.*.*", 0x7f000000u, 8, 60000);
+  bad("192.168.*.1");
+  bad("192.168.1.*:");
+  bad("192.168.1.*:0");
+  bad("192.168.1.*x");
+  bad("192.168.256.*");
+  bad("1.2.3.4.*");
+  bad("1.2.*");
+  bad("**");
   node("host", "host", "60000");
   node("host:7000", "host", "7000");
   node("10.0.0.1:1", "10.0.0.1", "1");

@@ -32,9 +32,12 @@ def rss_kb():
 
 
 def grows(fn, rounds):
-    """Run fn() once to warm up, then `rounds` times; the RSS growth in KiB
-    (0 under AddressSanitizer, see SANITIZED)."""
-    fn()
+    """Run fn() three times to warm up (allocator pools and caches reach
+    their working size; after other tests in the same process that takes
+    more than one round), then `rounds` times; the RSS growth in KiB (0
+    under AddressSanitizer, see SANITIZED)."""
+    for _ in range(3):
+        fn()
     gc.collect()
     before = rss_kb()
     for _ in range(rounds):
@@ -224,7 +227,7 @@ def test_submit_and_results_do_not_leak():
     gc.collect()
     assert (sys.getrefcount(payload), sys.getrefcount(callback),
             sys.getrefcount(cb_args)) == refs
-    assert len(seen) == 11 * 50
+    assert len(seen) == 13 * 50  # 3 warm-up rounds + 10
 
 
 def test_engine_create_destroy_does_not_leak():
@@ -237,7 +240,7 @@ def test_engine_create_destroy_does_not_leak():
             assert e.next_event(0) is False
             del e
 
-    assert grows(cycle, 10) < RSS_SLACK_KB  # 55 engines
+    assert grows(cycle, 10) < RSS_SLACK_KB  # 65 engines
 
 
 def test_small_entry_points_do_not_leak():

@@ -255,6 +255,36 @@ def test_relayed_announcement_costs_one_failed_connect(client):
         assert b"square" not in got
 
 
+
+def test_subnet_entry_uses_only_nodes_of_that_subnet(node):
+    """pp 1.x's subnet entries: ppservers=("127.0.0.*:P",) discovers on UDP
+    port P (also asking that subnet's broadcast address) and uses only
+    nodes whose address is in 127.0.0.0/24."""
+    port = free_udp_port()
+    buf = io.StringIO()
+    s = pp.Server(0, ppservers=("127.0.0.*:%d" % port,), secret=SECRET,
+                  logstream=buf, loglevel=logging.INFO)
+    a = Announcer(port)
+    try:
+        assert s.ppservers == ("127.0.0.*:%d" % port,)
+        n = node()
+        for _ in range(5):  # the same node, announced at an address outside
+            a.announce(n.port, addr="127.0.1.1")
+            time.sleep(0.05)
+        assert holds(lambda: "discovered node" not in buf.getvalue(), 0.5), buf.getvalue()
+        name = "127.0.0.1:%d" % n.port
+        wait_for(lambda: name in s.get_active_nodes(), 10,
+                 every=lambda: a.announce(n.port, addr="127.0.0.1"), interval=0.1,
+                 what=buf.getvalue)
+        assert s.submit(square, (7,))() == 49
+        assert "127.0.1.1" not in buf.getvalue()
+    finally:
+        s.destroy()
+        a.close()
+    with pytest.raises(ValueError):
+        pp.Server(0, ppservers=("127.0.*.1",), secret=SECRET)
+
+
 def test_node_announced_later_is_used_mid_run(client, node):
     """Jobs queued with no capacity start once a node is announced."""
     n = node(workers=1)
