@@ -392,6 +392,10 @@ void pp__pool_tick(pp_engine *e, uint64_t now) {
                now >= j->stop_deadline_ns) {
       act = 2; /* the grace is over */
     }
+    if (act)
+      /* it ends without a result: its run time is what the status page
+       * says (job.start_time = end - run time) */
+      j->runtime_ns = now > started ? now - started : 0;
     uv_mutex_unlock(&e->mu);
     if (act)
       w->stopping = 1;

@@ -267,6 +267,25 @@ def test_map_and_imap_chunks_have_timeouts():
         assert list(s.imap(nap, [0.01, 0.02])) == [0.01, 0.02]
 
 
+
+def test_a_stopped_job_keeps_when_it_started():
+    """A job killed at its timeout or after its abort grace reports when it
+    started, not its end time twice."""
+    with pp.Server(1) as s:
+        j = s.submit(nap, (30,), timeout=0.5)
+        with pytest.raises(pp.JobTimeoutError):
+            j()
+        assert j.submit_time <= j.start_time < j.end_time
+        assert 0.4 <= j.end_time - j.start_time < 10
+        j = s.submit(stubborn)
+        wait_running(j)
+        time.sleep(0.3)
+        j.abort(grace=0.2)
+        with pytest.raises(pp.JobAbortedError):
+            j()
+        assert 0.4 <= j.end_time - j.start_time < 10
+
+
 def raise_first_where(path):
     """Appends 'pid ppid' of the process running it; raises the first time."""
     import os
