@@ -92,6 +92,21 @@ def mac(key, seq, hdr, payload):
                     hashlib.sha256).digest()[:MAC_LEN]
 
 
+
+def read_sealed(read_exact, key, seq, sender):
+    """One sealed frame read with read_exact(n) and checked under key at
+    sequence number seq: (type, flags, attempt, id, payload). ProtocolError
+    for a bad header or MAC (naming sender)."""
+    hdr = read_exact(HDR_LEN)
+    magic, version, ftype, flags, length, attempt, fid = HDR.unpack(hdr)
+    if magic != MAGIC or version != VERSION:
+        raise ProtocolError("bad header")
+    payload = read_exact(length)
+    m = read_exact(MAC_LEN)
+    if not hmac.compare_digest(m, mac(key, seq, hdr, payload)):
+        raise ProtocolError("bad MAC from %s" % sender)
+    return ftype, flags, attempt, fid, payload
+
 def func_key(desc):
     return hashlib.sha256(desc).digest()
 
@@ -211,16 +226,9 @@ class Client:
 
     def recv(self):
         """One sealed frame: (type, flags, attempt, id, payload)."""
-        hdr = self._read_exact(HDR_LEN)
-        magic, version, ftype, flags, length, attempt, fid = HDR.unpack(hdr)
-        if magic != MAGIC or version != VERSION:
-            raise ProtocolError("bad header")
-        payload = self._read_exact(length)
-        m = self._read_exact(MAC_LEN)
-        if not hmac.compare_digest(m, mac(self.k_s2c, self.recv_seq, hdr, payload)):
-            raise ProtocolError("bad MAC from the node")
+        frame_ = read_sealed(self._read_exact, self.k_s2c, self.recv_seq, "the node")
         self.recv_seq += 1
-        return ftype, flags, attempt, fid, payload
+        return frame_
 
     # -- requests --------------------------------------------------------
     def ping(self, payload=b"ping"):
@@ -398,16 +406,9 @@ class NodeConn:
 
     def recv(self):
         """One sealed frame from the client: (type, flags, attempt, id, payload)."""
-        hdr = self._read_exact(HDR_LEN)
-        magic, version, ftype, flags, length, attempt, fid = HDR.unpack(hdr)
-        if magic != MAGIC or version != VERSION:
-            raise ProtocolError("bad header")
-        payload = self._read_exact(length)
-        m = self._read_exact(MAC_LEN)
-        if not hmac.compare_digest(m, mac(self.k_c2s, self.recv_seq, hdr, payload)):
-            raise ProtocolError("bad MAC from the client")
+        frame_ = read_sealed(self._read_exact, self.k_c2s, self.recv_seq, "the client")
         self.recv_seq += 1
-        return ftype, flags, attempt, fid, payload
+        return frame_
 
     def hello(self, nworkers, pid=4242):
         self.send(HELLO, struct.pack("<II", pid, nworkers))
