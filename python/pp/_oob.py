@@ -15,12 +15,13 @@ never offers them to buffer_callback, so persistent_id replaces each by a
 persistent id holding a PickleBuffer of it; pickle then sends that buffer
 out of band in its own order, and persistent_load turns it back into the
 original type."""
+import functools
 import io
 import pickle
 
 from . import _core
 
-OOB_MIN = 64 * 1024          # smaller buffers stay inside the pickle stream
+OOB_MIN = _core.OOB_MIN      # smaller buffers stay inside the pickle stream
 _MAX = _core.BUFS_MAX        # at most this many buffers per section
 _PLAIN = frozenset((int, float, str, bool, type(None), complex))
 
@@ -46,36 +47,44 @@ def _taker(bufs):
     return take
 
 
+def _pid_taker(bufs, pids):
+    """persistent_id's slow path, for a bytes, bytearray or memoryview
+    object of at least OOB_MIN bytes (pp._core.oob_filter answers None for
+    everything else in C, so pickling many small objects pays no Python
+    call per object): a persistent id holding a PickleBuffer of it, the
+    same one for the same object. A closure over bufs and pids, not a
+    method, for the reason _taker gives."""
+    def take(obj):
+        if len(bufs) >= _MAX:
+            return None
+        pid = pids.get(id(obj))
+        if pid is not None:
+            return pid[0]
+        t = type(obj)
+        if t is memoryview:
+            if not obj.c_contiguous:
+                obj = memoryview(obj.tobytes()).cast(obj.format, obj.shape)
+            pid = ("m", pickle.PickleBuffer(obj), obj.format,
+                   obj.shape, obj.readonly)
+        else:
+            pid = ("b" if t is bytes else "y", pickle.PickleBuffer(obj))
+        pids[id(obj)] = (pid, obj)  # keeps obj's id unique
+        return pid
+    return take
+
+
 class _Pickler(pickle.Pickler):
-    """A protocol-5 pickler collecting large buffers in self.bufs."""
+    """A protocol-5 pickler collecting large buffers in self.bufs. Its
+    persistent_id is an instance attribute set before the C pickler reads
+    it: pp._core.oob_filter bound (functools.partial, also C) to the slow
+    path _pid_taker."""
 
     def __init__(self, f, proto):
         self.bufs = []
-        super().__init__(f, proto, buffer_callback=_taker(self.bufs))
         self._pids = {}
-
-    def persistent_id(self, obj):
-        t = type(obj)
-        if t is bytes or t is bytearray or t is memoryview:
-            if len(self.bufs) >= _MAX:
-                return None
-            pid = self._pids.get(id(obj))
-            if pid is not None:
-                return pid[0]
-            if t is memoryview:
-                if obj.nbytes < OOB_MIN:
-                    return None
-                if not obj.c_contiguous:
-                    obj = memoryview(obj.tobytes()).cast(obj.format, obj.shape)
-                pid = ("m", pickle.PickleBuffer(obj), obj.format,
-                       obj.shape, obj.readonly)
-            else:
-                if len(obj) < OOB_MIN:
-                    return None
-                pid = ("b" if t is bytes else "y", pickle.PickleBuffer(obj))
-            self._pids[id(obj)] = (pid, obj)  # keeps obj's id unique
-            return pid
-        return None
+        self.persistent_id = functools.partial(
+            _core.oob_filter, _pid_taker(self.bufs, self._pids))
+        super().__init__(f, proto, buffer_callback=_taker(self.bufs))
 
 
 class _Unpickler(pickle.Unpickler):

@@ -659,6 +659,7 @@ class Server:
         self._restart = bool(restart)
         self._groups = {"default": 0}
         self._fcache = {}
+        self._item_time = {}  # Func -> measured seconds per item (_chunks)
         self._t0 = time.time()
         self._closed = False
         self._logged = _logging.attach(self._logkey, logstream, loglevel)
@@ -949,17 +950,27 @@ class Server:
             chunksize: Optional[int] = None, progress: bool = False,
             timeout: Optional[float] = None) -> List[Any]:
         """[func(*items) for items in zip(*iterables)], in parallel; the
-        first exception is re-raised. progress=True shows a progress bar
-        (see pp.progress). timeout: seconds each chunk may run (default:
-        the Server's job_timeout), as submit's; a chunk over it raises
-        JobTimeoutError."""
-        items = list(zip(*iterables))
+        first exception is re-raised. chunksize=None (the default) sizes
+        the chunks from the input's length and the function's measured run
+        time per item (pp._chunks: few large chunks for trivial items,
+        small ones for long items, shrinking towards the end so the
+        workers finish together); an int fixes it. progress=True shows a
+        progress bar (see pp.progress). timeout: seconds each chunk may run
+        (default: the Server's job_timeout), as submit's; a chunk over it
+        raises JobTimeoutError."""
+        onearg = len(iterables) == 1
+        items = list(iterables[0]) if onearg else list(zip(*iterables))
         if not items:
             return []
         if chunksize is None:
-            chunksize = max(1, math.ceil(len(items) / (4 * max(1, self._ncpus))))
+            out = []
+            for part in self._lazy_chunks(func, iter(items), len(items),
+                                          None, progress, True, timeout,
+                                          onearg):
+                out.extend(part)
+            return out
         self._check_chunksize(chunksize)
-        jobs = self._submit_chunks(func, items, chunksize, timeout)
+        jobs = self._submit_chunks(func, items, chunksize, timeout, onearg)
         out = []
         if progress:
             from ._progress import Bar
@@ -974,62 +985,88 @@ class Server:
         return out
 
     def imap(self, func: Callable[..., Any], *iterables: Iterable[Any],
-             chunksize: int = 1, progress: bool = False,
+             chunksize: Optional[int] = 1, progress: bool = False,
              timeout: Optional[float] = None) -> Iterator[Any]:
         """Iterator over func(*items), in order. The input is read lazily:
         a few chunks per worker are in flight ahead of the consumer, so an
         endless iterable works. The first chunks are submitted now.
-        timeout: seconds each chunk may run, as for map."""
+        chunksize=None sizes chunks as map does. timeout: seconds each
+        chunk may run, as for map."""
         return self._lazy_map(func, iterables, chunksize, progress, True,
                               timeout)
 
     def imap_unordered(self, func: Callable[..., Any],
-                       *iterables: Iterable[Any], chunksize: int = 1,
+                       *iterables: Iterable[Any],
+                       chunksize: Optional[int] = 1,
                        progress: bool = False,
                        timeout: Optional[float] = None) -> Iterator[Any]:
         """Iterator over func(*items), in completion order; the input is
-        read lazily as for imap (timeout too)."""
+        read lazily as for imap (chunksize and timeout too)."""
         return self._lazy_map(func, iterables, chunksize, progress, False,
                               timeout)
 
     def _lazy_map(self, func, iterables, chunksize, progress, ordered,
                   timeout=None):
-        """imap/imap_unordered: submit the first window of chunks now, then
-        return the generator that yields results and refills the window.
-        The window is a few chunks per worker (local and connected nodes)."""
-        self._check_open()
-        self._check_chunksize(chunksize)
-        limits = self._chunk_limits(timeout)
+        """imap/imap_unordered: the total when progress wants it, then
+        _lazy_chunks over the zipped input, flattened."""
         total = None
-        if progress:
+        if progress or chunksize is None:
             try:
                 total = min(len(it) for it in iterables) if iterables else 0
             except TypeError:
                 total = None  # an iterator: length unknown
-        items = zip(*iterables)
-        window = 3 * max(1, sum(self.get_active_nodes().values()))
+        onearg = len(iterables) == 1
+        items = iter(iterables[0]) if onearg else zip(*iterables)
+        parts = self._lazy_chunks(func, items, total, chunksize, progress,
+                                  ordered, timeout, onearg)
+        return itertools.chain.from_iterable(parts)
+
+    def _lazy_chunks(self, func, items, total, chunksize, progress, ordered,
+                     timeout=None, onearg=False):
+        """Submit the first window of chunks of the iterator items now, then
+        return the generator of the chunks' result lists, which refills the
+        window as results come back. The window is a few chunks per worker
+        (local and connected nodes). chunksize None: sizes from a
+        _chunks.Chunker, fed with each chunk's measured run time."""
+        self._check_open()
+        if chunksize is not None:
+            self._check_chunksize(chunksize)
+        limits = self._chunk_limits(timeout)
+        workers = max(1, sum(self.get_active_nodes().values()))
+        window = 3 * workers
         f, is_method = self._func(func, (), (), None, ())
+        chunker = None
+        if chunksize is None:
+            from ._chunks import Chunker
+            if len(self._item_time) > _FCACHE_MAX:
+                self._item_time.clear()
+            chunker = Chunker(total, workers, self._item_time, f)
         pending = collections.deque()
         done_q = None if ordered else queue.SimpleQueue()
 
         def refill():
             while len(pending) < window:
-                chunk = list(itertools.islice(items, chunksize))
+                size = chunker.next_size() if chunker else chunksize
+                chunk = list(itertools.islice(items, size))
                 if not chunk:
                     return False
-                job = self._submit_chunk(func, f, is_method, chunk, limits)
+                job = self._submit_chunk(func, f, is_method, chunk, limits,
+                                         onearg)
                 pending.append(job)
                 if done_q is not None:
                     job.add_done_callback(done_q.put)
             return True
 
         refill()
-        return self._lazy_results(pending, done_q, refill, progress, total)
+        return self._lazy_results(pending, done_q, refill, progress, total,
+                                  chunker)
 
     @staticmethod
-    def _lazy_results(pending, done_q, refill, progress, total):
-        """The generator behind _lazy_map. Closing it early (or losing it)
-        cancels the chunks not started yet."""
+    def _lazy_results(pending, done_q, refill, progress, total,
+                      chunker=None):
+        """The generator behind _lazy_chunks: yields each chunk's result
+        list. Closing it early (or losing it) cancels the chunks not
+        started yet."""
         bar = None
         if progress:
             from ._progress import Bar
@@ -1043,11 +1080,13 @@ class Server:
                     job = _get_done(done_q)
                     pending.remove(job)
                 part = job()
+                if chunker is not None:
+                    chunker.observe(len(part), job.end_time - job.start_time)
                 if more:
                     more = refill()
                 if bar is not None:
                     bar.update(len(part))
-                yield from part
+                yield part
         finally:
             for job in pending:
                 job.cancel()
@@ -1070,25 +1109,32 @@ class Server:
             return None
         return (timeout, self._job_memory_limit, 0)
 
-    def _submit_chunk(self, func, f, is_method, chunk, limits=None):
-        """Submit one chunk (a list of argument tuples) as one job whose
-        result is the list of func's results, with limits (_chunk_limits)."""
+    def _submit_chunk(self, func, f, is_method, chunk, limits=None,
+                      onearg=False):
+        """Submit one chunk as one job whose result is the list of func's
+        results, with limits (_chunk_limits). chunk is a list of argument
+        tuples, or with onearg a list of single arguments (JOBF_ONEARG:
+        the worker calls func(item), no tuple per item)."""
+        flags = _core.JOBF_CHUNK
         if is_method:
-            chunk = [(func.__self__,) + a for a in chunk]
+            chunk = [(func.__self__, a) for a in chunk] if onearg else \
+                [(func.__self__,) + a for a in chunk]
+        elif onearg:
+            flags |= _core.JOBF_ONEARG
         data = pickle.dumps(chunk, self._proto)
         gid = self._groups["default"]
         if limits is None:
-            return self._engine.submit(f, data, gid, _core.JOBF_CHUNK, None, ())
-        return self._engine.submit(f, data, gid, _core.JOBF_CHUNK, None, (),
-                                   limits)
+            return self._engine.submit(f, data, gid, flags, None, ())
+        return self._engine.submit(f, data, gid, flags, None, (), limits)
 
-    def _submit_chunks(self, func, items, chunksize, timeout=None):
+    def _submit_chunks(self, func, items, chunksize, timeout=None,
+                       onearg=False):
         self._check_open()
         self._check_chunksize(chunksize)
         limits = self._chunk_limits(timeout)
         f, is_method = self._func(func, (), (), None, ())
         return [self._submit_chunk(func, f, is_method, items[i:i + chunksize],
-                                   limits)
+                                   limits, onearg)
                 for i in range(0, len(items), chunksize)]
 
     def executor(self) -> _cf.Executor:

@@ -55,7 +55,12 @@ static inline int pp_frame_type_known(unsigned t) {
  * memory descriptor (pp_shm_desc) naming where the data section lies in
  * the region the engine passed to the worker (local workers only) */
 #define PP_JOBF_SHM 0x8u
-#define PP_JOBF_KNOWN (PP_JOBF_CHUNK | PP_JOBF_LIMITS | PP_JOBF_BUFS)
+/* with PP_JOBF_CHUNK: each item of the list is the one argument of its
+ * call (func(item)), not a tuple of arguments (Server.map over one
+ * iterable: no tuple per item to build, pickle and unpack) */
+#define PP_JOBF_ONEARG 0x10u
+#define PP_JOBF_KNOWN                                                          \
+  (PP_JOBF_CHUNK | PP_JOBF_LIMITS | PP_JOBF_BUFS | PP_JOBF_ONEARG)
 /* the shared memory descriptor of a PP_JOBF_SHM JOB: u64 offset, u64 length
  * of the data section in the arena */
 #define PP_SHM_DESC_LEN 16u

@@ -62,6 +62,17 @@ PyObject *ppx_lease_new(ppx_state *st, void *base, size_t len, int readonly,
  * unpickling error. */
 PyObject *ppx_bufs_loads(PyObject *lease, size_t off, size_t len);
 
+/* Buffers smaller than this stay inside the pickle stream (pp._oob.OOB_MIN,
+ * exported as pp._core.OOB_MIN). */
+#define PPX_OOB_MIN (64 * 1024)
+
+/* ppx_oob_filter: pp._core.oob_filter(slow, obj), the persistent_id of
+ * pp._oob's pickler: None at C speed unless obj is exactly a bytes or
+ * bytearray, or a memoryview, of at least PPX_OOB_MIN bytes; then
+ * slow(obj). A new reference, or NULL with an exception. GIL held. */
+PyObject *ppx_oob_filter(PyObject *mod, PyObject *const *args,
+                         Py_ssize_t nargs);
+
 /* ppx_oob_dumps: pp._oob.dumps(obj, proto): bytes, or (pickle, [buffers])
  * when some buffers travel out of band. New reference or NULL. */
 PyObject *ppx_oob_dumps(PyObject *obj, int proto);

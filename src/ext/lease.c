@@ -134,6 +134,28 @@ out:
   return r;
 }
 
+PyObject *ppx_oob_filter(PyObject *mod, PyObject *const *args,
+                         Py_ssize_t nargs) {
+  PP_UNUSED(mod);
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "oob_filter(slow, obj)");
+    return NULL;
+  }
+  PyObject *o = args[1];
+  Py_ssize_t n;
+  if (PyBytes_CheckExact(o))
+    n = PyBytes_GET_SIZE(o);
+  else if (PyByteArray_CheckExact(o))
+    n = PyByteArray_GET_SIZE(o);
+  else if (PyMemoryView_Check(o))
+    n = PyMemoryView_GET_BUFFER(o)->len;
+  else
+    Py_RETURN_NONE;
+  if (n < PPX_OOB_MIN)
+    Py_RETURN_NONE;
+  return PyObject_CallOneArg(args[0], o);
+}
+
 PyObject *ppx_oob_dumps(PyObject *obj, int proto) {
   PyObject *fn = oob_func("dumps");
   if (fn == NULL)

@@ -165,6 +165,9 @@ static PyMethodDef module_methods[] = {
     {"worker_main", ppx_worker_main, METH_VARARGS,
      "worker_main(fd, loader, excfmt, proto, restart, parent_pid): run the "
      "worker loop until the engine says BYE or closes the pipe"},
+    {"oob_filter", (PyCFunction)(void (*)(void))ppx_oob_filter, METH_FASTCALL,
+     "oob_filter(slow, obj): None unless obj is a bytes, bytearray or "
+     "memoryview of at least OOB_MIN bytes, else slow(obj) (pp._oob)"},
     {"parse_ppserver", parse_ppserver, METH_O,
      "parse_ppserver(entry) -> ('node', host, port) | ('discover', port) | "
      "('subnet', port, network, bits); "
@@ -234,7 +237,9 @@ static int module_exec(PyObject *m) {
     long value;
   } ints[] = {
       {"JOBF_CHUNK", PP_JOBF_CHUNK},
+      {"JOBF_ONEARG", PP_JOBF_ONEARG},
       {"BUFS_MAX", (long)PP_BUFS_MAX},
+      {"OOB_MIN", (long)PPX_OOB_MIN},
       {"ST_OK", PP_JOB_OK},
       {"ST_EXC", PP_JOB_EXC},
       {"ST_SERIAL", PP_JOB_SERIAL},

@@ -439,8 +439,10 @@ static void collect_output(wstate *w) {
   }
 }
 
-/* call_chunk: args is a list of argument tuples; returns a list. */
-static PyObject *call_chunk(PyObject *fn, PyObject *items) {
+/* call_chunk: items is a list of argument tuples, or with onearg a list of
+ * single arguments; returns the new list of fn's results, or NULL with the
+ * first exception set. Worker main thread, GIL held. */
+static PyObject *call_chunk(PyObject *fn, PyObject *items, int onearg) {
   PyObject *seq = PySequence_Fast(items, "chunk must be a sequence");
   if (seq == NULL)
     return NULL;
@@ -448,9 +450,15 @@ static PyObject *call_chunk(PyObject *fn, PyObject *items) {
   PyObject *res = PyList_New(n);
   for (Py_ssize_t i = 0; res != NULL && i < n; i++) {
     PyObject *a = PySequence_Fast_GET_ITEM(seq, i);
-    PyObject *r = PyTuple_Check(a) ? PyObject_Call(fn, a, NULL) : NULL;
-    if (!PyTuple_Check(a))
+    PyObject *r;
+    if (onearg)
+      r = PyObject_CallOneArg(fn, a);
+    else if (PyTuple_Check(a))
+      r = PyObject_Call(fn, a, NULL);
+    else {
+      r = NULL;
       PyErr_SetString(PyExc_TypeError, "chunk item must be a tuple");
+    }
     if (r == NULL)
       Py_CLEAR(res);
     else
@@ -656,7 +664,7 @@ static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p,
 loaded:
   t0 = pp_now_ns();
   if (h->flags & PP_JOBF_CHUNK) {
-    res = call_chunk(fn, args);
+    res = call_chunk(fn, args, (h->flags & PP_JOBF_ONEARG) != 0);
   } else if (PyTuple_Check(args)) {
     res = PyObject_Call(fn, args, NULL);
   } else {

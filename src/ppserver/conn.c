@@ -411,7 +411,8 @@ static int handle_job(conn *c, const pp_frame_hdr *h, const uint8_t *p) {
   pp_func *f = fm_get(&c->funcs, p);
   if (f == NULL)
     return proto_error(c, "JOB names a function key never sent in a FUNC");
-  if (ppsrv__feed_job(c, f, h->flags & (PP_JOBF_CHUNK | PP_JOBF_BUFS), h->id,
+  if (ppsrv__feed_job(c, f, h->flags & (PP_JOBF_CHUNK | PP_JOBF_BUFS | PP_JOBF_ONEARG),
+                      h->id,
                       h->attempt, p + off, h->length - off, limits) != PP_OK) {
     ppsrv__conn_close(c, PP_LOG_ERROR, "out of memory");
     return PP_ENOMEM;
