@@ -29,6 +29,11 @@ Every system uses 2 local workers.  Workloads (pp targets in brackets):
   W5   server creation to first result of a trivial job, then destroy; ms (no target)
   MEM  1,000,000 trivial jobs (100,000 with --quick) submitted and collected in batches
        of 10,000 after one warm-up batch; growth of the client's VmRSS [<= 50 MB]
+  MAP  Server.map over 1,000,000 trivial items against Pool.map (items/s, three maps
+       per child) [>= Pool], and map over 40 items of 4 ms each (wall s); "ppfixed"
+       (same run) is pp with the fixed chunks it used before (ceil(n / (4 * workers)),
+       Pool's rule): the long-items wall ratio new/old [<= 1.05]. PPE is left out
+       (its map sends every item as a task of its own).
   W6   pp only, through bin/ppserver on 127.0.0.1: remote-only W1 with a 2-worker
        node [>= 100,000 jobs/s], remote-only W2 [<= 60 us], and W3 with 1 local
        worker + a 1-worker node [efficiency >= 0.95]. Remote W1, W2 and W4 (200 x
@@ -110,14 +115,16 @@ W4_SIZE = MiB
 MEM_BATCH = 10_000
 
 W6_SECRET = "pp-bench-loopback-secret"
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "MEM", "W6")
+MAP_ITEMS = 1_000_000
+MAP_LONG = (40, 4.0)                                       # 40 items of 4 ms each
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "MEM", "W6", "MAP")
 SYSTEMS = ("pp", "pool", "ppe")
 SYSTEM_LABEL = {"pp": "pp", "pool": "Pool", "ppe": "PPE", "ppbare": "ppbare",
-                "ppinherit": "ppinherit"}
+                "ppinherit": "ppinherit", "ppfixed": "ppfixed"}
 
 # per-child time limits in seconds (before --timeout-scale)
 TIMEOUTS = {"W1": 120, "W2": 90, "W3": 120, "W4": 120, "W5": 120, "MEM": 900,
-            "W6": 300}
+            "W6": 300, "MAP": 180}
 
 
 def rss_mib():
@@ -474,14 +481,62 @@ def child_mem(name, p):
              "jobs_per_s": done / (t1 - t0)}]
 
 
-CHILD_FUNCS = {"W1": child_w1, "W2": child_w2, "W3": child_w3, "W4": child_w4,
+def spin(ms):
+    """Busy for ms milliseconds of wall time; returns ms."""
+    end = perf_counter() + ms / 1e3
+    while perf_counter() < end:
+        pass
+    return ms
+
+
+def child_map(name, p):
+    """MAP: map over map_items trivial items (items/s), then over MAP_LONG
+    long items (wall s). "pp" sizes chunks itself (chunksize=None), "ppfixed"
+    uses the fixed size pp used before, ceil(n / (4 * workers)) (Pool's
+    rule), "pool" is Pool.map with its default chunks."""
+    n = p["map_items"]
+    nlong, ms = p["map_long"]
+    data = list(range(n))
+    longs = [ms] * nlong
+    h = start_system("pp" if name == "ppfixed" else name)
+    fixed = lambda k: math.ceil(k / (4 * NWORKERS))           # noqa: E731
+    if name == "pp":
+        run = lambda f, xs: h.map(f, xs)                      # noqa: E731
+    elif name == "ppfixed":
+        run = lambda f, xs: h.map(f, xs, chunksize=fixed(len(xs)))  # noqa: E731
+    else:
+        run = h.map
+    samples = []
+    try:
+        run(inc, data[:20000])                                # warm-up
+        run(spin, [0.1] * 20)
+        for _ in range(3):
+            gc.collect()
+            t0 = perf_counter()
+            res = run(inc, data)
+            t1 = perf_counter()
+            if len(res) != n or res[0] != 1 or res[-1] != n:
+                raise AssertionError("MAP wrong result")
+            del res
+            t2 = perf_counter()
+            res = run(spin, longs)
+            t3 = perf_counter()
+            if res != longs:
+                raise AssertionError("MAP long wrong result")
+            samples.append({"items_per_s": n / (t1 - t0), "long_wall_s": t3 - t2})
+    finally:
+        stop_system("pp" if name == "ppfixed" else name, h)
+    return samples
+
+
+CHILD_FUNCS = {"MAP": child_map, "W1": child_w1, "W2": child_w2, "W3": child_w3, "W4": child_w4,
                "W5": child_w5, "MEM": child_mem, "W6": child_w6}
 
 
 def child_main(spec_json):
     spec = json.loads(spec_json)
     wl, name, params = spec["workload"], spec["system"], spec["params"]
-    if name in ("pp", "ppbare", "ppinherit"):
+    if name in ("pp", "ppbare", "ppinherit", "ppfixed"):
         import pp  # noqa: F401  (import outside the timed region)
     load0 = os.getloadavg()[0]
     samples = CHILD_FUNCS[wl](name, params)
@@ -718,7 +773,7 @@ def main(argv=None):
     params = {"w1_jobs": W1_JOBS, "w2_trips": W2_TRIPS, "w4_jobs": W4_JOBS,
               "w4_size": W4_SIZE, "w4_inner": 2 if args.quick else 3, "w5_tries": 1,
               "mem_jobs": args.mem_jobs or (100_000 if args.quick else 1_000_000),
-              "mem_batch": MEM_BATCH}
+              "mem_batch": MEM_BATCH, "map_items": MAP_ITEMS, "map_long": MAP_LONG}
 
     cmdline = shlex.join([os.path.basename(sys.executable)] + sys.argv)
     import multiprocessing
@@ -765,6 +820,11 @@ def main(argv=None):
             wl_systems.append("ppbare")   # same run: the futures' cost on W1
         if wl in ("W1", "W2") and "pp" in systems:
             wl_systems.append("ppinherit")  # same run: output capture's cost
+        if wl == "MAP":
+            # PPE.map sends every item as its own task: far too slow here
+            wl_systems = [s for s in wl_systems if s != "ppe"]
+            if "pp" in systems:
+                wl_systems.append("ppfixed")  # same run: map's old fixed chunks
         if not wl_systems:
             continue
         reps = repeat
@@ -892,6 +952,17 @@ def main(argv=None):
         add_row("W6", "TLS cost, remote W4 %", "tls_w4_cost_pct", "f1", "-", None)
         add_row("W6", "1 local+1 node W3 efficiency", "mixed_efficiency", "f3",
                 ">=0.95", lambda v, rp: v >= 0.95)
+    if "MAP" in raw:
+        add_row("MAP", "map items/s, 1M trivial (higher)", "items_per_s", "int",
+                ">=1x Pool", lambda v, rp: (rp or 0) >= 1.0)
+        fx = metric("MAP", "ppfixed", "items_per_s")
+        add_row("MAP", "items/s, old fixed chunks", None, "int", "-", None,
+                values={"pp": fx, "pool": None, "ppe": None})
+        add_row("MAP", "40 x 4 ms items: wall s (lower)", "long_wall_s", "f3", "-", None)
+        lf, la = metric("MAP", "ppfixed", "long_wall_s"), metric("MAP", "pp", "long_wall_s")
+        add_row("MAP", "long items: wall new/old chunks", None, "f3", "<=1.05",
+                lambda v, rp: v <= 1.05, values={"pp": ratio(la, lf), "pool": None,
+                                                 "ppe": None})
     print("Results (medians over repeats; pp/X = pp figure divided by X's figure; "
           "Pool = multiprocessing.Pool, PPE = ProcessPoolExecutor):")
     print()
@@ -902,7 +973,7 @@ def main(argv=None):
     detail_keys = {"W1": ("jobs_per_s", "int"), "W2": ("median_us", "f1"),
                    "W3": ("wall_s", "f3"), "W4": ("mib_per_s", "int"),
                    "W5": ("first_result_ms", "f1"), "MEM": ("growth_mb", "f1"),
-                   "W6": ("remote_jobs_per_s", "int")}
+                   "W6": ("remote_jobs_per_s", "int"), "MAP": ("items_per_s", "int")}
     print("Details (all samples of the main figure, min / median / max):")
     problems = []
     for wl in raw:

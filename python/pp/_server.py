@@ -389,6 +389,16 @@ def _get_done(q):
             continue
 
 
+def _flatten(parts):
+    """The items of each list parts yields; closing this generator (or
+    losing it) closes parts, which cancels the chunks not started yet."""
+    try:
+        for part in parts:
+            yield from part
+    finally:
+        parts.close()
+
+
 def as_completed(jobs: Iterable[Job], timeout: Optional[float] = None
                  ) -> Iterator[Job]:
     """Yield the given jobs as they finish; TimeoutError if timeout passes."""
@@ -1019,7 +1029,7 @@ class Server:
         items = iter(iterables[0]) if onearg else zip(*iterables)
         parts = self._lazy_chunks(func, items, total, chunksize, progress,
                                   ordered, timeout, onearg)
-        return itertools.chain.from_iterable(parts)
+        return _flatten(parts)
 
     def _lazy_chunks(self, func, items, total, chunksize, progress, ordered,
                      timeout=None, onearg=False):

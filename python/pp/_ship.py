@@ -214,7 +214,13 @@ def describe(func, depfuncs=(), modules=(), globals=None, extra_classes=()):
                                          % (dep,))
         if is_method:
             cls = func.__self__.__class__
-            c.add_class(cls)
+            ref = _importable(cls)
+            if ref is not None:
+                # an importable class comes by reference, as its instance
+                # does (add_class ships only the rest of a hierarchy)
+                c.refs[cls.__name__] = ref
+            else:
+                c.add_class(cls)
             method = (cls.__name__, target.__name__)
         else:
             c.add_function(target)

@@ -276,6 +276,16 @@ def test_bound_method_of_main_class(tmp_path):
     assert lines[3] == "True"
 
 
+def test_bound_method_of_an_importable_class(server):
+    # the class comes by reference (it used to be left out of the
+    # descriptor: KeyError 'PurePosixPath' in the worker), in submit and map
+    import pathlib
+    p = pathlib.PurePosixPath("/data")
+    assert server.submit(p.joinpath, ("x",))() == p / "x"
+    assert server.map(p.joinpath, ["a", "b"]) == [p / "a", p / "b"]
+    assert server.map(p.joinpath, ["a", "b"], chunksize=1) == [p / "a", p / "b"]
+
+
 def test_instance_of_main_class_as_argument(tmp_path):
     proc = run_script(tmp_path, """
         import pp
