@@ -83,7 +83,7 @@ def test_entry_points():
     assert names(_core) == {
         "Engine", "Func", "Job", "Lease", "worker_main", "parse_ppserver",
         "errorcode", "DEFAULT_PORT", "SECRET_MAX", "MAX_NODE_WORKERS", "FRAME_MAX",
-        "JOBF_CHUNK", "BUFS_MAX", "ST_OK",
+        "JOBF_CHUNK", "JOBF_ONEARG", "BUFS_MAX", "OOB_MIN", "oob_filter", "ST_OK",
         "ST_EXC", "ST_SERIAL", "ST_LOST", "ST_DESTROYED", "ST_CANCELLED",
         "ST_FAILED", "ST_TIMEOUT", "ST_ABORTED", "STATE_QUEUED",
         "STATE_RUNNING", "STATE_DONE"}
