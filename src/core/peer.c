@@ -87,6 +87,7 @@ void pp__peer_assign(pp__peer *p, pp_job *j) {
 
 int pp__peer_send(pp__peer *p, pp_job *first) {
   int rc = PP_OK;
+  size_t unflushed = 0; /* argument bytes emitted since the last flush */
   for (pp_job *j = first; j && rc == PP_OK; j = j->next) {
     pp_func *f = j->func;
     if (!pp_keyset_has(&p->known, f->key)) {
@@ -120,6 +121,14 @@ int pp__peer_send(pp__peer *p, pp_job *first) {
     }
     if (rc == PP_OK)
       rc = p->ops->emit(p, PP_MSG_JOB, jf, j->id, j->attempt, jparts, 3, j);
+    /* a long run of large jobs goes out as it is built: the first bytes
+     * leave (and the other side starts working) before the last job of
+     * the round is framed, and no round's frames pile up in one buffer */
+    unflushed += jparts[2].len;
+    if (rc == PP_OK && unflushed >= PP__FLUSH_BYTES && j->next != NULL) {
+      rc = p->ops->flush(p);
+      unflushed = 0;
+    }
   }
   if (rc == PP_OK)
     rc = p->ops->flush(p);

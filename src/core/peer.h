@@ -29,6 +29,7 @@ typedef struct pp__peer pp__peer;
  * tail skew). */
 #define PP__PIPE_MAX_JOBS 256            /* jobs in flight per slot */
 #define PP__PIPE_BUDGET_NS 2000000ull    /* estimated work per slot */
+#define PP__FLUSH_BYTES (1u << 20) /* flush a send round after this much */
 #define PP__KEYSET_MAX 4096              /* functions cached per peer */
 /* A remote peer starts with at most this many jobs in flight and may hold
  * one more for every result it returned on the connection (slow start):
