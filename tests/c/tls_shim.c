@@ -7,6 +7,10 @@
  *
  *   tls_shim [--source ADDR] [--rcvbuf BYTES] [--cert F --key F --ca F]
  *            [--flip-at N | --replay-at N] [--max-seconds S] HOST PORT
+ *   tls_shim --server-fd FD [--cert F --key F --ca F] [--max-seconds S]
+ *
+ * The second form plays the node's side of TLS (a fake node of a test):
+ * FD is a TCP connection it accepted, inherited by the shim.
  *
  * The secret comes from the environment, hex-encoded, in PP_SHIM_SECRET.
  * PSK mode stretches it (pp_secret_stretch) and keys TLS from the result
@@ -271,7 +275,7 @@ static int relay(shim *s, int max_seconds) {
 
 int main(int argc, char **argv) {
   const char *source = NULL, *cert = NULL, *key = NULL, *ca = NULL;
-  int rcvbuf = 0, max_seconds = 600;
+  int rcvbuf = 0, max_seconds = 600, server_fd = -1;
   shim s;
   memset(&s, 0, sizeof s);
   s.tamper_at = -1;
@@ -293,12 +297,17 @@ int main(int argc, char **argv) {
       s.tamper_replay = o[2] == 'r';
     } else if (strcmp(o, "--max-seconds") == 0)
       max_seconds = atoi(v);
+    else if (strcmp(o, "--server-fd") == 0)
+      server_fd = atoi(v);
     else
       return die(2, "unknown option %s%s", o, "");
   }
-  if (argc - i != 2)
-    return die(2, "%s%s", "usage: tls_shim [options] HOST PORT (see tls_shim.c)", "");
-  const char *host = argv[i], *port = argv[i + 1];
+  if (argc - i != (server_fd >= 0 ? 0 : 2) || server_fd == APP_FD)
+    return die(2, "%s%s", "usage: tls_shim [options] HOST PORT, or tls_shim"
+               " --server-fd FD [options] (see tls_shim.c)", "");
+  const char *host = server_fd >= 0 ? NULL : argv[i];
+  const char *port = server_fd >= 0 ? NULL : argv[i + 1];
+  int role = server_fd >= 0 ? PP_TLS_SERVER : PP_TLS_CLIENT;
   signal(SIGPIPE, SIG_IGN);
 
   uint8_t secret[PP_SECRET_MAX], stretched[PP_STRETCH_LEN];
@@ -316,12 +325,12 @@ int main(int argc, char **argv) {
   }
   char err[256] = "";
   pp_tls_ctx *ctx = NULL;
-  int rc = pp_tls_ctx_new(PP_TLS_CLIENT, &to, &ctx, err, sizeof err);
+  int rc = pp_tls_ctx_new(role, &to, &ctx, err, sizeof err);
   pp_auth_wipe(secret, sizeof secret);
   pp_auth_wipe(stretched, sizeof stretched);
   if (rc != PP_OK)
     return die(2, "cannot set up TLS: %s%s", err[0] ? err : pp_strerror(rc), "");
-  s.net = dial(host, port, source, rcvbuf);
+  s.net = server_fd >= 0 ? server_fd : dial(host, port, source, rcvbuf);
   if (s.net < 0) {
     pp_tls_ctx_free(ctx);
     return 5;
@@ -329,7 +338,7 @@ int main(int argc, char **argv) {
   if (fcntl(s.net, F_SETFL, O_NONBLOCK) != 0 ||
       fcntl(APP_FD, F_SETFL, O_NONBLOCK) != 0 ||
       pp_tls_new(ctx, host, &s.tls) != PP_OK ||
-      pp_tls_start(s.tls, &s.to_net) != PP_OK) {
+      (role == PP_TLS_CLIENT && pp_tls_start(s.tls, &s.to_net) != PP_OK)) {
     pp_tls_ctx_free(ctx);
     return die(2, "%s%s", "cannot start TLS", "");
   }

@@ -197,6 +197,33 @@ def connect(host, port, secret, tls=False, timeout=10.0, source=None, rcvbuf=Non
     return s
 
 
+def accept_tls(sock, secret, timeout=10.0, certs=None):
+    """The node's side of TLS on an accepted TCP socket (a fake node's):
+    a ShimSocket through `tls_shim --server-fd`, which takes sock over (it
+    is closed here)."""
+    if isinstance(secret, str):
+        secret = secret.encode()
+    fd = sock.fileno()
+    argv = [TLS_SHIM, "--server-fd", str(fd)]
+    if certs:
+        argv += ["--cert", str(certs[0]), "--key", str(certs[1]), "--ca", str(certs[2])]
+    mine, theirs = socket.socketpair()
+    env = dict(os.environ, PP_SHIM_SECRET=secret.hex())
+    try:
+        proc = subprocess.Popen(argv, stdin=theirs, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, env=env, pass_fds=(fd,))
+    except BaseException:
+        mine.close()
+        raise
+    finally:
+        theirs.close()
+        sock.close()
+    s = ShimSocket(mine.family, mine.type, mine.proto, mine.detach())
+    s.proc = proc
+    s.settimeout(timeout)
+    return s
+
+
 def func_key(desc):
     return hashlib.sha256(desc).digest()
 
@@ -480,12 +507,14 @@ def disco_parse(secret, data):
 class NodeConn:
     """The node's end of one accepted connection: NodeConn(sock, secret)
     runs the handshake in the node role (it proves itself after the
-    client, docs/protocol.md 6.2) and then speaks sealed frames."""
+    client, docs/protocol.md 6.2) and then speaks sealed frames. tls=True:
+    sock is accept_tls()'s, and frames after the handshake carry no MAC."""
 
-    def __init__(self, sock, secret, timeout=10.0):
+    def __init__(self, sock, secret, timeout=10.0, tls=False):
         if isinstance(secret, str):
             secret = secret.encode()
         self.sock, self.secret, self.timeout = sock, secret, timeout
+        self.tls = tls
         self.rbuf = b""
         self.send_seq = self.recv_seq = 0
         sock.settimeout(timeout)
@@ -516,12 +545,22 @@ class NodeConn:
 
     def send(self, ftype, payload=b"", flags=0, attempt=0, fid=0):
         hdr = header(ftype, len(payload), flags, attempt, fid)
+        if self.tls:
+            self.sock.sendall(hdr + payload)
+            return
         m = mac(self.k_s2c, self.send_seq, hdr, payload)
         self.send_seq += 1
         self.sock.sendall(hdr + payload + m)
 
     def recv(self):
-        """One sealed frame from the client: (type, flags, attempt, id, payload)."""
+        """One sealed frame from the client (inside TLS: without a MAC):
+        (type, flags, attempt, id, payload)."""
+        if self.tls:
+            magic, version, ftype, flags, length, attempt, fid = HDR.unpack(
+                self._read_exact(HDR_LEN))
+            if magic != MAGIC or version != VERSION:
+                raise ProtocolError("bad header")
+            return ftype, flags, attempt, fid, self._read_exact(length)
         frame_ = read_sealed(self._read_exact, self.k_c2s, self.recv_seq, "the client")
         self.recv_seq += 1
         return frame_
