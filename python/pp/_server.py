@@ -526,6 +526,13 @@ def _check_tls(tls, cert, key, ca):
         if not os.access(path, os.R_OK):
             raise ValueError("%s: cannot read %r" % (k, path))
         out[k] = path
+    # the private key is as secret as a secret file: the same rule
+    st = os.stat(out["tls_key"])
+    if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o077:
+        raise ValueError("tls_key %s: other users may access it (mode %04o, "
+                         "owner uid %d): refused; run `chmod 600 %s`"
+                         % (out["tls_key"], st.st_mode & 0o7777, st.st_uid,
+                            out["tls_key"]))
     return out
 
 

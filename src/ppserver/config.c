@@ -900,6 +900,9 @@ int ppsrv_config_load(ppsrv_config *cfg, int argc, char **argv, char *err,
       set_err(err, errlen, "out of memory");
       goto out;
     }
+    /* the private key is as secret as the shared secret: same rule */
+    if (ppsrv_path_trusted(cfg->tls_key, "TLS key file", 1, err, errlen))
+      goto out;
   }
   if (cfg->pid_file != NULL && cfg->pid_file[0] == '\0') {
     set_err(err, errlen, "--pid-file must not be empty");

@@ -117,4 +117,45 @@ put("intake", "node-attempts", bytes([1, 4, 0xff, 3, 255]) + result(1, attempt=2
 put("intake", "short-result", bytes([0, 1, 0, 3, 255]) + frame(4, b"abc", fid=1, attempt=1))
 put("intake", "job-from-worker", bytes([0, 1, 0, 3, 255]) + frame(3, b"k" * 32))
 put("intake", "over-limit", bytes([0, 1, 0, 0, 255]) + result(1, data=b"x" * 20))
+# ---- tls: [role][mode][flags][ops...]; see fuzz_tls.c for the ops. role 0:
+# the side under test is the server, 1: the client; mode 0: PSK, 1: PSK with
+# another secret at the peer, 2: certificates; flags 1: a clean handshake
+# first, 2: the peer (as server) sends session tickets.
+def tls_peer_writes(n, pattern=b"job"):
+    return bytes([7]) + struct.pack("<H", n) + bytes([len(pattern)]) + pattern
+
+
+def tls_record(rtype, length, body=b"", minor=3):
+    return bytes([5, rtype, minor]) + struct.pack("<H", length) + bytes([len(body)]) + body
+
+
+data_round = tls_peer_writes(100) + bytes([0]) + bytes([10, 4]) + b"echo" + bytes([6])
+for role, rname in ((0, "server"), (1, "client")):
+    put("tls", rname + "-psk", bytes([role, 0, 1]) + data_round)
+    put("tls", rname + "-cert", bytes([role, 2, 3]) + data_round)
+    put("tls", rname + "-wrong-secret", bytes([role, 1, 0, 0, 6, 0, 6, 0]))
+    # the handshake step by step, a byte at a time for the first record
+    put("tls", rname + "-stepwise", bytes([role, 0, 0]) + bytes([2, 1, 0, 2, 4, 0, 0, 6, 0, 6, 0]) +
+        data_round)
+    put("tls", rname + "-keyupdate", bytes([role, 0, 1, 8, 1, 0, 6]) + data_round + bytes([8, 0, 0]) +
+        data_round)
+    put("tls", rname + "-close-notify", bytes([role, 0, 1]) + data_round + bytes([9, 0]))
+    put("tls", rname + "-flip", bytes([role, 0, 1]) + tls_peer_writes(300) + bytes([1, 40, 0, 1]))
+    put("tls", rname + "-flip-handshake", bytes([role, 0, 0, 6, 1, 20, 0, 4]))
+put("tls", "server-large", bytes([0, 0, 1]) + tls_peer_writes(39999, b"0123456789") +
+    bytes([2, 0, 0x40, 0, 0, 2, 0, 1, 0]))
+put("tls", "server-truncated", bytes([0, 0, 1]) + tls_peer_writes(500) + bytes([2, 100, 0, 3]) +
+    tls_peer_writes(10) + bytes([0]))
+put("tls", "server-replay", bytes([0, 0, 1]) + tls_peer_writes(50) + bytes([0, 11]))
+put("tls", "server-drop", bytes([0, 0, 1]) + tls_peer_writes(50) + bytes([3]) + tls_peer_writes(5) +
+    bytes([0]))
+put("tls", "server-oversized-record", bytes([0, 0, 1]) + tls_record(0x17, 0xffff, b"x" * 32))
+put("tls", "server-alert", bytes([0, 0, 1]) + tls_record(0x15, 2, b"\x02\x28"))
+put("tls", "server-ccs", bytes([0, 0, 1]) + tls_record(0x14, 1, b"\x01"))
+put("tls", "server-plain-record", bytes([0, 0, 1]) + tls_record(0x16, 4, b"\x18\x00\x00\x00"))
+put("tls", "server-garbage-first", bytes([0, 0, 0, 4, 18]) + b"GET / HTTP/1.0\r\n\r\n")
+put("tls", "server-pp-frame-first", bytes([0, 0, 0, 4, 22]) + frame(16, b"\x01\x00\x00\x00" + b"n" * 2))
+put("tls", "client-early-data", bytes([1, 0, 0, 6, 0]) + tls_record(0x17, 20, b"z" * 20))
+put("tls", "client-sslv3-header", bytes([1, 0, 0, 6, 5, 0x16, 0, 0, 0x30, 0]))
+put("tls", "client-tickets", bytes([1, 0, 3, 0]) + data_round)
 print("seeds written under", os.path.join(HERE, "corpus"))

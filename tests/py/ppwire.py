@@ -6,6 +6,12 @@ sealed frames (HMAC-SHA256-128 over an implicit sequence number, header and
 payload, per-direction keys from HKDF-SHA256), and helpers to ship a function
 descriptor (FUNC) and a job (JOB) and read the RESULT. Only the standard
 library is used (hmac, hashlib, socket, struct, pickle).
+
+With tls=True the same frames travel inside TLS 1.3 (section 6.6): the
+connection is made by tests/c/bin/tls_shim (built by `make ctests`), which
+keys TLS from the stretched secret as the real client does and relays
+plaintext over a socketpair; inside TLS frames after the handshake carry no
+MAC (Client.seal and recv follow). connect() gives either kind of socket.
 """
 import hashlib
 import hmac
@@ -13,6 +19,7 @@ import os
 import pickle
 import socket
 import struct
+import subprocess
 import time
 
 MAGIC = 0x7070
@@ -107,6 +114,116 @@ def read_sealed(read_exact, key, seq, sender):
         raise ProtocolError("bad MAC from %s" % sender)
     return ftype, flags, attempt, fid, payload
 
+TLS_SHIM = os.environ.get("PP_TLS_SHIM") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "c", "bin", "tls_shim")
+SHIM_EXIT_AUTH = 3  # tls_shim's status when the TLS handshake failed on the secret
+
+
+class ShimSocket(socket.socket):
+    """The client's end of a socketpair whose other end is a tls_shim
+    process holding the TLS connection. close() closes it and waits for the
+    shim (at most 5 s, then kills it by pid)."""
+
+    proc = None
+
+    def shim_status(self, timeout=5.0):
+        """The shim's exit status once it has exited (None if it is still
+        running after timeout s), and what it said on stderr."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None, ""
+        return self.proc.returncode, self.proc.stderr.read().decode(errors="replace")
+
+    def close(self):
+        super().close()
+        p = self.proc
+        if p is not None:
+            self.proc = None
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+            p.stderr.close()
+            self.proc = p  # kept for shim_status()
+
+
+def connect(host, port, secret, tls=False, timeout=10.0, source=None, rcvbuf=None,
+            certs=None, flip_at=None, replay_at=None):
+    """A connected socket to host:port: plain TCP, or with tls=True a
+    ShimSocket through tls_shim (PSK from secret, or certs = (cert, key,
+    ca) files). source binds the local address first; rcvbuf sets
+    SO_RCVBUF before connecting (on the TCP socket, the shim's with tls).
+    flip_at / replay_at (tls only): the shim flips a bit in, or replays,
+    the TLS record carrying that plaintext byte."""
+    if not tls:
+        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        try:
+            s.settimeout(timeout)
+            if rcvbuf:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if source:
+                s.bind((source, 0))
+            s.connect((host, port))
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except BaseException:
+            s.close()
+            raise
+        return s
+    if isinstance(secret, str):
+        secret = secret.encode()
+    argv = [TLS_SHIM]
+    for opt, val in (("--source", source), ("--rcvbuf", rcvbuf),
+                     ("--flip-at", flip_at), ("--replay-at", replay_at)):
+        if val is not None:
+            argv += [opt, str(val)]
+    if certs:
+        argv += ["--cert", str(certs[0]), "--key", str(certs[1]), "--ca", str(certs[2])]
+    mine, theirs = socket.socketpair()
+    env = dict(os.environ, PP_SHIM_SECRET=secret.hex())
+    try:
+        proc = subprocess.Popen(argv + [host, str(port)], stdin=theirs,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=env, close_fds=True)
+    except BaseException:
+        mine.close()
+        raise
+    finally:
+        theirs.close()
+    s = ShimSocket(mine.family, mine.type, mine.proto, mine.detach())
+    s.proc = proc
+    s.settimeout(timeout)
+    return s
+
+
+def accept_tls(sock, secret, timeout=10.0, certs=None):
+    """The node's side of TLS on an accepted TCP socket (a fake node's):
+    a ShimSocket through `tls_shim --server-fd`, which takes sock over (it
+    is closed here)."""
+    if isinstance(secret, str):
+        secret = secret.encode()
+    fd = sock.fileno()
+    argv = [TLS_SHIM, "--server-fd", str(fd)]
+    if certs:
+        argv += ["--cert", str(certs[0]), "--key", str(certs[1]), "--ca", str(certs[2])]
+    mine, theirs = socket.socketpair()
+    env = dict(os.environ, PP_SHIM_SECRET=secret.hex())
+    try:
+        proc = subprocess.Popen(argv, stdin=theirs, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, env=env, pass_fds=(fd,))
+    except BaseException:
+        mine.close()
+        raise
+    finally:
+        theirs.close()
+        sock.close()
+    s = ShimSocket(mine.family, mine.type, mine.proto, mine.detach())
+    s.proc = proc
+    s.settimeout(timeout)
+    return s
+
+
 def func_key(desc):
     return hashlib.sha256(desc).digest()
 
@@ -121,13 +238,17 @@ class Client:
 
     Client(host, port, secret) connects and runs the handshake; `node_pid` and
     `node_workers` come from the node's HELLO. Every wait is bounded by
-    `timeout` seconds (socket timeout)."""
+    `timeout` seconds (socket timeout). tls=True: inside TLS (section 6.6,
+    through tls_shim; frames after the handshake unsealed); the other
+    keywords are connect()'s."""
 
-    def __init__(self, host, port, secret, timeout=10.0, record=None, connect=True):
+    def __init__(self, host, port, secret, timeout=10.0, record=None, connect=True,
+                 tls=False, **conn_kw):
         if isinstance(secret, str):
             secret = secret.encode()
         self.secret = secret
         self.timeout = timeout
+        self.tls = tls
         self.sock = None
         self.rbuf = bytearray()
         self.send_seq = 0
@@ -138,10 +259,14 @@ class Client:
         self.node_pid = None
         self.node_workers = None
         if connect:
-            self.sock = socket.create_connection((host, port), timeout=timeout)
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.handshake()
-            self.read_hello()
+            self.sock = globals()["connect"](host, port, secret, tls=tls,
+                                             timeout=timeout, **conn_kw)
+            try:
+                self.handshake()
+                self.read_hello()
+            except BaseException:
+                self.close()
+                raise
 
     # -- raw bytes -------------------------------------------------------
     def send_raw(self, data):
@@ -180,7 +305,15 @@ class Client:
         nonce_c = os.urandom(32)
         hello = frame(AUTH_HELLO, struct.pack("<I", 1) + nonce_c)
         self.send_raw(hello)
-        ftype, _, _, _, payload, raw = self.read_plain()
+        try:
+            ftype, _, _, _, payload, raw = self.read_plain()
+        except Closed:
+            if isinstance(self.sock, ShimSocket):
+                status, said = self.sock.shim_status()
+                if status == SHIM_EXIT_AUTH:
+                    raise AuthError("TLS handshake failed on the secret: "
+                                    + said.strip())
+            raise
         if ftype == AUTH_FAIL:
             raise AuthError("node refused the handshake: %r" % (struct.unpack("<II", payload),))
         if ftype != AUTH_CHALLENGE or len(payload) != 36:
@@ -215,8 +348,11 @@ class Client:
 
     # -- sealed frames ---------------------------------------------------
     def seal(self, ftype, payload=b"", flags=0, attempt=0, fid=0):
-        """The bytes of one sealed frame (advances the send sequence)."""
+        """The bytes of one sealed frame (advances the send sequence);
+        inside TLS the frame without a MAC."""
         hdr = header(ftype, len(payload), flags, attempt, fid)
+        if self.tls:
+            return hdr + payload
         m = mac(self.k_c2s, self.send_seq, hdr, payload)
         self.send_seq += 1
         return hdr + payload + m
@@ -225,7 +361,14 @@ class Client:
         self.send_raw(self.seal(ftype, payload, flags, attempt, fid))
 
     def recv(self):
-        """One sealed frame: (type, flags, attempt, id, payload)."""
+        """One sealed frame (inside TLS: one frame without a MAC):
+        (type, flags, attempt, id, payload)."""
+        if self.tls:
+            magic, version, ftype, flags, length, attempt, fid = HDR.unpack(
+                self._read_exact(HDR_LEN))
+            if magic != MAGIC or version != VERSION:
+                raise ProtocolError("bad header")
+            return ftype, flags, attempt, fid, self._read_exact(length)
         frame_ = read_sealed(self._read_exact, self.k_s2c, self.recv_seq, "the node")
         self.recv_seq += 1
         return frame_
@@ -364,12 +507,14 @@ def disco_parse(secret, data):
 class NodeConn:
     """The node's end of one accepted connection: NodeConn(sock, secret)
     runs the handshake in the node role (it proves itself after the
-    client, docs/protocol.md 6.2) and then speaks sealed frames."""
+    client, docs/protocol.md 6.2) and then speaks sealed frames. tls=True:
+    sock is accept_tls()'s, and frames after the handshake carry no MAC."""
 
-    def __init__(self, sock, secret, timeout=10.0):
+    def __init__(self, sock, secret, timeout=10.0, tls=False):
         if isinstance(secret, str):
             secret = secret.encode()
         self.sock, self.secret, self.timeout = sock, secret, timeout
+        self.tls = tls
         self.rbuf = b""
         self.send_seq = self.recv_seq = 0
         sock.settimeout(timeout)
@@ -400,12 +545,22 @@ class NodeConn:
 
     def send(self, ftype, payload=b"", flags=0, attempt=0, fid=0):
         hdr = header(ftype, len(payload), flags, attempt, fid)
+        if self.tls:
+            self.sock.sendall(hdr + payload)
+            return
         m = mac(self.k_s2c, self.send_seq, hdr, payload)
         self.send_seq += 1
         self.sock.sendall(hdr + payload + m)
 
     def recv(self):
-        """One sealed frame from the client: (type, flags, attempt, id, payload)."""
+        """One sealed frame from the client (inside TLS: without a MAC):
+        (type, flags, attempt, id, payload)."""
+        if self.tls:
+            magic, version, ftype, flags, length, attempt, fid = HDR.unpack(
+                self._read_exact(HDR_LEN))
+            if magic != MAGIC or version != VERSION:
+                raise ProtocolError("bad header")
+            return ftype, flags, attempt, fid, self._read_exact(length)
         frame_ = read_sealed(self._read_exact, self.k_c2s, self.recv_seq, "the client")
         self.recv_seq += 1
         return frame_

@@ -6,7 +6,9 @@ HELLO, on every connection. The client caps the announced count
 (max_node_workers), keeps no more in flight on a node than it has returned
 results for (plus a start window of 16), closes a connection that answers
 for a job it does not hold (its jobs run elsewhere), and backs off
-exponentially from a node that keeps failing."""
+exponentially from a node that keeps failing. Each runs over plain
+connections and over TLS (the fake node's side of TLS through
+tests/c/bin/tls_shim --server-fd)."""
 import io
 import logging
 import socket
@@ -30,10 +32,12 @@ def slow_square(x):
 
 class FakeNode:
     """Accepts connections on 127.0.0.1 and runs behave(conn, node) for each
-    authenticated one in its own thread; counts what it sees."""
+    authenticated one in its own thread; counts what it sees. With tls, it
+    speaks inside TLS (PSK from the secret)."""
 
-    def __init__(self, behave):
+    def __init__(self, behave, tls=False):
         self.behave = behave
+        self.tls = tls
         self.lst = socket.socket()
         self.lst.bind(("127.0.0.1", 0))
         self.lst.listen(16)
@@ -63,7 +67,9 @@ class FakeNode:
 
     def serve(self, s):
         try:
-            c = ppwire.NodeConn(s, SECRET)
+            if self.tls:
+                s = ppwire.accept_tls(s, SECRET)
+            c = ppwire.NodeConn(s, SECRET, tls=self.tls)
         except (OSError, ppwire.ProtocolError):
             s.close()
             return
@@ -105,12 +111,12 @@ class FakeNode:
         self.lst.close()
 
 
-@pytest.fixture
-def fake_node():
+@pytest.fixture(params=[False, True], ids=["plain", "tls"])
+def fake_node(request):
     made = []
 
     def make(behave):
-        n = FakeNode(behave)
+        n = FakeNode(behave, request.param)
         made.append(n)
         return n
     yield make
@@ -120,10 +126,8 @@ def fake_node():
 
 def client(node, ncpus=1, **kw):
     buf = io.StringIO()
-    # the fake node speaks the plain protocol (Python's ssl module has no
-    # TLS-PSK): what is tested is above the transport, the same with TLS
     s = pp.Server(ncpus, ppservers=(node.addr,), secret=SECRET, logstream=buf,
-                  loglevel=logging.INFO, tls=False, **kw)
+                  loglevel=logging.INFO, tls=node.tls, **kw)
     return s, buf
 
 
@@ -162,6 +166,8 @@ def test_max_node_workers_caps_what_a_node_announces(fake_node):
         wait_for(lambda: "connected to node %s (4 workers" % n.addr in buf.getvalue(), 20,
                  what=buf.getvalue)
         assert "announces 65536 workers; using 4 (max_node_workers)" in buf.getvalue()
+        # the transport really is the one asked for
+        assert ("TLSv1.3" in buf.getvalue()) == n.tls, buf.getvalue()
     finally:
         s.destroy()
     with pytest.raises(ValueError):

@@ -8,7 +8,10 @@ the bytes of functions one connection may keep; files holding the secret (or
 naming the workers' interpreter) that other users may touch are refused; a
 warning when running as root; a pid file never written through a symbolic
 link. Every client runs on 127.0.0.0/8; source addresses other than
-127.0.0.1 stand for other hosts."""
+127.0.0.1 stand for other hosts. Every test that connects runs twice, over
+plain connections and over TLS (the `tls` fixture; ppwire through
+tests/c/bin/tls_shim), where a connection that never authenticates sends a
+partial TLS ClientHello instead of a partial pp HELLO."""
 import os
 import re
 import selectors
@@ -26,18 +29,32 @@ from helpers import PPSERVER_BIN, SECRET, holds, needs_ppserver, node_env, wait_
 pytestmark = needs_ppserver
 
 HZ = os.sysconf("SC_CLK_TCK")
+# the start of a TLS ClientHello (a handshake record of 512 bytes): what a
+# connection that never authenticates sends in the TLS runs
+HALF_CLIENT_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"r" * 19
 
 
-def connect_from(src, port, timeout=10.0):
+@pytest.fixture(params=[False, True], ids=["plain", "tls"])
+def tls(request):
+    """Each test that uses it runs over plain connections and over TLS."""
+    return request.param
+
+
+def connect_from(src, port, timeout=10.0, tls=False, secret=SECRET):
+    """A TCP connection from src, or with tls a TLS one (through tls_shim)
+    on which nothing of pp's has been said yet."""
+    if tls:
+        return ppwire.connect("127.0.0.1", port, secret, tls=True, timeout=timeout,
+                              source=src)
     return socket.create_connection(("127.0.0.1", port), timeout=timeout,
                                     source_address=(src, 0))
 
 
-def client_from(src, port, secret=SECRET, timeout=10.0):
+def client_from(src, port, secret=SECRET, timeout=10.0, tls=False):
     """An authenticated ppwire.Client whose connection comes from src."""
-    c = ppwire.Client("127.0.0.1", port, secret, timeout=timeout, connect=False)
-    c.sock = connect_from(src, port, timeout)
-    c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c = ppwire.Client("127.0.0.1", port, secret, timeout=timeout, connect=False, tls=tls)
+    c.sock = ppwire.connect("127.0.0.1", port, secret, tls=tls, timeout=timeout,
+                            source=src)
     try:
         c.handshake()
         c.read_hello()
@@ -59,22 +76,22 @@ def count(node, pattern, start=0):
     return sum(1 for l in node.lines[start:] if l is not None and rx.search(l))
 
 
-def serves(node, src="127.0.0.1", timeout=5.0):
-    with client_from(src, node.port, timeout=timeout) as c:
+def serves(node, src="127.0.0.1", timeout=5.0, tls=False):
+    with client_from(src, node.port, timeout=timeout, tls=tls) as c:
         return c.call("math", "sqrt", 16.0) == (0, 4.0)
 
 
 # ---------------------------------------------------------------------------
 # failed authentications
 
-def test_failed_authentications_slow_down_their_address_only(ppserver):
+def test_failed_authentications_slow_down_their_address_only(ppserver, tls):
     n = ppserver()
     m = n.mark()
     for _ in range(6):
         with pytest.raises(ppwire.AuthError):
-            client_from("127.0.0.3", n.port, secret="wrong", timeout=20)
+            client_from("127.0.0.3", n.port, secret="wrong", timeout=20, tls=tls)
     # the seventh handshake from that address waits (100 ms doubling: 3.2 s)
-    s = connect_from("127.0.0.3", n.port, timeout=20)
+    s = connect_from("127.0.0.3", n.port, timeout=20, tls=tls)
     t0 = time.monotonic()
     s.sendall(ppwire.frame(ppwire.AUTH_HELLO, b"\x01\0\0\0" + os.urandom(32)))
     done = {}
@@ -90,7 +107,7 @@ def test_failed_authentications_slow_down_their_address_only(ppserver):
     # meanwhile another address authenticates at full speed, repeatedly
     for _ in range(3):
         t1 = time.monotonic()
-        assert serves(n, "127.0.0.1")
+        assert serves(n, "127.0.0.1", tls=tls)
         assert time.monotonic() - t1 < 1.5
     t.join(20)
     s.close()
@@ -104,20 +121,21 @@ def test_failed_authentications_slow_down_their_address_only(ppserver):
 # ---------------------------------------------------------------------------
 # --max-clients and descriptors
 
-def test_max_clients_closes_the_extra_connection_at_once(ppserver):
+def test_max_clients_closes_the_extra_connection_at_once(ppserver, tls):
     n = ppserver("--max-clients", "3")
-    clients = [client_from("127.0.0.1", n.port) for _ in range(3)]
+    clients = [client_from("127.0.0.1", n.port, tls=tls) for _ in range(3)]
     try:
         m = n.mark()
-        s = connect_from("127.0.0.1", n.port)
         t0 = time.monotonic()
+        s = connect_from("127.0.0.1", n.port, tls=tls)
         assert ppwire.connection_closed(s, 3)
-        assert time.monotonic() - t0 < 1.0
+        # (with TLS the shim stretches the secret first: tens of ms)
+        assert time.monotonic() - t0 < 1.0 + tls
         s.close()
         n.wait_log(r"connection 127\.0\.0\.1:\d+ refused: 3 connections open "
                    r"\(--max-clients 3\)", start=m)
         clients.pop().close()
-        wait_for(lambda: serves_quietly(n), 5)
+        wait_for(lambda: serves_quietly(n, tls), 5)
     finally:
         for c in clients:
             c.close()
@@ -125,7 +143,7 @@ def test_max_clients_closes_the_extra_connection_at_once(ppserver):
 
 
 @pytest.mark.watchdog(60)
-def test_out_of_descriptors_is_refused_cleanly_and_never_spins(ppserver):
+def test_out_of_descriptors_is_refused_cleanly_and_never_spins(ppserver, tls):
     """Under prlimit --nofile=64: by default --max-clients fits the limit, so
     extra connections are refused with a reason; with a --max-clients the
     limit cannot hold, accepting fails with EMFILE (pending handshakes
@@ -137,7 +155,8 @@ def test_out_of_descriptors_is_refused_cleanly_and_never_spins(ppserver):
         if args:
             assert "--max-clients 500: the open-files limit (64)" in n.log(), n.log()
         m = n.mark()
-        socks = hold_connections(n.port, ["127.0.0.%d" % i for i in range(2, 8)], 15)
+        socks = hold_connections(n.port, ["127.0.0.%d" % i for i in range(2, 8)], 15,
+                                 HALF_CLIENT_HELLO if tls else b"")
         try:
             assert len(socks) == 90
             time.sleep(0.5)
@@ -156,14 +175,14 @@ def test_out_of_descriptors_is_refused_cleanly_and_never_spins(ppserver):
         finally:
             for s in socks:
                 s.close()
-        wait_for(lambda: serves_quietly(n), 10)
+        wait_for(lambda: serves_quietly(n, tls), 10)
         assert n.running()
         n.stop()
 
 
-def serves_quietly(n):
+def serves_quietly(n, tls=False):
     try:
-        return serves(n)
+        return serves(n, tls=tls)
     except (ppwire.ProtocolError, OSError):
         return False
 
@@ -187,11 +206,13 @@ def hold_connections(port, addrs, per_addr, payload=b""):
 
 class Flood:
     """Keeps `per_addr` connections open from each address, reopening every
-    one the node closes, until stop(). Some send half a HELLO, some
-    nothing; none ever authenticates."""
+    one the node closes, until stop(). Some send half a HELLO (with tls:
+    half a TLS ClientHello), some nothing; none ever authenticates."""
 
-    def __init__(self, port, addrs, per_addr):
+    def __init__(self, port, addrs, per_addr, tls=False):
         self.port, self.addrs, self.per_addr = port, addrs, per_addr
+        self.half = (HALF_CLIENT_HELLO if tls else
+                     ppwire.frame(ppwire.AUTH_HELLO, b"\x01\0\0\0" + b"x" * 32)[:30])
         self.sel = selectors.DefaultSelector()
         self.stopping = threading.Event()
         self.opened = 0
@@ -202,7 +223,7 @@ class Flood:
         try:
             s = connect_from(addr, self.port, timeout=2)
             if i % 2:
-                s.sendall(ppwire.frame(ppwire.AUTH_HELLO, b"\x01\0\0\0" + b"x" * 32)[:30])
+                s.sendall(self.half)
             s.setblocking(False)
             self.sel.register(s, selectors.EVENT_READ, (addr, i))
             self.opened += 1
@@ -240,15 +261,15 @@ class Flood:
 
 
 @pytest.mark.watchdog(90)
-def test_flood_that_never_authenticates_keeps_no_client_out(ppserver):
+def test_flood_that_never_authenticates_keeps_no_client_out(ppserver, tls):
     n = ppserver(nofile=256)
-    flood = Flood(n.port, ["127.0.0.%d" % i for i in range(2, 6)], 100)
+    flood = Flood(n.port, ["127.0.0.%d" % i for i in range(2, 6)], 100, tls)
     try:
         wait_for(lambda: flood.opened >= 400, 20)
         for i in range(20):
             src = "127.0.0.1" if i % 2 else "127.0.1.%d" % (i + 1)
             t0 = time.monotonic()
-            assert serves(n, src, timeout=5), i
+            assert serves(n, src, timeout=5, tls=tls), i
             assert time.monotonic() - t0 < 3
         assert flood.opened > 400  # the node really shed connections
         assert "cannot accept" not in n.log()
@@ -259,7 +280,7 @@ def test_flood_that_never_authenticates_keeps_no_client_out(ppserver):
 
 
 @pytest.mark.watchdog(60)
-def test_burst_of_shed_handshakes_keeps_no_client_out(ppserver):
+def test_burst_of_shed_handshakes_keeps_no_client_out(ppserver, tls):
     """Regression: 300 connections that never authenticate, queued while the
     node is stopped, are all accepted in one loop turn when it resumes. Each
     sheds a pending one; the shed ones used to hold their slot under
@@ -273,11 +294,13 @@ def test_burst_of_shed_handshakes_keeps_no_client_out(ppserver):
         for a in range(20):
             for _ in range(15):
                 socks.append(connect_from("127.0.0.%d" % (10 + a), n.port))
+                if tls:
+                    socks[-1].sendall(HALF_CLIENT_HELLO)
         box = {}
 
         def real():
             try:
-                box["ok"] = serves(n, "127.0.0.1", timeout=15)
+                box["ok"] = serves(n, "127.0.0.1", timeout=15, tls=tls)
             except Exception as e:  # noqa: BLE001 - reported below
                 box["error"] = e
         t = threading.Thread(target=real, daemon=True)
@@ -296,10 +319,10 @@ def test_burst_of_shed_handshakes_keeps_no_client_out(ppserver):
 # ---------------------------------------------------------------------------
 # deadlines and per-client bounds
 
-def test_frame_must_arrive_whole_within_the_deadline(ppserver):
+def test_frame_must_arrive_whole_within_the_deadline(ppserver, tls):
     n = ppserver("-k", "2")
     m = n.mark()
-    with ppwire.Client("127.0.0.1", n.port, SECRET) as c:
+    with ppwire.Client("127.0.0.1", n.port, SECRET, tls=tls) as c:
         frame = c.seal(ppwire.PING, b"slow")
         t0 = time.monotonic()
         closed = False
@@ -316,14 +339,14 @@ def test_frame_must_arrive_whole_within_the_deadline(ppserver):
                 break
         assert closed and time.monotonic() - t0 < 5, time.monotonic() - t0
     n.wait_log(r"client 127\.0\.0\.1:\d+: frame not completed in time", start=m)
-    assert serves(n)
+    assert serves(n, tls=tls)
 
 
-def test_function_bytes_per_connection_are_bounded(ppserver):
+def test_function_bytes_per_connection_are_bounded(ppserver, tls):
     n = ppserver()
     m = n.mark()
     mib = 1 << 20
-    with ppwire.Client("127.0.0.1", n.port, SECRET, timeout=30) as c:
+    with ppwire.Client("127.0.0.1", n.port, SECRET, timeout=30, tls=tls) as c:
         closed = False
         for i in range(70):
             desc = os.urandom(mib)
@@ -336,7 +359,7 @@ def test_function_bytes_per_connection_are_bounded(ppserver):
     n.wait_log(r"client 127\.0\.0\.1:\d+: protocol error: functions over 67108864 bytes",
                start=m)
     # RESET starts over: 2 x 40 MiB on one connection is fine
-    with ppwire.Client("127.0.0.1", n.port, SECRET, timeout=30) as c:
+    with ppwire.Client("127.0.0.1", n.port, SECRET, timeout=30, tls=tls) as c:
         for i in range(80):
             desc = os.urandom(mib)
             c.send(ppwire.FUNC, ppwire.func_key(desc) + desc,

@@ -2,7 +2,11 @@
 real jobs over the authenticated protocol (through tests/py/ppwire.py), fair
 sharing between clients, signals, idle exit, restart mode, and hostile input
 (each followed by a check that the node still serves a real client, and for
-the heavier ones that its memory did not grow).
+the heavier ones that its memory did not grow). Every hostile-input test
+runs over plain connections and over TLS (the `tls` fixture: ppwire through
+tests/c/bin/tls_shim), where bytes sent before any handshake are TLS
+records, and an altered or replayed frame is an altered or replayed TLS
+record.
 
 Run with:
     cd <repo> && make bin/ppserver && \
@@ -67,12 +71,70 @@ class Node(PPServer):
     def rss(self):
         return rss_kb(self.pid)
 
-    def assert_serves(self):
-        """A fresh authenticated client gets math.sqrt(16) == 4.0."""
-        with self.client() as c:
-            assert c.call("math", "sqrt", 16) == (ppwire.RES_OK, 4.0)
-            c.bye()
+    def assert_serves(self, tls=False):
+        """A fresh authenticated client gets math.sqrt(16) == 4.0 (with tls:
+        one over TLS too)."""
+        for t in (False, True) if tls else (False,):
+            with self.client(tls=t) as c:
+                assert c.call("math", "sqrt", 16) == (ppwire.RES_OK, 4.0)
+                c.bye()
         assert self.proc.poll() is None, self.log()
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "tls"])
+def tls(request):
+    """Each test that uses it runs over plain connections and over TLS."""
+    return request.param
+
+
+def raw_connect(port, tls, secret=SECRET, **kw):
+    """A connection on which nothing of pp's was said yet: TCP, or a TLS
+    session through tls_shim."""
+    return ppwire.connect("127.0.0.1", port, secret, tls=tls, timeout=5, **kw)
+
+
+class Recorder:
+    """A TCP relay on 127.0.0.1 to port for one connection, keeping every
+    byte the client sent (.up). Its threads end when either side closes."""
+
+    def __init__(self, port):
+        self.up = bytearray()
+        self.ls = socket.create_server(("127.0.0.1", 0))
+        self.port = self.ls.getsockname()[1]
+        self.ls.settimeout(10)
+        self.thread = threading.Thread(target=self.run, args=(port,), daemon=True)
+        self.thread.start()
+
+    def run(self, port):
+        try:
+            a, _ = self.ls.accept()
+        except OSError:
+            return
+        b = socket.create_connection(("127.0.0.1", port), timeout=10)
+
+        def pump(src, dst, keep):
+            try:
+                while True:
+                    d = src.recv(65536)
+                    if not d:
+                        break
+                    if keep is not None:
+                        keep += d
+                    dst.sendall(d)
+            except OSError:
+                pass
+            for x in (src, dst):
+                try:
+                    x.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        t = threading.Thread(target=pump, args=(b, a, None), daemon=True)
+        t.start()
+        pump(a, b, self.up)
+        t.join(10)
+        a.close()
+        b.close()
+        self.ls.close()
 
 
 @pytest.fixture
@@ -234,15 +296,15 @@ def test_job_round_trip(start_node):
         c.bye()
 
 
-def test_ping_pong(start_node):
+def test_ping_pong(start_node, tls):
     n = start_node()
-    with n.client() as c:
+    with n.client(tls=tls) as c:
         assert c.ping(b"") == b""
         assert c.ping(b"x" * 64) == b"x" * 64
         c.send(ppwire.PING, b"y" * 65)  # over the limit: protocol error
         assert ppwire.connection_closed(c.sock, 5)
     n.wait_log("PING payload longer")
-    n.assert_serves()
+    n.assert_serves(tls)
 
 
 def test_two_clients_share_fairly(start_node):
@@ -508,10 +570,31 @@ def mkdir_job(client, path):
     return client.submit(ppwire.ref_descriptor("os", "mkdir"), (str(path),))
 
 
-def test_wrong_secret_rejected(shared_node, tmp_path):
+def test_wrong_secret_rejected(shared_node, tmp_path, tls):
     n = shared_node
     m = n.mark()
     target = tmp_path / "wrong-secret-ran"
+    if tls:
+        # TLS keyed by another secret fails before any byte of pp's: the
+        # HELLO, FUNC and JOB written at once wait in the shim, never sent
+        c = ppwire.Client("127.0.0.1", n.port, "not the secret", connect=False, tls=True)
+        c.sock = raw_connect(n.port, True, secret="not the secret")
+        d = ppwire.ref_descriptor("os", "mkdir")
+        c.send_raw(ppwire.frame(ppwire.AUTH_HELLO, struct.pack("<I", 1) + os.urandom(32))
+                   + c.seal(ppwire.FUNC, ppwire.func_key(d) + d)
+                   + c.seal(ppwire.JOB, ppwire.func_key(d) + pickle.dumps((str(target),)),
+                            attempt=1, fid=1))
+        assert ppwire.connection_closed(c.sock, 5)
+        assert c.sock.shim_status()[0] == ppwire.SHIM_EXIT_AUTH
+        c.close()
+        line = n.wait_log(r"127\.0\.0\.1:\d+: handshake failed: authentication failed "
+                          r"\(TLS: ", start=m)
+        assert "WARNING" in line
+        with pytest.raises(ppwire.AuthError):
+            n.client(secret=SECRET + "x", tls=True)
+        n.assert_serves(tls)
+        assert holds(lambda: not target.exists(), 0.2)
+        return
     c = ppwire.Client("127.0.0.1", n.port, "not the secret", connect=False)
     c.sock = socket.create_connection(("127.0.0.1", n.port), timeout=5)
     # run the handshake by hand so we can push jobs right behind our proof
@@ -539,14 +622,21 @@ def test_wrong_secret_rejected(shared_node, tmp_path):
     assert holds(lambda: not target.exists(), 0.2)
 
 
-def test_replayed_handshake_rejected(shared_node, tmp_path):
+def test_replayed_handshake_rejected(shared_node, tmp_path, tls):
     n = shared_node
     target = tmp_path / "replayed"
     rec = []
-    c = ppwire.Client("127.0.0.1", n.port, SECRET, record=rec)
+    if tls:  # every byte the client sent on the wire: TLS records
+        relay = Recorder(n.port)
+        c = ppwire.Client("127.0.0.1", relay.port, SECRET, tls=True)
+    else:
+        c = ppwire.Client("127.0.0.1", n.port, SECRET, record=rec)
     mkdir_job(c, target)
     assert c.result()[2] == 0
     c.close()
+    if tls:
+        relay.thread.join(10)
+        rec = [bytes(relay.up)]
     assert target.is_dir()
     target.rmdir()
     m = n.mark()
@@ -554,9 +644,35 @@ def test_replayed_handshake_rejected(shared_node, tmp_path):
     s.sendall(b"".join(rec))  # HELLO, PROOF, FUNC, JOB as recorded
     assert ppwire.connection_closed(s, 5)
     s.close()
-    n.wait_log(r"handshake failed: authentication failed", start=m)
-    n.assert_serves()
+    if tls:  # a new key exchange: the old Finished does not decrypt
+        n.wait_log(r"connection 127\.0\.0\.1:\d+: handshake failed: TLS", start=m)
+    else:
+        n.wait_log(r"handshake failed: authentication failed", start=m)
+    n.assert_serves(tls)
     assert holds(lambda: not target.exists(), 0.2)
+
+
+# plaintext bytes of the handshake inside TLS: HELLO (24 + 36), PROOF (24 + 32)
+TLS_HANDSHAKE_BYTES = 116
+
+
+def test_altered_frame_after_auth_tls(shared_node):
+    """Inside TLS an altered or replayed frame is an altered or replayed TLS
+    record (tls_shim does it on the wire): fatal for that connection."""
+    n = shared_node
+    m = n.mark()
+    desc = ppwire.ref_descriptor("math", "sqrt")
+    at = TLS_HANDSHAKE_BYTES + ppwire.HDR_LEN + 40  # one bit of the descriptor
+    with n.client(tls=True, flip_at=at) as c:
+        c.send(ppwire.FUNC, ppwire.func_key(desc) + desc)
+        assert ppwire.connection_closed(c.sock, 5)
+    n.wait_log(r"client 127\.0\.0\.1:\d+: bad TLS record: ", start=m)
+    m = n.mark()
+    with n.client(tls=True, replay_at=TLS_HANDSHAKE_BYTES) as c:
+        c.send(ppwire.PING, b"once")  # its record arrives twice
+        assert ppwire.connection_closed(c.sock, 5)
+    n.wait_log(r"client 127\.0\.0\.1:\d+: bad TLS record: ", start=m)
+    n.assert_serves(True)
 
 
 def test_altered_frame_after_auth(shared_node):
@@ -581,10 +697,10 @@ def test_altered_frame_after_auth(shared_node):
 
 @pytest.mark.parametrize("what", ["unknown-key", "bad-func-key", "result", "auth-type",
                                   "bad-flags"])
-def test_protocol_errors_after_auth(shared_node, what):
+def test_protocol_errors_after_auth(shared_node, what, tls):
     n = shared_node
     m = n.mark()
-    with n.client() as c:
+    with n.client(tls=tls) as c:
         desc = ppwire.ref_descriptor("math", "sqrt")
         if what == "unknown-key":
             c.send(ppwire.JOB, b"\x01" * 32 + pickle.dumps((1,)), fid=1)
@@ -603,16 +719,27 @@ def test_protocol_errors_after_auth(shared_node, what):
             reason = "protocol error: JOB frame with unknown flags"
         assert ppwire.connection_closed(c.sock, 5)
     n.wait_log(r"client 127\.0\.0\.1:\d+: " + reason, start=m)
-    n.assert_serves()
+    n.assert_serves(tls)
 
 
-def test_random_garbage(shared_node):
+def test_random_garbage(shared_node, tls):
     n = shared_node
     before = n.rss()
     m = n.mark()
     rnd = os.urandom(1 << 20)
-    for i in range(20):
-        s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+    if tls:  # garbage in a TLS handshake record, on the wire
+        for i in range(10):
+            s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+            try:
+                s.sendall(b"\x16" + rnd[i * 50000:(i + 1) * 50000])
+            except OSError:
+                pass
+            assert ppwire.connection_closed(s, 5)
+            s.close()
+        n.wait_log(r"connection 127\.0\.0\.1:\d+: handshake failed: TLS", start=m)
+        m = n.mark()
+    for i in range(20 if not tls else 5):  # (inside TLS when tls)
+        s = raw_connect(n.port, tls)
         try:
             s.sendall(rnd[i * 50000:(i + 1) * 50000])
         except OSError:
@@ -621,57 +748,74 @@ def test_random_garbage(shared_node):
         s.close()
     n.wait_log(r"connection 127\.0\.0\.1:\d+: bad handshake frame: bad frame magic", start=m)
     # garbage behind a valid magic, and garbage after authentication
-    s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+    s = raw_connect(n.port, tls)
     s.sendall(b"pp" + rnd[:300])
     assert ppwire.connection_closed(s, 5)
     s.close()
-    with n.client() as c:
+    with n.client(tls=tls) as c:
         c.send_raw(rnd[:100000])
         assert ppwire.connection_closed(c.sock, 5)
-    n.assert_serves()
+    n.assert_serves(tls)
     assert n.rss() - before < RSS_SLACK_KB, (before, n.rss())
 
 
-def test_huge_length_prefixes(shared_node):
+def test_huge_length_prefixes(shared_node, tls):
     n = shared_node
     before = n.rss()
     m = n.mark()
+    if tls:  # TLS records longer than 2^14 + 256 bytes, on the wire
+        for length in (0xffff, (1 << 14) + 2049):
+            s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+            s.sendall(bytes([0x16, 3, 1]) + struct.pack(">H", length) + b"\x01" * 100)
+            assert ppwire.connection_closed(s, 5), length
+            s.close()
+        n.wait_log(r"connection 127\.0\.0\.1:\d+: handshake failed: TLS", start=m)
+        m = n.mark()
     # 2**31 and 2**32-1 in the u32 length field, before authentication
     for length in (2 ** 31, 2 ** 32 - 1, 257):
-        s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+        s = raw_connect(n.port, tls)
         s.sendall(ppwire.header(ppwire.AUTH_HELLO, length))
         assert ppwire.connection_closed(s, 5), length
         s.close()
     n.wait_log("bad handshake frame: frame payload too large", start=m)
     # 2**63 does not fit the field: its 8 bytes where the header starts
-    s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+    s = raw_connect(n.port, tls)
     s.sendall(struct.pack("<Q", 2 ** 63) + b"\0" * 16)
     assert ppwire.connection_closed(s, 5)
     s.close()
-    s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+    s = raw_connect(n.port, tls)
     s.sendall(struct.pack(">Q", 2 ** 63) + b"\0" * 16)
     assert ppwire.connection_closed(s, 5)
     s.close()
     # after authentication: above the 1 GiB limit, rejected on the header alone
     m = n.mark()
     for length in (2 ** 31, 2 ** 32 - 1, 2 ** 30 + 1):
-        with n.client() as c:
+        with n.client(tls=tls) as c:
             c.send_raw(ppwire.header(ppwire.JOB, length))
             assert ppwire.connection_closed(c.sock, 5), length
     n.wait_log(r"client 127\.0\.0\.1:\d+: bad frame: frame payload too large", start=m)
-    n.assert_serves()
+    n.assert_serves(tls)
     assert n.rss() - before < RSS_SLACK_KB, (before, n.rss())
 
 
-def test_slow_and_truncated_handshakes_hit_the_deadline(shared_node):
+def test_slow_and_truncated_handshakes_hit_the_deadline(shared_node, tls):
     """A truncated frame followed by silence, and one byte per second: both
-    closed at the 5 s handshake deadline (run side by side)."""
+    closed at the 5 s handshake deadline (run side by side). With TLS also
+    a TLS ClientHello cut short."""
     n = shared_node
     results = {}
     hello = ppwire.frame(ppwire.AUTH_HELLO, struct.pack("<I", 1) + os.urandom(32))
 
-    def truncated():
+    def half_client_hello():
         s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+        t0 = time.monotonic()
+        s.sendall(bytes([0x16, 3, 1, 2, 0, 1, 0, 1, 0xfc, 3, 3]) + b"r" * 40)
+        closed = ppwire.connection_closed(s, 9)
+        results["half_client_hello"] = (closed, time.monotonic() - t0)
+        s.close()
+
+    def truncated():
+        s = raw_connect(n.port, tls)
         t0 = time.monotonic()
         s.sendall(hello[:30])
         closed = ppwire.connection_closed(s, 9)
@@ -679,7 +823,7 @@ def test_slow_and_truncated_handshakes_hit_the_deadline(shared_node):
         s.close()
 
     def trickle():
-        s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+        s = raw_connect(n.port, tls)
         t0 = time.monotonic()
         closed = False
         for i in range(len(hello)):
@@ -695,23 +839,25 @@ def test_slow_and_truncated_handshakes_hit_the_deadline(shared_node):
         s.close()
 
     m = n.mark()
-    threads = [threading.Thread(target=f, daemon=True) for f in (truncated, trickle)]
+    fs = (truncated, trickle) + ((half_client_hello,) if tls else ())
+    threads = [threading.Thread(target=f, daemon=True) for f in fs]
     for t in threads:
         t.start()
-    n.assert_serves()  # serving while they dawdle
+    n.assert_serves(tls)  # serving while they dawdle
     for t in threads:
         t.join(15)
-    for name in ("truncated", "trickle"):
-        closed, took = results[name]
-        assert closed and 4.0 <= took <= 8.0, (name, results)
+    for f in fs:
+        closed, took = results[f.__name__]
+        assert closed and 4.0 <= took <= 8.0, (f.__name__, results)
     n.wait_log("handshake not completed in time", start=m)
-    n.assert_serves()
+    n.assert_serves(tls)
 
 
-def test_thousand_idle_connections_are_bounded(shared_node):
-    """1000 connections that never start a handshake: the node keeps at most
-    16 of them from one address (the newest; older ones are shed), stays
-    small and serves everyone else (docs/protocol.md 7.1)."""
+def test_thousand_idle_connections_are_bounded(shared_node, tls):
+    """1000 connections that never start a handshake (with tls: that stop
+    after the first bytes of a TLS ClientHello): the node keeps at most 16
+    of them from one address (the newest; older ones are shed), stays small
+    and serves everyone else (docs/protocol.md 7.1)."""
     n = shared_node
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 1200:
@@ -721,7 +867,12 @@ def test_thousand_idle_connections_are_bounded(shared_node):
     try:
         for _ in range(1000):
             socks.append(socket.create_connection(("127.0.0.1", n.port), timeout=10))
-        n.assert_serves()
+            if tls:
+                try:
+                    socks[-1].sendall(bytes([0x16, 3, 1, 2, 0, 1, 0, 1, 0xfc, 3, 3]))
+                except OSError:
+                    pass  # already shed
+        n.assert_serves(tls)
         # only the cap's worth is open on the node; the rest were shed
         m = n.mark()
         os.kill(n.pid, signal.SIGUSR1)
@@ -731,18 +882,18 @@ def test_thousand_idle_connections_are_bounded(shared_node):
     finally:
         for s in socks:
             s.close()
-    n.assert_serves()
+    n.assert_serves(tls)
     assert n.rss() - before < RSS_SLACK_KB, (before, n.rss())
 
 
-def test_client_not_reading_results(start_node):
+def test_client_not_reading_results(start_node, tls):
     """A client that sends jobs with big results but never reads them: the
     node stops starting its jobs once 64 MiB of results wait, keeps its memory
     bounded, and drops it after -k seconds without write progress although it
     keeps pinging."""
     n = start_node("-k", "3")
     before = n.rss()
-    c = n.client()
+    c = n.client(tls=tls)
     for _ in range(60):
         c.submit(ppwire.ref_descriptor("os", "urandom"), (4 << 20,))
     peak, closed, t0 = 0, False, time.monotonic()
@@ -759,37 +910,37 @@ def test_client_not_reading_results(start_node):
     assert closed or "stopped reading" in n.log()
     # 64 MiB of unwritten results plus the few jobs in flight, not 240 MiB
     assert peak - before < 160 * 1024 + RSS_SLACK_KB, (before, peak)
-    n.assert_serves()
+    n.assert_serves(tls)
 
 
-def test_socket_timeout_after_auth(start_node):
+def test_socket_timeout_after_auth(start_node, tls):
     """-k: an authenticated client that goes silent mid-frame is dropped."""
     n = start_node("-k", "2")
-    with n.client() as c:
+    with n.client(tls=tls) as c:
         t0 = time.monotonic()
         c.send_raw(c.seal(ppwire.PING, b"abc")[:20])
         assert ppwire.connection_closed(c.sock, 6)
         assert 1.5 <= time.monotonic() - t0 <= 5
     n.wait_log("socket timeout in the middle of a frame")
-    with n.client() as c:  # a client that pings stays
+    with n.client(tls=tls) as c:  # a client that pings stays
         for _ in range(3):
             time.sleep(0.9)
             assert c.ping() == b"ping"
-    n.assert_serves()
+    n.assert_serves(tls)
 
 
-def test_slow_download_is_progress_not_silence(start_node):
+def test_slow_download_is_progress_not_silence(start_node, tls):
     """Liveness counts progress in both directions (issue 8, defect 13, node
     side): a client that sends nothing while it slowly downloads a result
     bigger than the socket timeout allows in one write stays connected (the
     node used to drop it after -k: "client stopped reading its results"),
     while a silent client is still dropped (test_socket_timeout_after_auth)."""
     n = start_node("-k", "1")
-    c = ppwire.Client("127.0.0.1", n.port, SECRET, connect=False, timeout=30)
-    c.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)  # before connect
-    c.sock.settimeout(30)
-    c.sock.connect(("127.0.0.1", n.port))
+    c = ppwire.Client("127.0.0.1", n.port, SECRET, connect=False, timeout=30, tls=tls)
+    # SO_RCVBUF before connect (with tls on the shim's TCP socket, which
+    # holds at most about 1 MiB more)
+    c.sock = ppwire.connect("127.0.0.1", n.port, SECRET, tls=tls, timeout=30,
+                            rcvbuf=32 * 1024)
     c.handshake()
     c.read_hello()
     size = 12 << 20
@@ -802,7 +953,8 @@ def test_slow_download_is_progress_not_silence(start_node):
         assert chunk, f"dropped after {len(buf)} of {need} bytes:\n{n.log()}"
         buf += chunk
         if need == ppwire.HDR_LEN and len(buf) >= need:  # the RESULT's length
-            need += ppwire.HDR.unpack(bytes(buf[:ppwire.HDR_LEN]))[4] + ppwire.MAC_LEN
+            need += (ppwire.HDR.unpack(bytes(buf[:ppwire.HDR_LEN]))[4]
+                     + (0 if tls else ppwire.MAC_LEN))
         ahead = len(buf) / rate - (time.monotonic() - t0)
         if ahead > 0:
             time.sleep(ahead)
@@ -816,10 +968,10 @@ def test_slow_download_is_progress_not_silence(start_node):
     assert "socket timeout (" not in n.log()
 
 
-def test_max_frame_limits_client_frames(start_node):
+def test_max_frame_limits_client_frames(start_node, tls):
     """--max-frame BYTES: a JOB above it closes that connection only."""
     n = start_node("--max-frame", "4096")
-    with n.client() as c:
+    with n.client(tls=tls) as c:
         status, value = c.call("operator", "add", b"x" * 1000, b"y")
         assert status == ppwire.RES_OK and value == b"x" * 1000 + b"y"
         # the limit reaches the workers too: a result above it fails its job
@@ -828,6 +980,6 @@ def test_max_frame_limits_client_frames(start_node):
         c.submit(ppwire.ref_descriptor("operator", "add"), (b"x" * 5000, b"y"))
         assert ppwire.connection_closed(c.sock, 5)
     n.wait_log("bad frame: frame payload too large")
-    n.assert_serves()
+    n.assert_serves(tls)
     r = run_ppserver(["--max-frame", "100"], node_env())
     assert r.returncode == 2 and "max-frame must be an integer from 1024" in r.stderr

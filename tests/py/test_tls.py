@@ -5,11 +5,15 @@ both sides otherwise; captured traffic carries no plaintext of a job; a
 wrong secret, a wrong CA, a flipped bit and malformed TLS bytes each close
 one connection, and the job runs elsewhere. Everything on 127.0.0.1; every
 process is stopped by pid (the ppserver fixture), every loop is bounded."""
+import atexit
 import io
 import logging
+import pathlib
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 
 import pytest
@@ -21,7 +25,20 @@ import pp
 
 pytestmark = needs_ppserver
 
-CERTS = REPO / "tests" / "certs"
+def _private_certs():
+    """tests/certs copied into a private directory with the keys at mode
+    0600: a checkout leaves them 0644, and ppserver and Server refuse a key
+    file other users may read."""
+    d = pathlib.Path(tempfile.mkdtemp(prefix="pp-test-certs-"))
+    atexit.register(shutil.rmtree, str(d), True)
+    for f in (REPO / "tests" / "certs").iterdir():
+        if f.suffix in (".pem", ".key"):
+            shutil.copyfile(f, d / f.name)
+            (d / f.name).chmod(0o600 if f.suffix == ".key" else 0o644)
+    return d
+
+
+CERTS = _private_certs()
 NODE_CERTS = ("--tls-cert", str(CERTS / "node.pem"), "--tls-key",
               str(CERTS / "node.key"), "--tls-ca", str(CERTS / "ca.pem"))
 CLIENT_CERTS = dict(tls_cert=str(CERTS / "client.pem"),
@@ -424,6 +441,29 @@ def test_bad_tls_options_exit_2(args, msg):
     r = run_node("-p", "0", "-w", "1", *args)
     assert r.returncode == 2, r.stderr
     assert msg in r.stderr
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_tls_key_others_may_read_is_refused(tmp_path, mode):
+    key = tmp_path / "node.key"
+    shutil.copyfile(CERTS / "node.key", key)
+    key.chmod(mode)
+    args = ("--tls-cert", str(CERTS / "node.pem"), "--tls-key", str(key),
+            "--tls-ca", str(CERTS / "ca.pem"))
+    r = run_node("-p", "0", "-w", "1", *args)
+    assert r.returncode == 2, r.stderr
+    assert ("TLS key file %s holds the secret and other users may access it"
+            % key) in r.stderr and "chmod 600 %s" % key in r.stderr, r.stderr
+    ckey = tmp_path / "client.key"
+    shutil.copyfile(CERTS / "client.key", ckey)
+    ckey.chmod(mode)
+    with pytest.raises(ValueError, match=r"tls_key %s: other users may access "
+                       r"it.*refused; run `chmod 600 " % re.escape(str(ckey))):
+        pp.Server(0, ppservers=("127.0.0.1:1",), secret=SECRET,
+                  **dict(CLIENT_CERTS, tls_key=str(ckey)))
+    ckey.chmod(0o600)  # the same file, private: accepted (the nodes of the
+    pp.Server(0, ppservers=("127.0.0.1:1",), secret=SECRET,  # tests above
+              **dict(CLIENT_CERTS, tls_key=str(ckey))).destroy()  # use 0600)
 
 
 def test_server_tls_arguments_are_checked():
