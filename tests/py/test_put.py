@@ -320,3 +320,26 @@ def test_job_control_applies_to_jobs_naming_objects():
         with pytest.raises(pp.JobTimeoutError):
             s.submit(spin_on, (r,), timeout=0.5)()
         assert s.submit(at, (r, 3), timeout=30, retries=1)() == big(MiB, b"limits")[3]
+
+
+def test_release_and_dropping_handles_from_other_threads():
+    import threading
+    with pp.Server(2) as s:
+        refs = [s.put(big(MiB, bytes([k]))) for k in range(8)]
+        for j in [s.submit(at, (r, 0)) for r in refs]:
+            j()
+        del j  # a Job keeps the objects it named, as it keeps its arguments
+        half = refs[:4]
+        del refs[:4]
+        ts = [threading.Thread(target=r.release) for r in half]
+        ts.append(threading.Thread(target=refs.clear))  # the last handles
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(10)
+        del half
+        gc.collect()
+        wait_for(lambda: all(i["objects"] == 0 for i in stores(s, 2).values()),
+                 what="objects released from other threads still held")
+        wait_for(lambda: (s.submit(abs, (1,))(), s._engine.stats())[1]
+                 ["shm_used"] == 0, what="arena blocks never given back")
