@@ -9,6 +9,13 @@ memory for a large argument. Same run, 2 local workers, medians.
   PEAK64   the client's peak RSS growth for a job given a 64 MiB bytearray,
            in copies of the argument (0 = no extra copy)
   RW4      W4 through a ppserver on 127.0.0.1 (2 workers): MiB/s
+  PUT100   Server.put of one 100 MiB array (numpy, else a memoryview of a
+           bytearray), then 1,000 jobs each reading it (one element per
+           4 KiB page): total seconds, put() included, against the anchors
+           of the same run: one transfer per worker (two jobs given the
+           array as an argument, at once) plus the jobs' own work (the same
+           1,000 jobs on an array the workers already have); the ratio is
+           total / (transfer + work), target <= 1.2
 
     PYTHONPATH=python:/usr/lib/python3/dist-packages python3 bench/data.py
 """
@@ -70,6 +77,55 @@ def w4_pool():
         return med(run)
 
 
+def page_sum(x):
+    """Read one element of every 4 KiB page of x."""
+    try:
+        return float(x[::4096 // x.itemsize].sum())
+    except AttributeError:  # a memoryview
+        return float(sum(x[::4096]))
+
+
+def page_sum_local(i):
+    """page_sum on a 100 MiB array this worker made itself (kept)."""
+    import os
+    box = os.__dict__.setdefault("_pp_bench_array", [])
+    if not box:
+        box.append(memoryview(bytearray(100 * (1 << 20))))
+    x = box[0]
+    return float(sum(x[::4096])) + i * 0
+
+
+def put100(s, njobs=1000):
+    """PUT100: (total s, transfer s, work s), medians of REPEAT rounds."""
+    a = np.ones(100 * MiB // 8) if np is not None else \
+        memoryview(bytearray(os.urandom(MiB) * 100))
+    want = page_sum(a)
+    for j in [s.submit(page_sum_local, (i,)) for i in range(200)]:
+        j()  # every worker has its own array (the work anchor)
+
+    def transfer():
+        t = time.perf_counter()
+        assert all(j() == 100 * MiB for j in
+                   [s.submit(length, (a,)) for _ in range(2)])
+        return time.perf_counter() - t
+
+    def work():
+        t = time.perf_counter()
+        for j in [s.submit(page_sum_local, (i,)) for i in range(njobs)]:
+            j()
+        return time.perf_counter() - t
+
+    def total():
+        t = time.perf_counter()
+        r = s.put(a)
+        assert all(j() == want for j in
+                   [s.submit(page_sum, (r,)) for _ in range(njobs)])
+        dt = time.perf_counter() - t
+        r.release()
+        return dt
+    return med(total), med(transfer), med(work)
+
+
 def hwm_kb():
     with open("/proc/self/status") as f:
         for line in f:
@@ -113,6 +169,11 @@ def main():
             assert s.submit(length, (arg,))() == 64 * MiB
             peaks.append((hwm_kb() - base) / (64 * 1024))
         out["PEAK64 extra copies"] = statistics.median(peaks)
+        tot, tx, wk = put100(s)
+        out["PUT100 total s"] = tot
+        out["PUT100 transfer s"] = tx
+        out["PUT100 work s"] = wk
+        out["PUT100 ratio"] = tot / (tx + wk)
     out["W4 Pool MiB/s"] = w4_pool()
     out["W4 pp/Pool"] = out["W4 pp MiB/s"] / out["W4 Pool MiB/s"]
     ppserver = os.path.join(os.path.dirname(__file__), "..", "bin", "ppserver")

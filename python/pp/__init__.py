@@ -12,6 +12,7 @@ from ._errors import (CancelledError, DestroyedError, JobAbortedError,
                       SerializationError, WorkerLostError)
 from ._server import Job, Server, Statistics, Template, as_completed
 from ._executor import Executor
+from ._objects import ObjectRef, info as object_store_info
 from ._progress import progress
 from ._slurm import slurm_nodes
 
@@ -24,4 +25,5 @@ __all__ = ["Server", "Template", "Job", "Statistics", "as_completed",
            "Executor", "progress", "PPError",
            "WorkerLostError", "DestroyedError", "SerializationError",
            "RemoteError", "RemoteTraceback", "CancelledError", "JobTimeoutError",
-           "JobAbortedError", "version", "slurm_nodes"]
+           "JobAbortedError", "version", "slurm_nodes", "ObjectRef",
+           "object_store_info"]

@@ -28,7 +28,7 @@ from concurrent.futures import _base as _cfb
 from typing import (IO, Any, Callable, Dict, Iterable, Iterator, List,
                     Optional, Sequence, Tuple, Union)
 
-from . import _boot, _core, _logging, _oob, _ship
+from . import _boot, _core, _logging, _objects, _oob, _ship
 from ._errors import (CancelledError, DestroyedError, JobAbortedError,
                       JobTimeoutError, PPError, RemoteError,
                       RemoteTraceback, SerializationError, WorkerLostError)
@@ -562,7 +562,8 @@ class Server:
                  tls: bool = True, tls_cert: Optional[str] = None,
                  tls_key: Optional[str] = None,
                  tls_ca: Optional[str] = None,
-                 secret_file: Optional[str] = None) -> None:
+                 secret_file: Optional[str] = None,
+                 object_store_limit: Optional[int] = None) -> None:
         """Start the local workers and connect to the nodes.
 
         ncpus: local worker processes ("autodetect": one per core; 0: none,
@@ -608,7 +609,11 @@ class Server:
             (default); False sends authenticated frames in clear, to nodes
             that allow it.
         tls_cert, tls_key, tls_ca: PEM files: TLS with certificates,
-            verified both ways, instead of the secret-derived key."""
+            verified both ways, instead of the secret-derived key.
+        object_store_limit: bytes of objects put with put() that each
+            worker and each node holds at most (None: 512 MiB), least
+            recently used out first; an evicted object is sent again with
+            the next job that names it. A node may hold less (it says so)."""
         self._closed = True
         tls_files = _check_tls(tls, tls_cert, tls_key, tls_ca)
         if output not in ("echo", "capture", "inherit"):
@@ -634,6 +639,14 @@ class Server:
                     "pp_secret = '...' in ~/.pythonrc.py (there is no default "
                     "secret)")
         ncpus = self._check_ncpus(ncpus)
+        if object_store_limit is None:
+            object_store_limit = _core.OBJ_LIMIT_DEFAULT
+        if isinstance(object_store_limit, bool) or \
+                not isinstance(object_store_limit, int) or \
+                not 0 < object_store_limit < 1 << 63:
+            raise ValueError("object_store_limit must be None or a positive "
+                             "int of bytes")
+        self._obj_limit = object_store_limit
         if max_frame is not None and (
                 isinstance(max_frame, bool) or not isinstance(max_frame, int)
                 or not 0 < max_frame <= _core.FRAME_MAX):
@@ -667,7 +680,9 @@ class Server:
             disco_any=any_node, max_frame=max_frame or 0,
             capture_output=output != "inherit", max_output=max_output,
             echo=_echo if output == "echo" else None,
-            max_node_workers=max_node_workers, plain=not tls, **tls_files)
+            max_node_workers=max_node_workers, plain=not tls,
+            obj_limit=object_store_limit, **tls_files)
+        self._max_frame = max_frame or _core.FRAME_MAX
         subnet_ports = {s[0] for s in subnets}
         self.ppservers = tuple(nodes) + tuple(
             "*" if p == Server.default_port else "*:%d" % p for p in ports
@@ -868,7 +883,13 @@ class Server:
             args = (func.__self__,) + args
         if kwargs is not None:
             args = args + (kwargs,)
-        data = _oob.dumps(args, self._proto)  # bytes or (pickle, buffers)
+        refs = []
+        prev = _objects.collecting(refs)  # ObjectRefs in args list themselves
+        try:
+            data = _oob.dumps(args, self._proto)  # bytes or (pickle, buffers)
+        finally:
+            _objects.done(prev)
+        objs = self._job_objs(refs) if refs else None
         gid = self._groups.get(group)
         if gid is None:
             gid = self._group_id(group)
@@ -882,11 +903,69 @@ class Server:
                 or retries < 0:
             raise ValueError("retries must be an int >= 0")
         if timeout is None and memory_limit is None and not retries:
+            if objs is not None:
+                return self._engine.submit(f, data, gid, 0, callback,
+                                           tuple(callbackargs), None, objs)
             return self._engine.submit(f, data, gid, 0, callback,
                                        tuple(callbackargs))
         return self._engine.submit(f, data, gid, 0, callback,
                                    tuple(callbackargs),
-                                   (timeout, memory_limit, retries))
+                                   (timeout, memory_limit, retries), objs)
+
+    def _job_objs(self, refs):
+        """The Obj records a job's arguments name (each once), checked:
+        they are this Server's, and together fit in an object store."""
+        seen = {}
+        for r in refs:
+            if r._engine is not self._engine:
+                raise ValueError("%r belongs to another Server" % (r,))
+            seen[id(r._obj)] = r._obj
+        objs = tuple(seen.values())
+        if len(objs) > _core.JOB_OBJS_MAX:
+            raise ValueError("a job names at most %d objects put with put(), "
+                             "not %d" % (_core.JOB_OBJS_MAX, len(objs)))
+        total = sum(o.size for o in objs)
+        if total > self._obj_limit:
+            raise ValueError("the objects this job names are %d bytes "
+                             "together, above object_store_limit (%d bytes)"
+                             % (total, self._obj_limit))
+        return objs
+
+    def object_stats(self) -> Dict[str, int]:
+        """Counters of objects put with put(): "sent" (OBJ frames sent to
+        workers and nodes: one per object and place, again after an
+        eviction), "bytes_sent" and "dropped" (evictions and releases)."""
+        st = self._engine.stats()
+        return {"sent": st["objs_sent"], "bytes_sent": st["obj_bytes_sent"],
+                "dropped": st["objs_dropped"]}
+
+    def put(self, obj: Any) -> "_objects.ObjectRef":
+        """Pickle obj once and return an ObjectRef to pass (at any depth)
+        in the arguments of any number of jobs: each worker and node gets
+        the object at most once (by the SHA-256 of its pickled form) and
+        every job sees the object itself (shared by the jobs of a worker:
+        treat it as read-only). ref.release(), or dropping the last
+        reference to the handle, frees it everywhere. Raises
+        SerializationError when obj cannot be pickled, ValueError when it
+        is larger than object_store_limit or the frame limit."""
+        if self._closed:
+            self._check_open()
+        try:
+            data = _oob.dumps(obj, self._proto)
+        except Exception as e:
+            raise SerializationError(
+                "cannot put %s object: %s: %s"
+                % (type(obj).__name__, type(e).__name__, e)) from e
+        o = _core.Obj(data, self._engine)
+        if o.size > self._obj_limit:
+            raise ValueError("the object is %d bytes when pickled, above "
+                             "object_store_limit (%d bytes)"
+                             % (o.size, self._obj_limit))
+        if o.size + 64 > self._max_frame:
+            raise ValueError("the object is %d bytes when pickled, above the "
+                             "frame limit (max_frame, %d bytes)"
+                             % (o.size, self._max_frame))
+        return _objects.ObjectRef(o, self._engine)
 
     def abort(self, group: Optional[str] = None, grace: float = 1.0) -> None:
         """Abort every unfinished job (of group, when given): queued ones
@@ -1138,11 +1217,17 @@ class Server:
                 [(func.__self__,) + a for a in chunk]
         elif onearg:
             flags |= _core.JOBF_ONEARG
-        data = pickle.dumps(chunk, self._proto)
+        refs = []
+        prev = _objects.collecting(refs)  # items may hold ObjectRefs (put)
+        try:
+            data = pickle.dumps(chunk, self._proto)
+        finally:
+            _objects.done(prev)
+        objs = self._job_objs(refs) if refs else None
         gid = self._groups["default"]
-        if limits is None:
+        if limits is None and objs is None:
             return self._engine.submit(f, data, gid, flags, None, ())
-        return self._engine.submit(f, data, gid, flags, None, (), limits)
+        return self._engine.submit(f, data, gid, flags, None, (), limits, objs)
 
     def _submit_chunks(self, func, items, chunksize, timeout=None,
                        onearg=False):

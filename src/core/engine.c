@@ -69,6 +69,68 @@ static void run_dispatch(pp_engine *e) {
   pp__dispatch(e); /* releases mu */
 }
 
+/* drop_released: tell every peer holding an object released since the
+ * last turn to forget it (OBJ DROP), then drop the engine's references.
+ * A peer whose write fails is dropped (its loss path requeues its jobs).
+ * Engine thread, from on_dispatcher only. */
+static void drop_released(pp_engine *e) {
+  uv_mutex_lock(&e->mu);
+  pp_obj **rel = e->released;
+  size_t n = e->nreleased;
+  e->released = NULL;
+  e->nreleased = e->capreleased = 0;
+  uv_mutex_unlock(&e->mu);
+  if (n == 0)
+    return;
+  for (pp__peer *p = e->peers, *next; p; p = next) {
+    next = p->pnext;
+    int rc = PP_OK, emitted = 0;
+    for (size_t i = 0; i < n && rc >= 0; i++) {
+      rc = pp__peer_forget(p, rel[i]);
+      emitted |= rc > 0;
+    }
+    if (rc >= 0 && emitted)
+      rc = p->ops->flush(p);
+    if (rc < 0) {
+      char why[160];
+      snprintf(why, sizeof why, "cannot send object releases: %s",
+               pp_strerror(rc));
+      pp_keyset_clear(&p->known);
+      pp__peer_objs_clear(p);
+      p->ops->drop(p, why);
+    }
+  }
+  for (size_t i = 0; i < n; i++)
+    pp_obj_unref(rel[i]);
+  free(rel);
+}
+
+int pp_engine_obj_release(pp_engine *e, pp_obj *o) {
+  if (atomic_exchange(&o->released, 1) != 0)
+    return PP_OK;
+  uv_mutex_lock(&e->mu);
+  if (e->stopped) { /* no peer is left to tell */
+    uv_mutex_unlock(&e->mu);
+    return PP_OK;
+  }
+  if (e->nreleased == e->capreleased) {
+    size_t cap = e->capreleased ? e->capreleased * 2 : 16;
+    pp_obj **a = realloc(e->released, cap * sizeof *a);
+    if (a == NULL) {
+      uv_mutex_unlock(&e->mu);
+      atomic_store(&o->released, 0);
+      return PP_ENOMEM;
+    }
+    e->released = a;
+    e->capreleased = cap;
+  }
+  pp_obj_ref(o);
+  e->released[e->nreleased++] = o;
+  uv_mutex_unlock(&e->mu);
+  uv_async_send(&e->async);
+  return PP_OK;
+}
+
 /* on_dispatcher: the prepare handle, once per loop turn before polling:
  * the one place a dispatch runs. Work asked for during it (a failed send
  * requeued jobs) wakes the loop for another turn instead of recursing. */
@@ -90,7 +152,10 @@ static void on_dispatcher(uv_prepare_t *h) {
           stops = 1;
         }
   }
+  int releases = e->nreleased > 0;
   uv_mutex_unlock(&e->mu);
+  if (releases)
+    drop_released(e);
   if (stops) /* stop requests from other threads: tell the transports */
     for (pp__peer *p = e->peers; p; p = p->pnext)
       pp__peer_stop_pending(p);
@@ -302,6 +367,7 @@ int pp_engine_new(const pp_engine_opts *o, pp_engine **out) {
   e->on_complete = o->on_complete;
   e->on_complete_ctx = o->on_complete_ctx;
   e->max_frame = o->max_frame ? o->max_frame : PP_FRAME_MAX_DEFAULT;
+  e->obj_limit = o->obj_limit ? o->obj_limit : PP_OBJ_LIMIT_DEFAULT;
   e->capture_output = o->capture_output;
   e->max_output = o->max_output ? o->max_output : (1u << 20);
   e->max_node_workers = o->max_node_workers ? o->max_node_workers
@@ -460,6 +526,9 @@ void pp_engine_free(pp_engine *e) {
   free(e->group_pending);
   free(e->pids);
   free(e->pid_jobs);
+  for (size_t i = 0; i < e->nreleased; i++)
+    pp_obj_unref(e->released[i]);
+  free(e->released);
   pp_shm_unref(e->shm); /* blocks of jobs still alive keep it */
   engine_free_config(e);
   free(e);
@@ -728,6 +797,9 @@ void pp_engine_get_stats(pp_engine *e, pp_engine_stats *out) {
   uv_mutex_unlock(&e->mu);
   out->shm_used = e->shm ? pp_shm_used(e->shm) : 0;
   out->shm_size = e->shm ? pp_shm_size(e->shm) : 0;
+  out->objs_sent = atomic_load(&e->objs_sent);
+  out->obj_bytes_sent = atomic_load(&e->obj_bytes_sent);
+  out->objs_dropped = atomic_load(&e->objs_dropped);
 }
 
 pp_shm *pp_engine_shm(pp_engine *e) { return e->shm; }

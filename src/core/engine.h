@@ -67,6 +67,10 @@ typedef struct pp_engine_opts {
   const uint32_t *subnets;
   int nsubnets;
   int disco_any; /* a plain "*" entry too: nodes from anywhere */
+  /* Bytes of objects put once (pp_engine_obj_release) that one worker, or
+   * one node connection, holds at most; least recently used out first.
+   * 0 = PP_OBJ_LIMIT_DEFAULT. A node that announces less gets less. */
+  uint64_t obj_limit;
 } pp_engine_opts;
 
 #define PP_MAX_SUBNETS 16
@@ -95,6 +99,9 @@ typedef struct pp_engine_stats {
   uint64_t running;   /* handed to a worker, no result yet */
   uint64_t shm_used;  /* bytes of the shared-memory arena in use */
   uint64_t shm_size;  /* its size (0: no arena) */
+  uint64_t objs_sent;      /* OBJ frames sent to workers and nodes */
+  uint64_t obj_bytes_sent; /* their objects' bytes */
+  uint64_t objs_dropped;   /* OBJ DROP frames sent (evicted or released) */
 } pp_engine_stats;
 
 /* pp_engine_new: validate opts, start the engine thread and the initial
@@ -114,6 +121,12 @@ void pp_engine_free(pp_engine *e);
 /* pp_engine_submit: queue j (the engine takes its own reference) and assign
  * j->id. Returns 0, or PP_ECLOSED after shutdown (nothing is queued). */
 int pp_engine_submit(pp_engine *e, pp_job *j);
+
+/* pp_engine_obj_release: o will be named by no new job: every worker and
+ * node that holds it is told to drop it (by the engine thread, soon), and
+ * jobs already submitted that name it keep it alive and still get it.
+ * Takes its own reference; idempotent. 0 or PP_ENOMEM. Any thread. */
+int pp_engine_obj_release(pp_engine *e, pp_obj *o);
 
 /* pp_engine_cancel: cancel j if it has not been handed to a worker yet.
  * Returns 1 when cancelled (j is then DONE/CANCELLED), 0 otherwise. */

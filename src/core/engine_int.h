@@ -55,6 +55,7 @@ struct pp_engine {
   struct pp_tls_ctx *tls_ctx; /* TLS to nodes; NULL = plain sealed frames */
   int tls_psk; /* TLS in PSK mode: tls_ctx is made once the key is ready */
   uint32_t max_frame;
+  uint64_t obj_limit; /* bytes of objects (Server.put) one peer holds */
   pp_shm *shm;           /* the arena for out-of-band buffers, or NULL */
   int capture_output;
   uint32_t max_output;
@@ -95,6 +96,12 @@ struct pp_engine {
   uint64_t *pid_jobs;  /* results each of them returned */
   int npids;
   int nlive;
+  pp_obj **released;   /* objects released (pp_engine_obj_release), each a
+                          reference, for the engine thread to drop from
+                          every peer */
+  size_t nreleased, capreleased;
+  /* counters of OBJ frames (any thread reads them) */
+  atomic_uint_fast64_t objs_sent, obj_bytes_sent, objs_dropped;
 
   /* [loop] */
   int dispatch_wanted; /* something may have freed capacity or added work */

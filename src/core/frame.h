@@ -30,7 +30,10 @@ enum pp_msg_type {
                          shared memory of JOB (id, attempt); empty */
   PP_MSG_SHM = 10,   /* engine -> worker: u64 size, the arena's descriptor
                         in SCM_RIGHTS; worker -> engine: u32 1 mapped, 0 not */
-  PP_MSG_TYPE_MAX = 10,
+  PP_MSG_OBJ = 11,   /* engine -> worker, client -> node: key[32] + an
+                        object put once (Server.put); with PP_OBJF_DROP
+                        key[32] alone: forget it */
+  PP_MSG_TYPE_MAX = 11,
   /* TCP handshake frames (see auth.h), valid only before authentication */
   PP_MSG_AUTH_FIRST = 16,
   PP_MSG_AUTH_LAST = 19
@@ -59,8 +62,26 @@ static inline int pp_frame_type_known(unsigned t) {
  * call (func(item)), not a tuple of arguments (Server.map over one
  * iterable: no tuple per item to build, pickle and unpack) */
 #define PP_JOBF_ONEARG 0x10u
+/* the job names objects put once: after the key (and limits) come u32
+ * nobjs (1..PP_JOB_OBJS_MAX), u32 reserved (0) and nobjs keys of 32
+ * bytes, each sent earlier in an OBJ frame, then the arguments */
+#define PP_JOBF_OBJS 0x20u
+#define PP_JOB_OBJS_MAX 256u
 #define PP_JOBF_KNOWN                                                          \
-  (PP_JOBF_CHUNK | PP_JOBF_LIMITS | PP_JOBF_BUFS | PP_JOBF_ONEARG)
+  (PP_JOBF_CHUNK | PP_JOBF_LIMITS | PP_JOBF_BUFS | PP_JOBF_ONEARG |            \
+   PP_JOBF_OBJS)
+/* OBJ flags */
+#define PP_OBJF_DROP 0x1u /* payload is key[32] only: forget that object */
+#define PP_OBJF_BUFS 0x4u /* the object's data is a buffer section (2.1) */
+/* engine -> local worker: the data is a block of the arena: the payload
+ * is key[32], u64 offset, u64 length (as PP_JOBF_SHM); the worker answers
+ * with OBJ key[32] (worker -> engine) once it no longer references it */
+#define PP_OBJF_SHM 0x8u
+/* Default bound on the bytes of objects one worker (and one node
+ * connection) holds: docs/protocol.md 2.2 */
+#define PP_OBJ_LIMIT_DEFAULT (512ull * 1024 * 1024)
+/* objects one peer holds at most */
+#define PP_OBJS_MAX 4096u
 /* the shared memory descriptor of a PP_JOBF_SHM JOB: u64 offset, u64 length
  * of the data section in the arena */
 #define PP_SHM_DESC_LEN 16u

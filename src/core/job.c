@@ -33,6 +33,79 @@ void pp_func_unref(pp_func *f) {
   free(f);
 }
 
+pp_obj *pp_obj_new(uint8_t *data, size_t len, uint32_t flags) {
+  pp_obj *o = calloc(1, sizeof *o);
+  if (o == NULL)
+    return NULL;
+  o->data = data;
+  o->len = len;
+  o->flags = flags;
+  SHA256(data, len, o->key);
+  atomic_init(&o->refs, 1);
+  atomic_init(&o->released, 0);
+  return o;
+}
+
+pp_obj *pp_obj_alloc(pp_shm *shm, size_t len, uint32_t flags) {
+  pp_obj *o = calloc(1, sizeof *o);
+  if (o == NULL)
+    return NULL;
+  if (shm != NULL && len >= PP_SHM_MIN &&
+      (o->data = pp_shm_alloc(shm, len, &o->shm_off)) != NULL)
+    o->shm = shm; /* the block's arena reference is the record's now */
+  else if ((o->data = malloc(len ? len : 1)) == NULL) {
+    free(o);
+    return NULL;
+  }
+  o->len = len;
+  o->flags = flags;
+  atomic_init(&o->refs, 1);
+  atomic_init(&o->released, 0);
+  return o;
+}
+
+void pp_obj_hash(pp_obj *o) { SHA256(o->data, o->len, o->key); }
+
+void pp_obj_ref(pp_obj *o) { atomic_fetch_add(&o->refs, 1); }
+
+void pp_obj_unref(pp_obj *o) {
+  if (o == NULL || atomic_fetch_sub(&o->refs, 1) != 1)
+    return;
+  if (o->shm != NULL)
+    pp_shm_free(o->shm, o->shm_off, o->len);
+  else
+    free(o->data);
+  free(o);
+}
+
+int pp_job_set_objs(pp_job *j, pp_obj *const *objs, uint32_t n) {
+  if (n > PP_JOB_OBJS_MAX)
+    return PP_EINVAL;
+  if (n == 0)
+    return PP_OK;
+  pp_obj **a = malloc(n * sizeof *a);
+  uint8_t *part = malloc(8 + (size_t)n * PP_KEY_LEN);
+  if (a == NULL || part == NULL) {
+    free(a);
+    free(part);
+    return PP_ENOMEM;
+  }
+  pp_put_u32(part, n);
+  pp_put_u32(part + 4, 0);
+  uint64_t bytes = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    pp_obj_ref(objs[i]);
+    a[i] = objs[i];
+    bytes += objs[i]->len;
+    memcpy(part + 8 + (size_t)i * PP_KEY_LEN, objs[i]->key, PP_KEY_LEN);
+  }
+  j->objs_part = part;
+  j->objs = a;
+  j->nobjs = n;
+  j->objs_bytes = bytes;
+  return PP_OK;
+}
+
 pp_job *pp_job_new(pp_func *func, uint8_t *args, size_t args_len,
                    uint32_t flags, uint32_t group) {
   pp_job *j = calloc(1, sizeof *j);
@@ -80,6 +153,10 @@ void pp_job_unref(pp_job *j) {
   if (j == NULL || atomic_fetch_sub(&j->refs, 1) != 1)
     return;
   pp_func_unref(j->func);
+  for (uint32_t i = 0; i < j->nobjs; i++)
+    pp_obj_unref(j->objs[i]);
+  free(j->objs);
+  free(j->objs_part);
   if (j->shm != NULL)
     pp_shm_free(j->shm, j->shm_off, j->args_len);
   else

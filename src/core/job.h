@@ -22,6 +22,39 @@ typedef struct pp_func {
   uint64_t ema_ns; /* mean run time seen so far; 0 = unknown (engine thread) */
 } pp_func;
 
+/* An object put once (Server.put): its pickled form (a plain pickle, or a
+ * buffer section when `flags` has PP_OBJF_BUFS), identified by the SHA-256
+ * of those bytes. Immutable once made except `released` (any thread sets
+ * it once, through pp_engine_obj_release). Peers that hold it keep a
+ * reference (peer.c's object table), and so does every job that names it,
+ * so a released object lives on until its last queued job is done. */
+typedef struct pp_obj {
+  atomic_int refs;
+  atomic_int released; /* 1: no new peer keeps it; peers that have it drop it */
+  uint8_t key[PP_KEY_LEN];
+  uint8_t *data; /* owned: malloc'd, or a block of shm */
+  size_t len;
+  uint32_t flags; /* PP_OBJF_BUFS */
+  pp_shm *shm;    /* data is a block of this arena at shm_off (the block
+                     holds an arena reference), or NULL */
+  uint64_t shm_off;
+} pp_obj;
+
+/* pp_obj_new: an object record owning data (malloc'd, len bytes) on
+ * success; its key is the SHA-256 of data. NULL when out of memory (data
+ * is then still the caller's). Any thread. */
+pp_obj *pp_obj_new(uint8_t *data, size_t len, uint32_t flags);
+/* pp_obj_alloc: an object record with room for len bytes at o->data: a
+ * block of shm when shm is not NULL, len >= PP_SHM_MIN and the arena has
+ * room, else malloc'd. The caller fills the data, then pp_obj_hash. NULL
+ * when out of memory. Any thread. */
+pp_obj *pp_obj_alloc(pp_shm *shm, size_t len, uint32_t flags);
+/* pp_obj_hash: set o->key to the SHA-256 of its data. */
+void pp_obj_hash(pp_obj *o);
+void pp_obj_ref(pp_obj *o);
+/* pp_obj_unref: drop a reference; the last frees the data. Any thread. */
+void pp_obj_unref(pp_obj *o);
+
 enum pp_job_state {
   PP_JOB_QUEUED = 0,
   PP_JOB_RUNNING = 1, /* handed to a worker */
@@ -51,6 +84,12 @@ typedef struct pp_job {
                             held by the block), or NULL: malloc'd */
   uint64_t shm_off;      /* the block's offset in the arena */
   uint32_t flags;        /* PP_JOBF_* sent with the job */
+  pp_obj **objs;         /* owned array of references: the objects its
+                            arguments name (Server.put), or NULL */
+  uint32_t nobjs;
+  uint64_t objs_bytes;   /* the sum of their lengths */
+  uint8_t *objs_part;    /* owned: the JOB payload's object list, u32 n,
+                            u32 0, n keys (PP_JOBF_OBJS), 8 + 32 n bytes */
   uint32_t group;        /* group index, < engine group capacity */
   /* The fields below are protected by the engine mutex. */
   atomic_int state;      /* pp_job_state; DONE is stored last (release) */
@@ -103,6 +142,11 @@ void pp_func_unref(pp_func *f);
  * args (a malloc'd buffer) only on success. Returns NULL when out of memory. */
 pp_job *pp_job_new(pp_func *func, uint8_t *args, size_t args_len,
                    uint32_t flags, uint32_t group);
+/* pp_job_set_objs: let j name objs[0..n) (each gets a reference held by
+ * j). Before submit only. 0, PP_EINVAL (n above PP_JOB_OBJS_MAX) or
+ * PP_ENOMEM (j unchanged). */
+int pp_job_set_objs(pp_job *j, pp_obj *const *objs, uint32_t n);
+
 /* pp_job_new_shm: pp_job_new with args a fresh block of args_len bytes in
  * the arena shm (the caller fills j->args). NULL when the arena has no room
  * or memory ran out: the caller falls back to pp_job_new. */

@@ -412,6 +412,11 @@ static int session_frames(pp__node *n) {
                   n->st.name, nw, e->max_node_workers);
           nw = e->max_node_workers;
         }
+        /* a node that says how many bytes of objects it holds per
+         * client (16-byte HELLO) gets at most that */
+        n->peer.obj_limit = e->obj_limit;
+        if (h.length >= 16 && pp_get_u64(p + 8) < e->obj_limit)
+          n->peer.obj_limit = pp_get_u64(p + 8);
         n->state = NODE_READY;
         n->peer.slots = (int)nw;
         n->peer.nreturned = 0; /* its in-flight window starts again */

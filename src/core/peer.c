@@ -25,6 +25,8 @@ void pp__observe(pp_func *f, uint64_t runtime_ns) {
     f->ema_ns = f->ema_ns - f->ema_ns / 8 + runtime_ns / 8;
 }
 
+static void holds_clear(pp__peer *p);
+
 /* ---- the record ---------------------------------------------------------- */
 
 void pp__peer_init(pp__peer *p, pp_engine *e, const pp__peer_ops *ops,
@@ -36,9 +38,13 @@ void pp__peer_init(pp__peer *p, pp_engine *e, const pp__peer_ops *ops,
   p->slots = slots > 0 ? slots : 1;
   pp_keyset_init(&p->known);
   pp_buf_init(&p->rbuf);
+  p->obj_limit =
+      e != NULL && e->obj_limit != 0 ? e->obj_limit : PP_OBJ_LIMIT_DEFAULT;
 }
 
 void pp__peer_clear(pp__peer *p) {
+  pp__peer_objs_clear(p);
+  holds_clear(p);
   pp_keyset_free(&p->known);
   pp_buf_free(&p->rbuf);
 }
@@ -83,14 +89,239 @@ void pp__peer_assign(pp__peer *p, pp_job *j) {
   pp_jobq_push_back(&p->inflight, j);
 }
 
+/* ---- objects put once (docs/protocol.md 2.2) ------------------------------
+ * The peer decides what the other side holds: it keeps the list of the
+ * objects it sent, least recently used first, and evicts (OBJ DROP) before
+ * sending another that would not fit under obj_limit. The other side
+ * handles frames in order, so a JOB always finds the objects it names. */
+
+/* obj_find: p's entry for o (searched from the most recently used), or
+ * NULL. */
+static pp__objent *obj_find(const pp__peer *p, const pp_obj *o) {
+  for (pp__objent *x = p->lru_tail; x; x = x->prev)
+    if (x->o == o)
+      return x;
+  return NULL;
+}
+
+static void obj_unlink(pp__peer *p, pp__objent *x) {
+  if (x->prev)
+    x->prev->next = x->next;
+  else
+    p->lru_head = x->next;
+  if (x->next)
+    x->next->prev = x->prev;
+  else
+    p->lru_tail = x->prev;
+  x->prev = x->next = NULL;
+}
+
+static void obj_push_tail(pp__peer *p, pp__objent *x) {
+  x->prev = p->lru_tail;
+  x->next = NULL;
+  if (p->lru_tail)
+    p->lru_tail->next = x;
+  else
+    p->lru_head = x;
+  p->lru_tail = x;
+}
+
+/* obj_remove: forget x (no frame). */
+static void obj_remove(pp__peer *p, pp__objent *x) {
+  obj_unlink(p, x);
+  p->nobjs--;
+  p->obj_bytes -= x->o->len;
+  pp_obj_unref(x->o);
+  free(x);
+}
+
+void pp__peer_objs_clear(pp__peer *p) {
+  while (p->lru_head)
+    obj_remove(p, p->lru_head);
+}
+
+/* holds_clear: the other side is gone: nothing of the arena is read by it
+ * any more. */
+static void holds_clear(pp__peer *p) {
+  pp__objent *x;
+  while ((x = p->holds) != NULL) {
+    p->holds = x->next;
+    pp_obj_unref(x->o);
+    free(x);
+  }
+}
+
+int pp__peer_obj_done(pp__peer *p, const uint8_t *key) {
+  for (pp__objent **pp = &p->holds; *pp; pp = &(*pp)->next)
+    if (memcmp((*pp)->o->key, key, PP_KEY_LEN) == 0) {
+      pp__objent *x = *pp;
+      *pp = x->next;
+      pp_obj_unref(x->o);
+      free(x);
+      return PP_OK;
+    }
+  return PP_EPROTO;
+}
+
+/* emit_drop: an OBJ DROP frame for key. */
+static int emit_drop(pp__peer *p, const uint8_t *key) {
+  pp_part part = {key, PP_KEY_LEN};
+  atomic_fetch_add(&p->e->objs_dropped, 1);
+  return p->ops->emit(p, PP_MSG_OBJ, PP_OBJF_DROP, 0, 0, &part, 1, NULL);
+}
+
+/* emit_obj: an OBJ frame carrying o (referenced, not copied, by a local
+ * worker's write: j holds o), or naming its arena block when the other
+ * side maps the arena (then p holds o until the other side's release). */
+static int emit_obj(pp__peer *p, pp_obj *o, pp_job *j) {
+  uint8_t desc[PP_SHM_DESC_LEN];
+  pp_part parts[2] = {{o->key, PP_KEY_LEN}, {o->data, o->len}};
+  uint32_t fl = o->flags & PP_OBJF_BUFS;
+  pp__objent *hold = NULL;
+  if (o->shm != NULL && o->shm == p->shm) {
+    if ((hold = malloc(sizeof *hold)) == NULL)
+      return PP_ENOMEM;
+    pp_put_u64(desc, o->shm_off);
+    pp_put_u64(desc + 8, o->len);
+    parts[1] = (pp_part){desc, PP_SHM_DESC_LEN};
+    fl |= PP_OBJF_SHM;
+  }
+  int rc = p->ops->emit(p, PP_MSG_OBJ, fl, 0, 0, parts, 2, j);
+  if (rc != PP_OK) {
+    free(hold);
+    return rc;
+  }
+  if (hold != NULL) {
+    pp_obj_ref(o);
+    hold->o = o;
+    hold->prev = NULL;
+    hold->next = p->holds;
+    p->holds = hold;
+  }
+  atomic_fetch_add(&p->e->objs_sent, 1);
+  atomic_fetch_add(&p->e->obj_bytes_sent, o->len);
+  return PP_OK;
+}
+
+/* job_names: whether j names o. */
+static int job_names(const pp_job *j, const pp_obj *o) {
+  for (uint32_t i = 0; i < j->nobjs; i++)
+    if (j->objs[i] == o)
+      return 1;
+  return 0;
+}
+
+/* make_room: evict (OBJ DROP) the least recently used objects that j does
+ * not name until `more` bytes and one more entry fit. 0, PP_ETOOBIG (they
+ * cannot fit even so) or an emit error. */
+static int make_room(pp__peer *p, const pp_job *j, uint64_t more,
+                     uint32_t entries) {
+  pp__objent *x = p->lru_head;
+  while (x != NULL && (p->obj_bytes + more > p->obj_limit ||
+                       p->nobjs + entries > PP_OBJS_MAX)) {
+    pp__objent *nx = x->next;
+    if (!job_names(j, x->o)) {
+      int rc = emit_drop(p, x->o->key);
+      if (rc != PP_OK)
+        return rc;
+      obj_remove(p, x);
+    }
+    x = nx;
+  }
+  return p->obj_bytes + more > p->obj_limit ? PP_ETOOBIG : PP_OK;
+}
+
+/* send_objs: make sure the other side has every object j names before its
+ * JOB: the ones it has become the most recently used, the others are sent
+ * (after evicting what must go). A released object is sent for j alone:
+ * it goes to trans[] and is dropped right after the JOB. Returns 0,
+ * PP_ETOOBIG (j's objects do not fit under p's limit at all) or an emit
+ * error. */
+static int send_objs(pp__peer *p, pp_job *j, pp_obj **trans,
+                     uint32_t *ntrans) {
+  uint64_t trans_bytes = 0;
+  *ntrans = 0;
+  if (j->objs_bytes > p->obj_limit)
+    return PP_ETOOBIG;
+  for (uint32_t i = 0; i < j->nobjs; i++) {
+    pp__objent *x = obj_find(p, j->objs[i]);
+    if (x != NULL) {
+      obj_unlink(p, x);
+      obj_push_tail(p, x);
+    }
+  }
+  for (uint32_t i = 0; i < j->nobjs; i++) {
+    pp_obj *o = j->objs[i];
+    if (obj_find(p, o) != NULL)
+      continue;
+    int transient = atomic_load(&o->released) != 0;
+    int rc = make_room(p, j, trans_bytes + o->len, transient ? 0 : 1);
+    if (rc == PP_OK)
+      rc = emit_obj(p, o, j);
+    if (rc != PP_OK)
+      return rc;
+    if (transient) {
+      trans[(*ntrans)++] = o;
+      trans_bytes += o->len;
+      continue;
+    }
+    pp__objent *x = malloc(sizeof *x);
+    if (x == NULL)
+      return PP_ENOMEM;
+    pp_obj_ref(o);
+    x->o = o;
+    obj_push_tail(p, x);
+    p->nobjs++;
+    p->obj_bytes += o->len;
+  }
+  return PP_OK;
+}
+
+int pp__peer_forget(pp__peer *p, pp_obj *o) {
+  pp__objent *x = obj_find(p, o);
+  if (x == NULL)
+    return 0;
+  int rc = emit_drop(p, o->key);
+  obj_remove(p, x);
+  return rc == PP_OK ? 1 : rc;
+}
+
+/* fail_unfit: j names objects that p's other side cannot hold at all (a
+ * node that announced a smaller object store): it fails here rather than
+ * waiting forever. Engine thread, without the mutex. */
+static void fail_unfit(pp__peer *p, pp_job *j) {
+  pp_engine *e = p->e;
+  char *msg = malloc(400);
+  if (msg)
+    snprintf(msg, 400,
+             "job %llu names objects of %llu bytes, more than the object "
+             "store of %s holds (%llu bytes)",
+             (unsigned long long)j->id, (unsigned long long)j->objs_bytes,
+             p->name, (unsigned long long)p->obj_limit);
+  uv_mutex_lock(&e->mu);
+  pp_jobq_remove(&p->inflight, j);
+  p->inflight_est_ns -= j->est_ns;
+  pp__complete(e, j, PP_JOB_FAILED, NULL, 0, msg);
+  uv_mutex_unlock(&e->mu);
+}
+
 /* ---- sending ------------------------------------------------------------- */
 
 int pp__peer_send(pp__peer *p, pp_job *first) {
   int rc = PP_OK;
   size_t unflushed = 0; /* argument bytes emitted since the last flush */
-  for (pp_job *j = first; j && rc == PP_OK; j = j->next) {
+  pp_job *next;
+  for (pp_job *j = first; j && rc == PP_OK; j = next) {
+    next = j->next;
+    pp_obj *trans[PP_JOB_OBJS_MAX];
+    uint32_t ntrans = 0;
+    if (j->nobjs > 0 && (rc = send_objs(p, j, trans, &ntrans)) == PP_ETOOBIG) {
+      fail_unfit(p, j);
+      rc = PP_OK;
+      continue;
+    }
     pp_func *f = j->func;
-    if (!pp_keyset_has(&p->known, f->key)) {
+    if (rc == PP_OK && !pp_keyset_has(&p->known, f->key)) {
       uint32_t fl = 0;
       if (p->known.len >= PP__KEYSET_MAX) {
         pp_keyset_clear(&p->known);
@@ -102,13 +333,20 @@ int pp__peer_send(pp__peer *p, pp_job *first) {
         rc = p->ops->emit(p, PP_MSG_FUNC, fl, 0, 0, fparts, 2, j);
     }
     uint8_t lim[PP_LIMITS_LEN], desc[PP_SHM_DESC_LEN];
-    uint32_t jf = j->flags & ~PP_JOBF_LIMITS;
-    pp_part jparts[3] = {{f->key, PP_KEY_LEN}, {lim, 0}, {j->args, j->args_len}};
+    uint32_t jf = j->flags & ~(PP_JOBF_LIMITS | PP_JOBF_OBJS);
+    pp_part jparts[4] = {{f->key, PP_KEY_LEN},
+                         {lim, 0},
+                         {j->objs_part, 0},
+                         {j->args, j->args_len}};
+    if (j->nobjs > 0) {
+      jparts[2].len = 8 + (size_t)j->nobjs * PP_KEY_LEN;
+      jf |= PP_JOBF_OBJS;
+    }
     if (j->shm != NULL && j->shm == p->shm) {
       /* the other side maps the arena: name the block, send no bytes */
       pp_put_u64(desc, j->shm_off);
       pp_put_u64(desc + 8, j->args_len);
-      jparts[2] = (pp_part){desc, PP_SHM_DESC_LEN};
+      jparts[3] = (pp_part){desc, PP_SHM_DESC_LEN};
       jf |= PP_JOBF_SHM;
     }
     if (j->timeout_ns || j->mem_limit) {
@@ -120,12 +358,15 @@ int pp__peer_send(pp__peer *p, pp_job *first) {
       jf |= PP_JOBF_LIMITS;
     }
     if (rc == PP_OK)
-      rc = p->ops->emit(p, PP_MSG_JOB, jf, j->id, j->attempt, jparts, 3, j);
+      rc = p->ops->emit(p, PP_MSG_JOB, jf, j->id, j->attempt, jparts, 4, j);
+    /* released objects were sent for this job alone */
+    for (uint32_t i = 0; rc == PP_OK && i < ntrans; i++)
+      rc = emit_drop(p, trans[i]->key);
     /* a long run of large jobs goes out as it is built: the first bytes
      * leave (and the other side starts working) before the last job of
      * the round is framed, and no round's frames pile up in one buffer */
-    unflushed += jparts[2].len;
-    if (rc == PP_OK && unflushed >= PP__FLUSH_BYTES && j->next != NULL) {
+    unflushed += j->args_len;
+    if (rc == PP_OK && unflushed >= PP__FLUSH_BYTES && next != NULL) {
       rc = p->ops->flush(p);
       unflushed = 0;
     }
@@ -136,8 +377,9 @@ int pp__peer_send(pp__peer *p, pp_job *first) {
     char why[160];
     snprintf(why, sizeof why, "cannot send jobs: %s", pp_strerror(rc));
     /* the other side may have any prefix of it: it must learn every
-     * function again */
+     * function and object again */
     pp_keyset_clear(&p->known);
+    pp__peer_objs_clear(p);
     p->ops->drop(p, why);
   }
   return rc;
@@ -378,6 +620,8 @@ void pp__peer_requeue(pp__peer *p, uint64_t running_id, int64_t status,
   p->inflight_est_ns = 0;
   uv_mutex_unlock(&e->mu);
   pp_keyset_clear(&p->known);
+  pp__peer_objs_clear(p);
+  holds_clear(p); /* it is gone: it reads no block any more */
   pp_buf_free(&p->rbuf);
   pp__want_dispatch(e);
 }

@@ -36,6 +36,14 @@ typedef struct pp__peer pp__peer;
  * a node cannot take more work than it has shown it does. */
 #define PP__REMOTE_START_WINDOW 16
 
+/* One object (Server.put) the other side holds, in least recently used
+ * order on its peer (peer.c): the peer decides what the other side keeps,
+ * and tells it with OBJ and OBJ DROP frames (docs/protocol.md 2.2). */
+typedef struct pp__objent {
+  pp_obj *o; /* a reference */
+  struct pp__objent *prev, *next;
+} pp__objent;
+
 enum pp__peer_tier { PP__PEER_LOCAL = 0, PP__PEER_REMOTE = 1 };
 
 typedef struct pp__peer_ops {
@@ -83,6 +91,16 @@ struct pp__peer {
   uint64_t nreturned;       /* results it returned (for a node: on the
                                current connection; node.c resets it) */
   pp_keyset known;          /* function keys the other side has */
+  pp__objent *lru_head;     /* objects the other side has: head = least */
+  pp__objent *lru_tail;     /* recently used, tail = most */
+  uint32_t nobjs;           /* entries in that list (<= PP_OBJS_MAX) */
+  uint64_t obj_bytes;       /* their bytes */
+  pp__objent *holds;        /* objects sent as arena blocks that the other
+                               side may still read (until its OBJ release
+                               or its end): one entry per OBJ sent so */
+  uint64_t obj_limit;       /* the most bytes the other side holds (the
+                               engine's object_store_limit, or less when a
+                               node announces less) */
   pp_buf rbuf;              /* bytes read, not yet framed */
   pp_shm *shm;              /* the arena the other side has mapped (a local
                                worker that acknowledged it), or NULL: then
@@ -123,6 +141,21 @@ void pp__peer_assign(pp__peer *p, pp_job *j);
  * on p->inflight and the transport's loss path requeues them. Never calls
  * the scheduler. */
 int pp__peer_send(pp__peer *p, pp_job *first);
+
+/* pp__peer_objs_clear: forget every object the other side had (it is
+ * gone, or will start over). Engine thread. */
+void pp__peer_objs_clear(pp__peer *p);
+
+/* pp__peer_obj_done: a local worker no longer references the arena block
+ * of the object with this key (its OBJ release): drop one hold. 0, or
+ * PP_EPROTO when no such hold exists. Engine thread. */
+int pp__peer_obj_done(pp__peer *p, const uint8_t *key);
+
+/* pp__peer_forget: o was released: when p's other side has it, emit an
+ * OBJ DROP for it and forget it (the caller flushes). Returns 1 when a
+ * frame was emitted, 0 when p did not have o, or a negative pp code (the
+ * caller drops p). Engine thread. */
+int pp__peer_forget(pp__peer *p, pp_obj *o);
 
 /* Counters a completed result is credited to, under the engine mutex, in
  * the same critical section that completes the job (so a waiter woken by

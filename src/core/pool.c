@@ -495,6 +495,13 @@ static int process_frames(pp__worker *w) {
       } else
         pp__log(e, PP_LOG_WARNING, "worker pid %d could not map the shared "
                 "memory; its buffers travel through the pipe", w->pid);
+    } else if (h.type == PP_MSG_OBJ) {
+      /* it no longer reads the arena block of an object (2.2) */
+      if (h.length != PP_KEY_LEN || h.flags != 0 ||
+          pp__peer_obj_done(&w->peer, p) != PP_OK) {
+        rc = PP_EPROTO;
+        break;
+      }
     } else if (h.type == PP_MSG_RELEASE) {
       if (h.length != 0 || release_held(w, h.id, h.attempt) != 0) {
         rc = PP_EPROTO;

@@ -180,10 +180,12 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
                            "no_capacity_timeout",      "discover",
                            "max_frame", "capture_output", "max_output",
                            "echo", "max_node_workers", "plain", "tls_cert",
-                           "tls_key", "tls_ca", "subnets", "disco_any", NULL};
+                           "tls_key", "tls_ca", "subnets", "disco_any",
+                           "obj_limit", NULL};
   PyObject *argv, *env = Py_None, *jt = NULL, *nodes = Py_None;
   PyObject *subnets_obj = Py_None;
   int disco_any = 0;
+  unsigned long long obj_limit = 0;
   uint32_t subnets[2 * PP_MAX_SUBNETS];
   PyObject *discover = Py_None;
   uint16_t ports[MAX_DISCOVER_PORTS];
@@ -204,14 +206,14 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
   self->st = ppx_state_of_type(Py_TYPE(self));
   if (self->st == NULL)
     return -1;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OipiOOz*ddOnpnOnpzzzOp", kwlist,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OipiOOz*ddOnpnOnpzzzOpK", kwlist,
                                    &argv, &env, &nworkers, &restart,
                                    &max_retries, &jt, &nodes, &secret,
                                    &node_timeout, &no_capacity, &discover,
                                    &max_frame, &capture, &max_output, &echo,
                                    &max_node_workers, &plain, &tls_cert,
                                    &tls_key, &tls_ca, &subnets_obj,
-                                   &disco_any))
+                                   &disco_any, &obj_limit))
     return -1;
   int rc = -1;
   int nports = parse_ports(discover, ports);
@@ -274,6 +276,7 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
       .subnets = subnets,
       .nsubnets = nsubnets,
       .disco_any = disco_any,
+      .obj_limit = obj_limit,
       .plain = plain,
       .tls_cert = tls_cert,
       .tls_key = tls_key,
@@ -327,9 +330,10 @@ static void Engine_dealloc(ppx_engine_object *self) {
   Py_DECREF(tp);
 }
 
-/* Engine.submit(func, data, group, flags, callback, callbackargs[, limits])
- * -> Job, limits being None or (timeout seconds or None, memory limit
- * bytes or None, retries).
+/* Engine.submit(func, data, group, flags, callback, callbackargs[, limits
+ * [, objs]]) -> Job, limits being None or (timeout seconds or None, memory
+ * limit bytes or None, retries), objs a tuple of the Obj the pickled
+ * arguments name (Server.put), at most JOB_OBJS_MAX, without repeats.
  * data is the pickled arguments (bytes), or (pickle, [buffers]) when pickle
  * protocol 5 put buffers out of band (pp._oob.dumps): both are copied once
  * into the new job record, the latter as a buffer section (PP_JOBF_BUFS).
@@ -342,16 +346,36 @@ static PyObject *Engine_submit(ppx_engine_object *self, PyObject *const *args,
   Py_buffer b;
   if (!engine_ok(self))
     return NULL;
-  if ((nargs != 6 && nargs != 7) ||
+  if (nargs < 6 || nargs > 8 ||
       !PyObject_TypeCheck(args[0], self->st->func_type)) {
     PyErr_SetString(PyExc_TypeError,
                     "submit(func: Func, data: bytes, group: int, flags: int, "
-                    "callback, callbackargs[, limits])");
+                    "callback, callbackargs[, limits[, objs]])");
     return NULL;
+  }
+  pp_obj *objs[PP_JOB_OBJS_MAX];
+  uint32_t nobjs = 0;
+  if (nargs == 8 && args[7] != Py_None) {
+    if (!PyTuple_Check(args[7]) ||
+        PyTuple_GET_SIZE(args[7]) > (Py_ssize_t)PP_JOB_OBJS_MAX) {
+      PyErr_Format(PyExc_ValueError,
+                   "a job names at most %u objects (a tuple of Obj)",
+                   (unsigned)PP_JOB_OBJS_MAX);
+      return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args[7]); i++) {
+      PyObject *it = PyTuple_GET_ITEM(args[7], i);
+      if (!PyObject_TypeCheck(it, self->st->obj_type) ||
+          ((ppx_obj_object *)it)->o == NULL) {
+        PyErr_SetString(PyExc_TypeError, "objs must be initialised Obj");
+        return NULL;
+      }
+      objs[nobjs++] = ((ppx_obj_object *)it)->o;
+    }
   }
   double timeout_s = 0;
   unsigned long long mem = 0, retries = 0;
-  if (nargs == 7 && args[6] != Py_None) {
+  if (nargs >= 7 && args[6] != Py_None) {
     PyObject *to, *mo;
     if (!PyArg_ParseTuple(args[6], "OOK", &to, &mo, &retries))
       return NULL;
@@ -448,6 +472,10 @@ static PyObject *Engine_submit(ppx_engine_object *self, PyObject *const *args,
     j = pp_job_new(fo->f, copy, len, (uint32_t)flags, (uint32_t)group);
   if (j == NULL) {
     free(copy);
+    return ppx_raise(PP_ENOMEM, "submit");
+  }
+  if (nobjs > 0 && pp_job_set_objs(j, objs, nobjs) != PP_OK) {
+    pp_job_unref(j);
     return ppx_raise(PP_ENOMEM, "submit");
   }
   j->timeout_ns = (uint64_t)(timeout_s * 1e9);
@@ -577,12 +605,32 @@ static PyObject *Engine_stats(ppx_engine_object *self, PyObject *unused) {
   if (!engine_ok(self))
     return NULL;
   pp_engine_get_stats(self->e, &s);
-  return Py_BuildValue("{sKsdsKsKsKsK}", "njobs",
+  return Py_BuildValue("{sKsdsKsKsKsKsKsKsK}", "njobs",
                        (unsigned long long)s.njobs, "time", s.time_ns / 1e9,
                        "queued", (unsigned long long)s.queued, "running",
                        (unsigned long long)s.running, "shm_used",
                        (unsigned long long)s.shm_used, "shm_size",
-                       (unsigned long long)s.shm_size);
+                       (unsigned long long)s.shm_size, "objs_sent",
+                       (unsigned long long)s.objs_sent, "obj_bytes_sent",
+                       (unsigned long long)s.obj_bytes_sent, "objs_dropped",
+                       (unsigned long long)s.objs_dropped);
+}
+
+/* Engine.obj_release(obj): no new job names obj; every worker and node
+ * holding it is told to drop it (jobs already submitted keep it). Returns
+ * None; after shutdown it does nothing. Any thread, with the GIL. */
+static PyObject *Engine_obj_release(ppx_engine_object *self, PyObject *arg) {
+  if (!PyObject_TypeCheck(arg, self->st->obj_type) ||
+      ((ppx_obj_object *)arg)->o == NULL) {
+    PyErr_SetString(PyExc_TypeError, "obj_release(obj: Obj)");
+    return NULL;
+  }
+  if (self->e == NULL)
+    Py_RETURN_NONE;
+  int rc = pp_engine_obj_release(self->e, ((ppx_obj_object *)arg)->o);
+  if (rc != PP_OK)
+    return ppx_raise(rc, "release");
+  Py_RETURN_NONE;
 }
 
 /* Engine.stats() also says shm_used / shm_size: bytes of the shared-memory
@@ -697,6 +745,8 @@ static PyMethodDef Engine_methods[] = {
     {"set_nworkers", (PyCFunction)Engine_set_nworkers, METH_O,
      "set the local pool size"},
     {"stats", (PyCFunction)Engine_stats, METH_NOARGS, "counters as a dict"},
+    {"obj_release", (PyCFunction)Engine_obj_release, METH_O,
+     "obj_release(obj): drop obj from every worker and node"},
     {"pids", (PyCFunction)Engine_pids, METH_NOARGS,
      "{pid: results returned} of the live local workers"},
     {"node_stats", (PyCFunction)Engine_node_stats, METH_NOARGS,

@@ -27,6 +27,7 @@ typedef struct ppx_state {
   PyObject *loads;           /* pickle.loads */
   PyObject *dumps;           /* pickle.dumps */
   PyTypeObject *lease_type;  /* pp._core.Lease (lease.c) */
+  PyTypeObject *obj_type;    /* pp._core.Obj (obj_type.c) */
 } ppx_state;
 
 extern struct PyModuleDef ppx_module_def;
@@ -42,6 +43,7 @@ extern PyType_Spec ppx_func_spec;
 extern PyType_Spec ppx_job_spec;
 extern PyType_Spec ppx_engine_spec;
 extern PyType_Spec ppx_lease_spec;
+extern PyType_Spec ppx_obj_spec;
 
 /* ---- out-of-band buffers (lease.c) ------------------------------------ */
 
@@ -102,6 +104,12 @@ typedef struct {
   PyObject_HEAD
   pp_func *f; /* one reference, NULL until __init__ ran */
 } ppx_func_object;
+
+/* pp._core.Obj: an object put once (obj_type.c). */
+typedef struct {
+  PyObject_HEAD
+  pp_obj *o; /* one reference, NULL until __init__ ran */
+} ppx_obj_object;
 
 /* pp._core.Engine: one C engine (its thread, queue and workers). */
 typedef struct {

@@ -161,7 +161,25 @@ static PyObject *parse_ppserver(PyObject *m, PyObject *arg) {
   return ppx_raise(rc, "parse_ppserver");
 }
 
+/* bufs_loads(lease, off, len): unpickle the buffer section lease[off..
+ * off+len) with its buffers read in place (ppx_bufs_loads): how a worker
+ * builds an object put once (pp._objects), on its first use. */
+static PyObject *bufs_loads(PyObject *self, PyObject *args) {
+  PyObject *lease;
+  Py_ssize_t off, len;
+  PP_UNUSED(self);
+  if (!PyArg_ParseTuple(args, "Onn", &lease, &off, &len))
+    return NULL;
+  if (off < 0 || len < 0) {
+    PyErr_SetString(PyExc_ValueError, "bad section bounds");
+    return NULL;
+  }
+  return ppx_bufs_loads(lease, (size_t)off, (size_t)len);
+}
+
 static PyMethodDef module_methods[] = {
+    {"bufs_loads", bufs_loads, METH_VARARGS,
+     "bufs_loads(lease, off, len): unpickle a buffer section in place"},
     {"worker_main", ppx_worker_main, METH_VARARGS,
      "worker_main(fd, loader, excfmt, proto, restart, parent_pid): run the "
      "worker loop until the engine says BYE or closes the pipe"},
@@ -230,7 +248,8 @@ static int module_exec(PyObject *m) {
   if (add_type(m, &ppx_func_spec, NULL, &st->func_type) < 0 ||
       add_type(m, &ppx_job_spec, NULL, &st->job_type) < 0 ||
       add_type(m, &ppx_engine_spec, NULL, &st->engine_type) < 0 ||
-      add_type(m, &ppx_lease_spec, NULL, &st->lease_type) < 0)
+      add_type(m, &ppx_lease_spec, NULL, &st->lease_type) < 0 ||
+      add_type(m, &ppx_obj_spec, NULL, &st->obj_type) < 0)
     return -1;
   struct {
     const char *name;
@@ -240,6 +259,8 @@ static int module_exec(PyObject *m) {
       {"JOBF_ONEARG", PP_JOBF_ONEARG},
       {"BUFS_MAX", (long)PP_BUFS_MAX},
       {"OOB_MIN", (long)PPX_OOB_MIN},
+      {"JOB_OBJS_MAX", (long)PP_JOB_OBJS_MAX},
+      {"OBJ_LIMIT_DEFAULT", (long)PP_OBJ_LIMIT_DEFAULT},
       {"ST_OK", PP_JOB_OK},
       {"ST_EXC", PP_JOB_EXC},
       {"ST_SERIAL", PP_JOB_SERIAL},
@@ -268,6 +289,7 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg) {
   if (st == NULL)
     return 0;
   Py_VISIT(st->func_type);
+  Py_VISIT(st->obj_type);
   Py_VISIT(st->job_type);
   Py_VISIT(st->engine_type);
   Py_VISIT(st->lease_type);
@@ -281,6 +303,7 @@ static int module_clear(PyObject *m) {
   if (st == NULL)
     return 0;
   Py_CLEAR(st->func_type);
+  Py_CLEAR(st->obj_type);
   Py_CLEAR(st->job_type);
   Py_CLEAR(st->engine_type);
   Py_CLEAR(st->lease_type);

@@ -112,6 +112,7 @@ typedef struct wstate {
   struct shm_use *cur;   /* the running job's use of the arena, or NULL */
   int cur_done;          /* ... and it has ended already */
   pp_buf rel;            /* RELEASE frames to send with the next write */
+  PyObject *objects;     /* pp._objects: the object store (Server.put) */
 } wstate;
 
 /* One job's use of its arguments in the arena: the context of their lease.
@@ -142,6 +143,26 @@ static void release_shm(void *ctx, void *base, size_t len) {
     pp_buf_append(&w->rel, hdr, sizeof hdr); /* on failure the block stays
                                                 held until the worker ends */
   }
+  free(u);
+}
+
+/* One object's arena block read in place (PP_OBJF_SHM): the context of
+ * its lease. */
+struct obj_use {
+  wstate *w;
+  uint8_t key[PP_KEY_LEN];
+};
+
+/* release_objshm: the last view of an object's arena block is gone (GIL
+ * held): drop our private copies of its pages and tell the engine (OBJ
+ * key[32]), which then may reuse the block. */
+static void release_objshm(void *ctx, void *base, size_t len) {
+  struct obj_use *u = ctx;
+  size_t span = (len + PP_SHM_PAGE - 1) & ~(size_t)(PP_SHM_PAGE - 1);
+  if (span > 0)
+    madvise(base, span, MADV_DONTNEED);
+  /* on failure the engine keeps the block until the worker ends */
+  pp_frame_append(&u->w->rel, PP_MSG_OBJ, 0, 0, 0, u->key, PP_KEY_LEN);
   free(u);
 }
 
@@ -565,6 +586,19 @@ static int run_job(wstate *w, const pp_frame_hdr *h, const uint8_t *p,
     mem_limit = pp_get_u64(p + PP_KEY_LEN + 8);
     args_off += PP_LIMITS_LEN;
   }
+  if (h->flags & PP_JOBF_OBJS) {
+    /* u32 n, u32 0, n keys: the objects its arguments name; our store
+     * has them (the engine sent them first), and unpickling the arguments
+     * resolves them (pp._objects._resolve) */
+    uint32_t n = h->length >= args_off + 8 ? pp_get_u32(p + args_off) : 0;
+    if (n == 0 || n > PP_JOB_OBJS_MAX ||
+        h->length - args_off - 8 < (size_t)n * PP_KEY_LEN) {
+      Py_XDECREF(lease);
+      pp_wstatus_end(w->status);
+      return -1; /* the engine broke the protocol */
+    }
+    args_off += 8 + (size_t)n * PP_KEY_LEN;
+  }
   if (block != NULL) {
     data_off = (size_t)(p - block) + args_off;
     data_len = h->length - args_off;
@@ -804,6 +838,64 @@ fail:
   return -1;
 }
 
+/* load_obj: an OBJ frame (an object put once, docs/protocol.md 2.2):
+ * hand it to the store (pp._objects), which unpickles it on first use.
+ * block is the malloc'd storage the frame lies in when its data is a
+ * buffer section (PP_OBJF_BUFS): load_obj owns it (a lease frees it once
+ * the object and its arrays are gone), else NULL and the data is copied.
+ * With PP_OBJF_DROP: forget one hold of the key. 0 or -1 (fatal). */
+static int load_obj(wstate *w, const pp_frame_hdr *h, const uint8_t *p,
+                    uint8_t *block) {
+  PyObject *key = PyBytes_FromStringAndSize((const char *)p, PP_KEY_LEN);
+  PyObject *raw = NULL, *r = NULL;
+  if (key == NULL) {
+    free(block);
+    return -1;
+  }
+  size_t len = h->length - PP_KEY_LEN;
+  if (h->flags & PP_OBJF_DROP) {
+    r = PyObject_CallMethod(w->objects, "worker_drop", "O", key);
+  } else if (h->flags & PP_OBJF_SHM) {
+    /* a block of the arena, read in place: check the descriptor */
+    uint64_t off = len == PP_SHM_DESC_LEN ? pp_get_u64(p + PP_KEY_LEN) : 0;
+    uint64_t n = len == PP_SHM_DESC_LEN ? pp_get_u64(p + PP_KEY_LEN + 8) : 0;
+    struct obj_use *u = NULL;
+    if (w->arena == NULL || len != PP_SHM_DESC_LEN || off % PP_SHM_PAGE ||
+        off > w->arena_size || n > w->arena_size - off ||
+        !(h->flags & PP_OBJF_BUFS) || (u = malloc(sizeof *u)) == NULL) {
+      Py_DECREF(key);
+      PyErr_SetString(PyExc_RuntimeError,
+                      "pp worker: bad shared-memory OBJ frame from engine");
+      return -1;
+    }
+    u->w = w;
+    memcpy(u->key, p, PP_KEY_LEN);
+    PyObject *lease = ppx_lease_new(w->st, w->arena + off, (size_t)n, 0,
+                                    release_objshm, u);
+    if (lease != NULL)
+      raw = Py_BuildValue("(Nnn)", lease, (Py_ssize_t)0, (Py_ssize_t)n);
+    len = (size_t)n;
+  } else if (block != NULL) {
+    size_t off = (size_t)(p - block) + PP_KEY_LEN;
+    PyObject *lease = ppx_lease_new(w->st, block, off + len, 0, release_block,
+                                    block);
+    if (lease != NULL)
+      raw = Py_BuildValue("(Nnn)", lease, (Py_ssize_t)off, (Py_ssize_t)len);
+  } else {
+    raw = PyBytes_FromStringAndSize((const char *)p + PP_KEY_LEN,
+                                    (Py_ssize_t)len);
+  }
+  if (raw != NULL)
+    r = PyObject_CallMethod(w->objects, "worker_put", "OOn", key, raw,
+                            (Py_ssize_t)len);
+  Py_XDECREF(raw);
+  Py_DECREF(key);
+  if (r == NULL)
+    return -1;
+  Py_DECREF(r);
+  return 0;
+}
+
 /* watch_parent: make the kernel kill this worker when the engine thread
  * that started it goes (Linux), and exit at once if the parent (pid
  * `parent`) is already gone. Worker's main thread, at start. */
@@ -847,6 +939,11 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
   w.cache = PyDict_New();
   if (w.cache == NULL)
     return NULL;
+  w.objects = PyImport_ImportModule("pp._objects");
+  if (w.objects == NULL) {
+    Py_CLEAR(w.cache);
+    return NULL;
+  }
   pp_buf in;
   pp_buf_init(&in);
   pp_buf_init(&w.out);
@@ -864,12 +961,32 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
     uint64_t first_unsent = 0;
     int stolen = 0;
     while ((rc = pp_frame_next(&in, PP_FRAME_MAX_DEFAULT, &h, &p)) == 1) {
-      if ((h.type == PP_MSG_FUNC || h.type == PP_MSG_JOB) &&
+      if ((h.type == PP_MSG_FUNC || h.type == PP_MSG_JOB ||
+           h.type == PP_MSG_OBJ) &&
           h.length < PP_KEY_LEN) {
         rc = PP_EPROTO;
         break;
       }
-      if (h.type == PP_MSG_FUNC) {
+      if (h.type == PP_MSG_OBJ && (h.flags & PP_OBJF_BUFS) &&
+          !(h.flags & (PP_OBJF_DROP | PP_OBJF_SHM))) {
+        /* read in place, as a JOB's buffers: the frame's storage goes to
+         * the object, the bytes after it to a fresh input */
+        uint8_t *block = in.data;
+        size_t end = in.off + PP_FRAME_HDR + h.length;
+        pp_buf rest;
+        pp_buf_init(&rest);
+        if (pp_buf_append(&rest, in.data + end, in.len - end) != PP_OK) {
+          PyErr_NoMemory();
+          goto out;
+        }
+        in = rest;
+        stolen = 1;
+        if (load_obj(&w, &h, p, block) < 0)
+          goto out;
+      } else if (h.type == PP_MSG_OBJ) {
+        if (load_obj(&w, &h, p, NULL) < 0)
+          goto out;
+      } else if (h.type == PP_MSG_FUNC) {
         if (load_func(&w, &h, p) < 0)
           goto out;
       } else if (h.type == PP_MSG_SHM) {
@@ -959,6 +1076,7 @@ out:
   pp_buf_free(&w.cap[0]);
   pp_buf_free(&w.cap[1]);
   Py_XDECREF(w.cache);
+  Py_XDECREF(w.objects);
   Py_XDECREF(w.default_main);
   if (w.status)
     munmap(w.status, PP_WSTATUS_SIZE);

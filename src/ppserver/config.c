@@ -36,7 +36,7 @@ enum opt_id {
   O_BCAST, O_PORT, O_WORKERS, O_SECRET, O_SECRET_FILE, O_TIMEOUT, O_SOCKTO,
   O_PIDFILE, O_PYTHON, O_ANNOUNCE, O_MAXFRAME, O_JOBMEM, O_MAXCLIENTS,
   O_NOTLS, O_REQTLS, O_TLSCERT, O_TLSKEY, O_TLSCA, O_GENSECRET, O_VERSION,
-  O_COUNT
+  O_OBJLIMIT, O_COUNT
 };
 
 /* One row per option: long name (also the config key, with '-' or '_'),
@@ -76,6 +76,7 @@ static const struct optdef {
     [O_TLSCA] = {"tls-ca", 0, 1, 1},
     [O_GENSECRET] = {"gen-secret", 0, 0, 0},
     [O_VERSION] = {"version", 0, 0, 0},
+    [O_OBJLIMIT] = {"object-store-limit", 0, 1, 1},
 };
 
 /* A layer of settings as strings, with where each came from. */
@@ -155,7 +156,7 @@ static const char usage_text[] =
     "                [-b broadcast] [-p port] [-w nworkers] [-s secret] [-t seconds]\n"
     "                [-k seconds] [-P pid_file] [--secret-file PATH] [--python PATH]\n"
     "                [--announce-interval SECONDS] [--max-frame BYTES]\n"
-    "                [--job-memory-limit BYTES]\n"
+    "                [--job-memory-limit BYTES] [--object-store-limit BYTES]\n"
     "                [--max-clients N] [--no-tls | --require-tls]\n"
     "                [--tls-cert FILE --tls-key FILE --tls-ca FILE] [--gen-secret]\n"
     "                [--version]\n"
@@ -202,6 +203,9 @@ static const char usage_text[] =
     "      --job-memory-limit BYTES  the most memory any client's job may add\n"
     "                             on this node; a job asking more (or nothing)\n"
     "                             runs with this limit (default: no cap)\n"
+    "      --object-store-limit BYTES  bytes of objects put once (Server.put)\n"
+    "                             one client may make this node hold, and each\n"
+    "                             worker holds (default 536870912, 512 MiB)\n"
     "      --max-clients N        connections open at once, handshakes included\n"
     "                             (default: the open-files limit less what the\n"
     "                             workers need); more are closed at once\n"
@@ -229,7 +233,7 @@ static const char usage_text[] =
     "proto, interface, broadcast, port, workers, secret, secret_file, timeout,\n"
     "socket_timeout, pid_file, python, announce_interval, max_frame,\n"
     "job_memory_limit, max_clients, no_tls, require_tls, tls_cert, tls_key,\n"
-    "tls_ca. Flags take true/false, yes/no, on/off, 1/0.\n"
+    "tls_ca, object_store_limit. Flags take true/false, yes/no, on/off, 1/0.\n"
     "Options given on the command line override the file. Example:\n"
     "    # /etc/ppserver.conf  (chmod 600 if it holds the secret)\n"
     "    port = 35000\n"
@@ -484,7 +488,7 @@ static int parse_config_file(ppsrv_config *cfg, layer *file, const char *path,
               " autodiscovery, restart, proto, interface, broadcast, port,"
               " workers, secret, secret_file, timeout, socket_timeout,"
               " pid_file, python, announce_interval, max_frame, job_memory_limit,"
-              " max_clients)",
+              " max_clients, object_store_limit)",
               path,
               lineno, key);
       goto out;
@@ -829,6 +833,21 @@ int ppsrv_config_load(ppsrv_config *cfg, int argc, char **argv, char *err,
       goto out;
     }
     cfg->job_memory_limit = x;
+  }
+  cfg->obj_limit = PP_OBJ_LIMIT_DEFAULT;
+  if (m.val[O_OBJLIMIT]) {
+    const char *v = m.val[O_OBJLIMIT];
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (*v < '0' || *v > '9' || *end != '\0' || errno != 0 || x < 1024 ||
+        x > (1ull << 62)) {
+      set_err(err, errlen,
+              "%s: object-store-limit must be a number of bytes of at least "
+              "1024, not '%s'", m.origin[O_OBJLIMIT], v);
+      goto out;
+    }
+    cfg->obj_limit = x;
   }
   cfg->max_frame = PP_FRAME_MAX_DEFAULT;
   if (m.val[O_MAXCLIENTS] &&

@@ -58,6 +58,8 @@ typedef struct ppsrv_config {
   char *python;         /* --python: owned */
   uint32_t max_frame;   /* --max-frame: payload limit, clients and workers */
   uint64_t job_memory_limit; /* --job-memory-limit: cap per job; 0 = none */
+  uint64_t obj_limit; /* --object-store-limit: objects (Server.put) one
+                         connection holds, and each worker (bytes) */
   int max_clients;      /* --max-clients; 0 = from the open-files limit */
   int tls_mode;         /* enum ppsrv_tls_mode */
   char *tls_cert, *tls_key, *tls_ca; /* owned, all or none: certificate mode */

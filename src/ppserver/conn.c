@@ -388,6 +388,97 @@ static int handle_func(conn *c, const pp_frame_hdr *h, const uint8_t *p) {
   return PP_OK;
 }
 
+/* ---- objects put once (docs/protocol.md 2.2, 7.7a) ----------------------- */
+
+/* obj_index: the index of c's object with this key, or -1. */
+static ssize_t obj_index(const conn *c, const uint8_t *key) {
+  for (size_t i = 0; i < c->nobjs; i++)
+    if (memcmp(c->objs[i]->key, key, PP_KEY_LEN) == 0)
+      return (ssize_t)i;
+  return -1;
+}
+
+/* obj_forget: remove c's object i and release it in the engine (workers
+ * that hold it drop it; queued jobs keep their own references). */
+static void obj_forget(conn *c, size_t i) {
+  pp_obj *o = c->objs[i];
+  c->objs[i] = c->objs[--c->nobjs];
+  c->obj_bytes -= o->len;
+  if (c->s->engine != NULL)
+    pp_engine_obj_release(c->s->engine, o);
+  pp_obj_unref(o);
+}
+
+/* objs_clear: the connection is closing: release every object it sent. */
+static void objs_clear(conn *c) {
+  while (c->nobjs > 0)
+    obj_forget(c, c->nobjs - 1);
+  free(c->objs);
+  c->objs = NULL;
+  c->capobjs = 0;
+}
+
+/* handle_obj: OBJ = key[32] + the object's bytes (the key MUST be their
+ * SHA-256), or OBJ DROP = key[32]. The client decides what the node holds
+ * but may not make it hold more than --object-store-limit bytes or
+ * PP_OBJS_MAX objects (a protocol error). Returns 0, or an error after
+ * which c is closing. */
+static int handle_obj(conn *c, const pp_frame_hdr *h, const uint8_t *p) {
+  if (h->length < PP_KEY_LEN)
+    return proto_error(c, "OBJ frame shorter than its key");
+  if (h->flags & ~(PP_OBJF_DROP | PP_OBJF_BUFS))
+    return proto_error(c, "OBJ frame with unknown flags");
+  ssize_t at = obj_index(c, p);
+  if (h->flags & PP_OBJF_DROP) {
+    if (h->length != PP_KEY_LEN)
+      return proto_error(c, "OBJ DROP frame longer than its key");
+    if (at >= 0) /* one it does not hold is ignored */
+      obj_forget(c, (size_t)at);
+    return PP_OK;
+  }
+  size_t len = h->length - PP_KEY_LEN;
+  if (at >= 0)
+    return proto_error(c, "OBJ for an object the connection holds");
+  if (c->nobjs >= PP_OBJS_MAX || len > c->s->cfg->obj_limit ||
+      c->obj_bytes + len > c->s->cfg->obj_limit) {
+    char why[112];
+    snprintf(why, sizeof why,
+             "objects put would exceed the object store limit (%llu bytes,"
+             " %u objects)", (unsigned long long)c->s->cfg->obj_limit,
+             (unsigned)PP_OBJS_MAX);
+    return proto_error(c, why);
+  }
+  if (c->nobjs == c->capobjs) {
+    size_t cap = c->capobjs ? c->capobjs * 2 : 8;
+    pp_obj **a = realloc(c->objs, cap * sizeof *a);
+    if (a == NULL) {
+      ppsrv__conn_close(c, PP_LOG_ERROR, "out of memory");
+      return PP_ENOMEM;
+    }
+    c->objs = a;
+    c->capobjs = cap;
+  }
+  /* out-of-band buffers go to the arena, so the node's workers read them
+   * in place as a client's local workers do */
+  pp_shm *shm = (h->flags & PP_OBJF_BUFS) && c->s->engine != NULL
+                    ? pp_engine_shm(c->s->engine)
+                    : NULL;
+  pp_obj *o = pp_obj_alloc(shm, len, h->flags & PP_OBJF_BUFS);
+  if (o == NULL) {
+    ppsrv__conn_close(c, PP_LOG_ERROR, "out of memory");
+    return PP_ENOMEM;
+  }
+  memcpy(o->data, p + PP_KEY_LEN, len);
+  pp_obj_hash(o);
+  if (memcmp(o->key, p, PP_KEY_LEN) != 0) {
+    pp_obj_unref(o);
+    return proto_error(c, "OBJ key is not the SHA-256 of its bytes");
+  }
+  c->objs[c->nobjs++] = o;
+  c->obj_bytes += len;
+  return PP_OK;
+}
+
 /* handle_job: JOB = key[32] + pickled arguments, for a function this
  * connection defined. Validates it and queues it on c (ppsrv__feed_job
  * copies the arguments); ppsrv__feed hands it to the engine later. Returns
@@ -411,10 +502,27 @@ static int handle_job(conn *c, const pp_frame_hdr *h, const uint8_t *p) {
   } else if (c->s->cfg->job_memory_limit) {
     limits[1] = c->s->cfg->job_memory_limit;
   }
+  pp_obj *objs[PP_JOB_OBJS_MAX];
+  uint32_t nobjs = 0;
+  if (h->flags & PP_JOBF_OBJS) {
+    uint32_t n = h->length >= off + 8 ? pp_get_u32(p + off) : 0;
+    if (n == 0 || n > PP_JOB_OBJS_MAX || pp_get_u32(p + off + 4) != 0 ||
+        h->length - off - 8 < (size_t)n * PP_KEY_LEN)
+      return proto_error(c, "JOB frame with a malformed object list");
+    for (uint32_t i = 0; i < n; i++) {
+      ssize_t at = obj_index(c, p + off + 8 + (size_t)i * PP_KEY_LEN);
+      if (at < 0)
+        return proto_error(c, "JOB names an object never sent in an OBJ");
+      objs[nobjs++] = c->objs[at];
+    }
+    off += 8 + (size_t)n * PP_KEY_LEN;
+  }
   pp_func *f = fm_get(&c->funcs, p);
   if (f == NULL)
     return proto_error(c, "JOB names a function key never sent in a FUNC");
-  if (ppsrv__feed_job(c, f, h->flags & (PP_JOBF_CHUNK | PP_JOBF_BUFS | PP_JOBF_ONEARG),
+  if (ppsrv__feed_job(c, f, objs, nobjs,
+                      h->flags &
+                          (PP_JOBF_CHUNK | PP_JOBF_BUFS | PP_JOBF_ONEARG),
                       h->id,
                       h->attempt, p + off, h->length - off, limits) != PP_OK) {
     ppsrv__conn_close(c, PP_LOG_ERROR, "out of memory");
@@ -431,6 +539,8 @@ static int handle_frame(conn *c, const pp_frame_hdr *h, const uint8_t *p) {
     return handle_func(c, h, p);
   case PP_MSG_JOB:
     return handle_job(c, h, p);
+  case PP_MSG_OBJ:
+    return handle_obj(c, h, p);
   case PP_MSG_PING: {
     if (h->length > PPSRV_PING_MAX)
       return proto_error(c, "PING payload longer than 64 bytes");
@@ -557,9 +667,10 @@ static void authenticated(conn *c) {
     pp_tls_describe(c->tls, how, sizeof how);
   pp_log(PP_LOG_INFO, "client %s authenticated (%zu connected, %s)", c->peer,
          s->nclients, how);
-  uint8_t hello[8];
+  uint8_t hello[16];
   pp_put_u32(hello, (uint32_t)getpid());
   pp_put_u32(hello + 4, (uint32_t)s->cfg->nworkers);
+  pp_put_u64(hello + 8, s->cfg->obj_limit); /* its object store (2.2) */
   pp_part part = {hello, sizeof hello};
   ppsrv__conn_send(c, PP_MSG_HELLO, 0, 0, 0, &part, 1);
 }
@@ -802,6 +913,7 @@ void ppsrv__conn_close(conn *c, int level, const char *why) {
   uv_read_stop((uv_stream_t *)&c->tcp);
   ppsrv__feed_detach(c);
   fm_clear(&c->funcs);
+  objs_clear(c);
   pp_buf_free(&c->rbuf);
   if (hs_idle ||
       uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0)

@@ -164,7 +164,8 @@ static void learn(conn *c, const pp_job *j) {
 
 /* ---- tickets in and out ---------------------------------------------- */
 
-int ppsrv__feed_job(conn *c, pp_func *f, uint32_t flags, uint64_t id,
+int ppsrv__feed_job(conn *c, pp_func *f, pp_obj *const *objs, uint32_t nobjs,
+                    uint32_t flags, uint64_t id,
                     uint32_t attempt, const uint8_t *args, size_t n,
                     const uint64_t limits[2]) {
   uint8_t *copy = NULL;
@@ -183,6 +184,11 @@ int ppsrv__feed_job(conn *c, pp_func *f, uint32_t flags, uint64_t id,
   }
   if (j == NULL) {
     free(copy);
+    free(t);
+    return PP_ENOMEM;
+  }
+  if (pp_job_set_objs(j, objs, nobjs) != PP_OK) {
+    pp_job_unref(j);
     free(t);
     return PP_ENOMEM;
   }
@@ -456,6 +462,7 @@ int ppsrv__start_engine(srv *s) {
   o.restart = cfg->restart;
   o.max_retries = 2;
   o.max_frame = cfg->max_frame;
+  o.obj_limit = cfg->obj_limit;
   o.capture_output = 1; /* a job's output goes back to its client */
   o.on_complete = on_job_complete;
   o.on_complete_ctx = s;

@@ -149,6 +149,9 @@ struct conn {
   int capped;      /* out of the round robin: its share of the engine is full */
   int active;      /* counted in srv.nactive: has jobs queued or in the engine */
   funcmap funcs;
+  pp_obj **objs;      /* objects put once this client sent (references) */
+  size_t nobjs, capobjs;
+  uint64_t obj_bytes; /* their bytes: at most cfg->obj_limit */
   uint64_t jobs_received, jobs_done;
   uv_shutdown_t shutdown_req;
   pp_buf outq;        /* sealed frames waiting for the end of this batch */
@@ -241,8 +244,10 @@ void ppsrv__conn_sweep(srv *s);
 /* ppsrv__feed_job: queue one client job on c: a pp_job for function f with
  * a copy of the n argument bytes at args, remembering the client's id and
  * attempt. Returns 0 or PP_ENOMEM (nothing queued; the caller closes c). */
-/* limits: {timeout ns, memory limit bytes} for the job (0 = none). */
-int ppsrv__feed_job(conn *c, pp_func *f, uint32_t flags, uint64_t id,
+/* limits: {timeout ns, memory limit bytes} for the job (0 = none); objs:
+ * the nobjs objects its arguments name (the job takes its references). */
+int ppsrv__feed_job(conn *c, pp_func *f, pp_obj *const *objs, uint32_t nobjs,
+                    uint32_t flags, uint64_t id,
                     uint32_t attempt, const uint8_t *args, size_t n,
                     const uint64_t limits[2]);
 

@@ -3,7 +3,10 @@
  * (local ones first), functions travel before their first job, and a send
  * that fails in the middle of a dispatch round (in emit or in flush) loses
  * no job and hands none out twice, the failed peer's jobs going back to the
- * queue and a new dispatch being asked for instead of run recursively. */
+ * queue and a new dispatch being asked for instead of run recursively.
+ * Objects put once (docs/protocol.md 2.2) go before the first job naming
+ * them, once per peer, least recently used out first under the peer's
+ * bound, and released ones only for the jobs that still name them. */
 #include "check.h"
 #include "engine_int.h"
 
@@ -24,6 +27,9 @@ typedef struct fake {
   int nstaged;
   uint64_t got[MAXLOG]; /* JOB ids, or 0 for a FUNC frame */
   int ngot;
+  /* OBJ frames in emit order: 'S'end or 'D'rop, then the key's first byte */
+  char objlog[256];
+  int nobjlog;
 } fake;
 
 static int delivered[MAXJ + 1]; /* per job id: JOB frames that arrived */
@@ -39,13 +45,21 @@ static int f_emit(pp__peer *p, uint8_t type, uint32_t flags, uint64_t id,
                   uint32_t attempt, const pp_part *parts, size_t nparts,
                   pp_job *job) {
   fake *f = (fake *)p;
-  PP_UNUSED(flags);
   PP_UNUSED(attempt);
-  PP_UNUSED(parts);
   PP_UNUSED(nparts);
   PP_UNUSED(job);
   if (f->fail_emit_after > 0 && --f->fail_emit_after == 0)
     return PP_EIO;
+  if (type == PP_MSG_OBJ) {
+    if (f->nobjlog + 2 < (int)sizeof f->objlog) {
+      f->objlog[f->nobjlog++] = (flags & PP_OBJF_DROP) ? 'D' : 'S';
+      f->objlog[f->nobjlog++] = (char)((const uint8_t *)parts[0].p)[0];
+    }
+    return PP_OK;
+  }
+  if (type == PP_MSG_JOB && (flags & PP_JOBF_OBJS) && f->nobjlog + 1 <
+      (int)sizeof f->objlog)
+    f->objlog[f->nobjlog++] = 'J';
   if (f->nstaged < MAXLOG)
     f->staged[f->nstaged++] = type == PP_MSG_JOB ? id : 0;
   return PP_OK;
@@ -283,7 +297,94 @@ static void test_requeue_charges_running_only(void) {
   free_engine(e);
 }
 
+/* obj: a 1000-byte object whose key starts with the byte c (a test
+ * stand-in: peer.c only compares records and copies keys). */
+static pp_obj *obj(char c) {
+  uint8_t *d = malloc(1000);
+  memset(d, c, 1000);
+  pp_obj *o = pp_obj_new(d, 1000, 0);
+  o->key[0] = (uint8_t)c;
+  return o;
+}
+
+/* one_job: queue a job naming n objects, dispatch it to the only peer and
+ * answer it. */
+static void one_job(pp_engine *e, pp_func *fn, pp_obj *const *objs,
+                    uint32_t n) {
+  uint8_t *args = malloc(4);
+  memcpy(args, "args", 4);
+  pp_job *j = pp_job_new(fn, args, 4, 0, 0);
+  CHECK(pp_job_set_objs(j, objs, n) == PP_OK);
+  j->id = ++e->next_id;
+  e->total_pending++;
+  pp_jobq_push_back(&e->pending, j);
+  dispatch(e);
+  answer_all(e);
+}
+
+#define LOG_IS(f, want)                                                      \
+  CHECKF((f).nobjlog == (int)strlen(want) &&                                 \
+             memcmp((f).objlog, want, strlen(want)) == 0,                    \
+         "object frames %.*s, want %s", (f).nobjlog, (f).objlog, want)
+
+/* Objects: sent once, LRU eviction under the bound (never one the job
+ * names), released ones sent for their job alone, a job that cannot fit
+ * fails, and a lost peer starts empty. */
+static void test_objects(void) {
+  pp_engine *e = new_engine();
+  e->obj_limit = 3000; /* three of them */
+  pp_func *fn = pp_func_new("o", 1);
+  fn->ema_ns = 1000;
+  fake f;
+  add_peer(e, &f, PP__PEER_LOCAL, 1);
+  CHECK(f.peer.obj_limit == 3000);
+  pp_obj *a = obj('a'), *b = obj('b'), *c = obj('c'), *d = obj('d');
+  one_job(e, fn, &a, 1);
+  one_job(e, fn, &a, 1); /* held: not sent again */
+  one_job(e, fn, &b, 1);
+  one_job(e, fn, &c, 1);
+  LOG_IS(f, "SaJJSbJScJ");
+  f.nobjlog = 0;
+  one_job(e, fn, &a, 1); /* a becomes the most recently used */
+  one_job(e, fn, &d, 1); /* so b, the least, goes */
+  LOG_IS(f, "JDbSdJ");
+  CHECK(f.peer.nobjs == 3 && f.peer.obj_bytes == 3000);
+  f.nobjlog = 0;
+  pp_obj *cb[2] = {c, b}; /* c is held, b comes back: a goes, not c */
+  one_job(e, fn, cb, 2);
+  LOG_IS(f, "DaSbJ");
+  f.nobjlog = 0;
+  /* released: dropped from the peer, still sent for a job naming it */
+  atomic_store(&d->released, 1);
+  CHECK(pp__peer_forget(&f.peer, d) == 1);
+  CHECK(pp__peer_forget(&f.peer, d) == 0);
+  one_job(e, fn, &d, 1);
+  LOG_IS(f, "DdSdJDd");
+  CHECK(f.peer.nobjs == 2 && f.peer.obj_bytes == 2000);
+  /* four at once cannot fit in three: the job fails, the peer lives */
+  pp_obj *all[4] = {a, b, c, d};
+  uint64_t id = e->next_id + 1;
+  one_job(e, fn, all, 4);
+  CHECK(completed[id] == 1 && f.drops == 0);
+  /* a lost peer holds nothing: everything is sent again */
+  pp__peer_requeue(&f.peer, 0, 0, 0, NULL);
+  CHECK(f.peer.nobjs == 0 && f.peer.obj_bytes == 0);
+  f.nobjlog = 0;
+  one_job(e, fn, &c, 1);
+  LOG_IS(f, "ScJ");
+  CHECK(all_done_once((int)e->next_id));
+  pp__peer_unlink(&f.peer);
+  pp__peer_clear(&f.peer);
+  pp_obj_unref(a);
+  pp_obj_unref(b);
+  pp_obj_unref(c);
+  pp_obj_unref(d);
+  pp_func_unref(fn);
+  free_engine(e);
+}
+
 int main(void) {
+  test_objects();
   test_order_and_local_first();
   test_failed_send_mid_round();
   test_requeue_charges_running_only();

@@ -33,6 +33,9 @@ AUTH_HELLO, AUTH_CHALLENGE, AUTH_PROOF, AUTH_FAIL = 16, 17, 18, 19
 
 RES_OK, RES_EXC, RES_SERIAL, RES_LOST, RES_FAILED = 0, 1, 2, 3, 4
 FUNCF_RESET = 1
+OBJ = 11
+OBJF_DROP = 1
+JOBF_OBJS = 0x20
 JOBF_CHUNK = 1
 
 
@@ -342,9 +345,10 @@ class Client:
 
     def read_hello(self):
         ftype, flags, attempt, fid, payload = self.recv()
-        if ftype != HELLO or len(payload) != 8:
+        if ftype != HELLO or len(payload) != 16:
             raise ProtocolError("expected sealed HELLO, got type %d" % ftype)
-        self.node_pid, self.node_workers = struct.unpack("<II", payload)
+        self.node_pid, self.node_workers, self.node_obj_limit = \
+            struct.unpack("<IIQ", payload)
 
     # -- sealed frames ---------------------------------------------------
     def seal(self, ftype, payload=b"", flags=0, attempt=0, fid=0):

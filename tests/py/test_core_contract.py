@@ -81,31 +81,34 @@ def test_entry_points():
     def names(o):
         return {n for n in dir(o) if not n.startswith("__")}
     assert names(_core) == {
-        "Engine", "Func", "Job", "Lease", "worker_main", "parse_ppserver",
-        "errorcode", "DEFAULT_PORT", "SECRET_MAX", "MAX_NODE_WORKERS", "FRAME_MAX",
-        "JOBF_CHUNK", "JOBF_ONEARG", "BUFS_MAX", "OOB_MIN", "oob_filter", "ST_OK",
+        "Engine", "Func", "Job", "Lease", "Obj", "worker_main", "parse_ppserver",
+        "bufs_loads", "errorcode", "DEFAULT_PORT", "SECRET_MAX",
+        "MAX_NODE_WORKERS", "FRAME_MAX", "JOBF_CHUNK", "JOBF_ONEARG", "BUFS_MAX",
+        "OOB_MIN", "oob_filter", "JOB_OBJS_MAX", "OBJ_LIMIT_DEFAULT", "ST_OK",
         "ST_EXC", "ST_SERIAL", "ST_LOST", "ST_DESTROYED", "ST_CANCELLED",
         "ST_FAILED", "ST_TIMEOUT", "ST_ABORTED", "STATE_QUEUED",
         "STATE_RUNNING", "STATE_DONE"}
     assert names(_core.Engine) == {
         "submit", "wait_group", "next_event", "set_nworkers", "stats", "pids",
         "node_stats", "shutdown", "want_callback", "callback_done",
-        "abort_group"}
+        "abort_group", "obj_release"}
     assert names(_core.Job) == {
         "result", "done", "cancel", "_wait", "_status", "_payload",
         "_failure", "callback", "callbackargs", "_done_callbacks", "_engine",
         "tid", "_abort", "_info", "_output"}
     assert names(_core.Func) == set()
+    assert names(_core.Obj) == {"key", "size"}
     e = engine()
     assert set(e.stats()) == {"njobs", "time", "queued", "running",
-                              "shm_used", "shm_size"}
+                              "shm_used", "shm_size", "objs_sent",
+                              "obj_bytes_sent", "objs_dropped"}
     e.shutdown()
 
 
 def test_type_references_balance():
     """Instances of heap types own a reference to their type: every one
     made and freed gives it back (a missing or extra Py_DECREF shows)."""
-    types = (pp.Job, _core.Job, _core.Func, _core.Engine)
+    types = (pp.Job, _core.Job, _core.Func, _core.Engine, _core.Obj)
     gc.collect()
     before = [sys.getrefcount(t) for t in types]
     with pp.Server(1) as s:
@@ -116,6 +119,8 @@ def test_type_references_balance():
     del s
     funcs = [_core.Func(b"descriptor %d" % i) for i in range(100)]
     del funcs
+    objs = [_core.Obj(b"object %d" % i) for i in range(100)]
+    del objs
     for _ in range(5):
         e = engine()
         e.shutdown()
@@ -249,6 +254,8 @@ def test_small_entry_points_do_not_leak():
     def many():
         for i in range(2000):
             _core.Func(blob)
+            _core.Obj(blob)
+            _core.Obj((blob, [memoryview(blob)]))
             _core.parse_ppserver("host:%d" % (1 + i))
             _core.parse_ppserver("*")
             try:
@@ -277,6 +284,7 @@ def test_public_api_is_annotated_and_typed():
                pp.Server.imap_unordered, pp.Server.executor, pp.Executor.__init__,
                pp.Executor.submit, pp.Executor.map, pp.Executor.shutdown,
                pp.Job.exception, pp.Job.wait, pp.Job.add_done_callback,
+               pp.Server.put, pp.Server.object_stats,
                pp.as_completed, pp.progress):
         hints = typing.get_type_hints(fn)
         assert hints, fn.__qualname__
@@ -289,7 +297,8 @@ def test_public_api_callables_and_signatures():
         "progress", "PPError",
         "WorkerLostError", "DestroyedError", "SerializationError",
         "RemoteError", "RemoteTraceback", "CancelledError", "JobTimeoutError",
-        "JobAbortedError", "version", "slurm_nodes"])
+        "JobAbortedError", "version", "slurm_nodes", "ObjectRef",
+        "object_store_info"])
     for name in pp.__all__:
         assert hasattr(pp, name), name
     S = pp.Server
@@ -299,7 +308,8 @@ def test_public_api_callables_and_signatures():
         "max_retries=2, node_timeout=5.0, no_capacity_timeout=None, *, "
         "max_frame=None, job_timeout=None, job_memory_limit=None, "
         "output='echo', max_output=1048576, max_node_workers=256, tls=True, "
-        "tls_cert=None, tls_key=None, tls_ca=None, secret_file=None)"
+        "tls_cert=None, tls_key=None, tls_ca=None, secret_file=None, "
+        "object_store_limit=None)"
         % (pickle.HIGHEST_PROTOCOL,))
     expected = {
         "submit": "(self, func, args=(), depfuncs=(), modules=(), callback=None, "
@@ -318,6 +328,8 @@ def test_public_api_callables_and_signatures():
         "executor": "(self)",
         "destroy": "(self)",
         "get_worker_stats": "(self)",
+        "put": "(self, obj)",
+        "object_stats": "(self)",
     }
     for name, s in expected.items():
         assert sig(getattr(S, name)) == s, name
