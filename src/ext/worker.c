@@ -541,23 +541,6 @@ static int mem_limit_set(uint64_t add, struct rlimit *old) {
   return setrlimit(RLIMIT_AS, &nl);
 }
 
-/* steal_frame: the frame h at the start of *in keeps its storage, which
- * the caller now owns (a lease frees it); the bytes after the frame move to
- * a fresh buffer that replaces *in. Returns the storage, or NULL with
- * MemoryError set (*in unchanged). Worker main thread, GIL held. */
-static uint8_t *steal_frame(pp_buf *in, const pp_frame_hdr *h) {
-  uint8_t *block = in->data;
-  size_t end = in->off + PP_FRAME_HDR + h->length;
-  pp_buf rest;
-  pp_buf_init(&rest);
-  if (pp_buf_append(&rest, in->data + end, in->len - end) != PP_OK) {
-    PyErr_NoMemory();
-    return NULL;
-  }
-  *in = rest;
-  return block;
-}
-
 /* run_job: execute one JOB frame and append its RESULT. block is the
  * malloc'd storage the frame lies in when its arguments are a buffer
  * section (PP_JOBF_BUFS): run_job owns it (a lease frees it once the last
@@ -986,10 +969,17 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
       }
       if (h.type == PP_MSG_OBJ && (h.flags & PP_OBJF_BUFS) &&
           !(h.flags & (PP_OBJF_DROP | PP_OBJF_SHM))) {
-        /* read in place, as a JOB's buffers (steal_frame) */
-        uint8_t *block = steal_frame(&in, &h);
-        if (block == NULL)
+        /* read in place, as a JOB's buffers: the frame's storage goes to
+         * the object, the bytes after it to a fresh input */
+        uint8_t *block = in.data;
+        size_t end = in.off + PP_FRAME_HDR + h.length;
+        pp_buf rest;
+        pp_buf_init(&rest);
+        if (pp_buf_append(&rest, in.data + end, in.len - end) != PP_OK) {
+          PyErr_NoMemory();
           goto out;
+        }
+        in = rest;
         stolen = 1;
         if (load_obj(&w, &h, p, block) < 0)
           goto out;
@@ -1004,10 +994,17 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
           goto out;
       } else if (h.type == PP_MSG_JOB && (h.flags & PP_JOBF_BUFS) &&
                  !(h.flags & PP_JOBF_SHM)) {
-        /* the job's buffers are read in place (run_job's lease) */
-        uint8_t *block = steal_frame(&in, &h);
-        if (block == NULL)
+        /* the job's buffers are read in place: the frame's storage goes to
+         * the job (run_job's lease), the bytes after it to a fresh input */
+        uint8_t *block = in.data;
+        size_t end = in.off + PP_FRAME_HDR + h.length;
+        pp_buf rest;
+        pp_buf_init(&rest);
+        if (pp_buf_append(&rest, in.data + end, in.len - end) != PP_OK) {
+          PyErr_NoMemory();
           goto out;
+        }
+        in = rest;
         stolen = 1;
         if (run_job(&w, &h, p, block) < 0)
           goto out;
