@@ -81,7 +81,8 @@ def test_entry_points():
     def names(o):
         return {n for n in dir(o) if not n.startswith("__")}
     assert names(_core) == {
-        "Engine", "Func", "Job", "Lease", "worker_main", "parse_ppserver",
+        "Engine", "Func", "Job", "Lease", "worker_main", "template_serve",
+        "parse_ppserver",
         "errorcode", "DEFAULT_PORT", "SECRET_MAX", "MAX_NODE_WORKERS", "FRAME_MAX",
         "JOBF_CHUNK", "JOBF_ONEARG", "BUFS_MAX", "OOB_MIN", "oob_filter", "ST_OK",
         "ST_EXC", "ST_SERIAL", "ST_LOST", "ST_DESTROYED", "ST_CANCELLED",
@@ -98,7 +99,7 @@ def test_entry_points():
     assert names(_core.Func) == set()
     e = engine()
     assert set(e.stats()) == {"njobs", "time", "queued", "running",
-                              "shm_used", "shm_size"}
+                              "shm_used", "shm_size", "template_pid"}
     e.shutdown()
 
 
@@ -299,7 +300,8 @@ def test_public_api_callables_and_signatures():
         "max_retries=2, node_timeout=5.0, no_capacity_timeout=None, *, "
         "max_frame=None, job_timeout=None, job_memory_limit=None, "
         "output='echo', max_output=1048576, max_node_workers=256, tls=True, "
-        "tls_cert=None, tls_key=None, tls_ca=None, secret_file=None)"
+        "tls_cert=None, tls_key=None, tls_ca=None, secret_file=None, "
+        "start_method='fork')"
         % (pickle.HIGHEST_PROTOCOL,))
     expected = {
         "submit": "(self, func, args=(), depfuncs=(), modules=(), callback=None, "
