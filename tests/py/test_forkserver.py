@@ -14,7 +14,8 @@ import time
 import pytest
 
 import pp
-from helpers import REPO, descendants, pid_state, wait_for
+from helpers import (PPSERVER_BIN, REPO, SECRET, descendants, needs_ppserver,
+                     pid_state, wait_for)
 
 
 def ppid(pid):
@@ -248,3 +249,44 @@ def test_a_client_killed_with_sigkill_leaves_no_process(tmp_path, method):
         proc.stdout.close()
     wait_for(lambda: all(pid_state(p) != "alive" for p in everyone), 10,
              what=lambda: {p: pid_state(p) for p in everyone})
+
+
+# ---------------------------------------------------------------------------
+# ppserver: --start-method and the config file's start_method
+
+def node_pid(n):
+    """(the node's fork server or None, its workers) once it has them all."""
+    wait_for(lambda: len(n.worker_pids()) == n.workers, 15, what=n.log)
+    servers = n.fork_server_pids()
+    return (servers[0] if servers else None), n.worker_pids()
+
+
+@needs_ppserver
+def test_ppserver_forks_its_workers_and_recovers_its_fork_server(ppserver, tmp_path):
+    n = ppserver(workers=2)
+    tpl, workers = node_pid(n)
+    assert tpl is not None and ppid(tpl) == n.pid
+    assert all(ppid(p) == tpl for p in workers)
+    with pp.Server(0, ppservers=(n.addr,), secret=SECRET) as s:
+        assert s.submit(crash_once, (str(tmp_path / "flag"),))() not in workers
+        assert n.fork_server_pids() == [tpl]  # it survived the crash
+        os.kill(tpl, signal.SIGKILL)
+        got = {s.submit(nap_then_whoami, (0.1,))() for _ in range(6)}
+        new, _ = node_pid(n)
+        assert new not in (None, tpl)
+        assert {parent for _, parent in got} == {new}
+
+
+@needs_ppserver
+def test_ppserver_start_method_from_the_config_file(ppserver, tmp_path):
+    conf = tmp_path / "pp.conf"
+    conf.write_text("start_method = spawn\n")
+    n = ppserver("-c", str(conf), workers=2)
+    tpl, workers = node_pid(n)
+    assert tpl is None and all(ppid(p) == n.pid for p in workers)
+    n.wait_log(r"workers start as fresh interpreters \(--start-method spawn\)")
+    bad = tmp_path / "bad.conf"
+    bad.write_text("workers = 1\nstart_method = vfork\n")
+    r = subprocess.run([str(PPSERVER_BIN), "-c", str(bad)], capture_output=True,
+                       text=True, timeout=10, env=dict(os.environ, PP_SECRET=SECRET))
+    assert r.returncode == 2 and "bad.conf:2" in r.stderr and "fork or spawn" in r.stderr, r.stderr
