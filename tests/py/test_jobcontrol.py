@@ -58,6 +58,12 @@ def stubborn():
             pass  # keeps running: must be killed after the grace
 
 
+def touch_then_stubborn(path):
+    """stubborn, once it has said (in path) that it runs."""
+    open(path, "w").write("running")
+    stubborn()
+
+
 def touch_then_nap(path, t):
     import time
     open(path, "w").write("ran")
@@ -268,7 +274,7 @@ def test_map_and_imap_chunks_have_timeouts():
 
 
 
-def test_a_stopped_job_keeps_when_it_started():
+def test_a_stopped_job_keeps_when_it_started(tmp_path):
     """A job killed at its timeout or after its abort grace reports when it
     started, not its end time twice."""
     with pp.Server(1) as s:
@@ -277,9 +283,13 @@ def test_a_stopped_job_keeps_when_it_started():
             j()
         assert j.submit_time <= j.start_time < j.end_time
         assert 0.4 <= j.end_time - j.start_time < 10
-        j = s.submit(stubborn)
-        wait_running(j)
-        time.sleep(0.3)
+        # it runs once the worker says so, not when it was handed over: a
+        # replacement worker (even a forked one) may still be importing this
+        # module then
+        marker = tmp_path / "running"
+        j = s.submit(touch_then_stubborn, (str(marker),))
+        wait_for(marker.exists, 10, "the job running")
+        time.sleep(0.5)
         j.abort(grace=0.2)
         with pytest.raises(pp.JobAbortedError):
             j()
