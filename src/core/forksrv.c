@@ -279,10 +279,17 @@ int pp__tpl_fork(pp_engine *e, uint64_t tag, int sock, int status,
       *gen = t->gen;
       return PP_OK;
     }
+    if (err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS) {
+      /* requests are piling up (a template still booting, a burst of
+       * set_ncpus): this worker is retried after the pool's backoff */
+      pp__log(e, PP_LOG_WARNING, "the fork server pid %d has too many "
+              "requests waiting; starting a worker later", t->pid);
+      return PP_ESPAWN;
+    }
     pp__log(e, PP_LOG_WARNING, "cannot send a fork request to the fork "
             "server pid %d: %s%s", t->pid, strerror(err),
             tries == 0 ? "; starting another" : "");
-    tpl_retire(t); /* gone or stuck: a new one takes the request */
+    tpl_retire(t); /* gone: a new one takes the request */
   }
   return PP_ESPAWN;
 }

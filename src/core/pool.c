@@ -48,7 +48,10 @@ struct pp__worker {
   uint64_t tag;     /* forked: its fork request */
   uint64_t tpl_gen; /* forked: the template that forks it */
   int pidfd;        /* forked: a pidfd of the process, or -1 */
-  int kill_wanted;  /* forked: killed before its pid was known */
+  int answered;     /* forked: FORKED arrived (its pid may be known earlier,
+                       from its HELLO, when the template is slow to say) */
+  int kill_wanted;  /* forked: SIGKILL asked for before FORKED */
+  int usr2_wanted;  /* forked: SIGUSR2 asked for before FORKED */
   int listed;       /* in e->pids */
   int alive;        /* process running */
   int retiring;     /* gets no new jobs; BYE once drained */
@@ -110,6 +113,7 @@ static uint64_t *pid_counter(pp_engine *e, int pid) {
 }
 
 static void wreq_free(wreq *r);
+static void worker_named(pp__worker *w, int pid);
 
 /* worker_free: release everything w owns (its handles are closed). */
 static void worker_free(pp__worker *w) {
@@ -156,13 +160,20 @@ static void worker_close(pp__worker *w) {
  * through its pidfd, which names that process even after it ended (its pid
  * may be reused once the template reaped it); without one (a kernel before
  * 5.3) by pid, which is only wrong if the template reaped it and the pid
- * was reused before its EXITED arrived. One whose pid is not known yet is
- * killed as soon as it is. */
+ * was reused before its EXITED arrived. Before its FORKED (and pidfd)
+ * arrived, the signal waits for it. */
 static void worker_signal(pp__worker *w, int sig) {
   if (!w->alive)
     return;
   if (!w->forked) {
     uv_process_kill(&w->proc, sig);
+    return;
+  }
+  if (!w->answered) {
+    if (sig == SIGKILL)
+      w->kill_wanted = 1;
+    else if (sig == SIGUSR2)
+      w->usr2_wanted = 1;
     return;
   }
 #ifdef SYS_pidfd_send_signal
@@ -173,8 +184,6 @@ static void worker_signal(pp__worker *w, int sig) {
 #endif
   if (w->pid > 0)
     kill(w->pid, sig);
-  else if (sig == SIGKILL)
-    w->kill_wanted = 1;
 }
 
 static void worker_kill(pp__worker *w) {
@@ -517,6 +526,10 @@ static int process_frames(pp__worker *w) {
   pp__credit credit = {&e->njobs, &e->time_ns, pid_counter(e, w->pid)};
   while ((rc = pp_frame_next(&w->peer.rbuf, e->max_frame, &h, &p)) == 1) {
     if (h.type == PP_MSG_HELLO) {
+      if (w->forked && w->pid == 0 && h.length == 4 && pp_get_u32(p) > 0) {
+        worker_named(w, (int)pp_get_u32(p)); /* before FORKED: credit it */
+        credit.njobs2 = pid_counter(e, w->pid);
+      }
       w->hello = 1;
       e->spawn_fails = 0;
       e->early_deaths = 0;
@@ -880,13 +893,14 @@ static int fork_worker(pp_engine *e) {
   return PP_OK;
 }
 
-/* find_forked: the live forked worker of template gen with that tag (pid
- * 0) or that pid (tag 0), or NULL. */
+/* find_forked: the live forked worker of template gen waiting for the
+ * FORKED of that tag, or (tag 0) the one answered with that pid, or NULL. */
 static pp__worker *find_forked(pp_engine *e, uint64_t gen, uint64_t tag,
                                int pid) {
   for (pp__worker *w = e->workers; w; w = w->next)
     if (w->forked && w->alive && w->tpl_gen == gen &&
-        (tag ? w->tag == tag && w->pid == 0 : w->pid == pid))
+        (tag ? !w->answered && w->tag == tag
+             : w->answered && w->pid == pid))
       return w;
   return NULL;
 }
@@ -912,9 +926,19 @@ static void pool_forked(pp_engine *e, uint64_t gen, uint64_t tag, int pid,
     worker_ended(w, 0, 0, 0, why);
     return;
   }
+  w->answered = 1;
   w->pidfd = pidfd;
-  worker_named(w, pid);
-  pp__log(e, PP_LOG_DEBUG, "forked worker pid %d", w->pid);
+  if (w->pid == 0)
+    worker_named(w, pid);
+  else if (w->pid != pid) { /* its HELLO said otherwise: FORKED is right */
+    pp__log(e, PP_LOG_WARNING, "worker pid %d said its pid was %d", pid,
+            w->pid);
+    pids_remove(e, w->pid);
+    worker_named(w, pid);
+  }
+  pp__log(e, PP_LOG_DEBUG, "forked worker pid %d", pid);
+  if (w->usr2_wanted)
+    worker_signal(w, SIGUSR2);
   if (w->kill_wanted)
     worker_kill(w);
 }
@@ -941,7 +965,7 @@ static void pool_lost(pp_engine *e, uint64_t gen, int64_t status, int sig) {
     any_ready |= w->hello;
     if (!w->alive)
       continue;
-    if (w->pid > 0) {
+    if (w->answered) {
       worker_kill(w);
       worker_ended(w, 0, SIGKILL, 1, NULL);
     } else {
