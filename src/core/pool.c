@@ -177,10 +177,12 @@ static void worker_signal(pp__worker *w, int sig) {
     return;
   }
 #ifdef SYS_pidfd_send_signal
-  if (w->pidfd >= 0) {
-    syscall(SYS_pidfd_send_signal, w->pidfd, sig, NULL, 0);
+  /* sent, or it has ended already (then its pid may be reused: nothing
+   * more); refused otherwise (ENOSYS under seccomp or valgrind): by pid */
+  if (w->pidfd >= 0 &&
+      (syscall(SYS_pidfd_send_signal, w->pidfd, sig, NULL, 0) == 0 ||
+       errno == ESRCH))
     return;
-  }
 #endif
   if (w->pid > 0)
     kill(w->pid, sig);
@@ -912,9 +914,13 @@ static void pool_forked(pp_engine *e, uint64_t gen, uint64_t tag, int pid,
   if (w == NULL) { /* nobody waits for it (cannot happen): end it */
     if (pidfd >= 0) {
 #ifdef SYS_pidfd_send_signal
-      syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+      if (syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0) != 0 &&
+          errno != ESRCH)
 #endif
+        kill(pid, SIGKILL);
       close(pidfd);
+    } else if (pid > 0) {
+      kill(pid, SIGKILL);
     }
     return;
   }
