@@ -26,7 +26,15 @@ Every system uses 2 local workers.  Workloads (pp targets in brackets):
        parallel run, and the efficiency reported is the median of these pairs
   W4   200 jobs, each given a distinct 1 MiB bytes object, returning len(); MiB/s
        [>= 1,500 MiB/s]  (3 batches of 200 per child, 2 with --quick, after a warm-up)
-  W5   server creation to first result of a trivial job, then destroy; ms (no target)
+  W5   server creation to first result of a trivial job, then destroy; ms [<= 20 ms];
+       pp.Server(start_method="spawn") ("ppspawn") in the same run is the anchor
+       (pp's default forks its workers from a fork server)
+  RS   respawn: 1 worker, max_retries=0; a job that writes time.monotonic() to a
+       file and os._exit()s, with a trivial job queued right behind it; the time
+       from the crash (the written stamp) to the trivial job's result in the
+       client, i.e. the crash noticed, a replacement started, the job shipped, run
+       and returned; ms, 10 crashes per child after a warm-up [<= 5 ms]; pp (fork
+       server) and ppspawn (fresh interpreters) in the same run
   MEM  1,000,000 trivial jobs (100,000 with --quick) submitted and collected in batches
        of 10,000 after one warm-up batch; growth of the client's VmRSS [<= 50 MB]
   MAP  Server.map over 1,000,000 trivial items against Pool.map (items/s, three maps
@@ -117,14 +125,15 @@ MEM_BATCH = 10_000
 W6_SECRET = "pp-bench-loopback-secret"
 MAP_ITEMS = 1_000_000
 MAP_LONG = (40, 4.0)                                       # 40 items of 4 ms each
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "MEM", "W6", "MAP")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "RS", "MEM", "W6", "MAP")
 SYSTEMS = ("pp", "pool", "ppe")
 SYSTEM_LABEL = {"pp": "pp", "pool": "Pool", "ppe": "PPE", "ppbare": "ppbare",
-                "ppinherit": "ppinherit", "ppfixed": "ppfixed"}
+                "ppinherit": "ppinherit", "ppfixed": "ppfixed", "ppspawn": "ppspawn"}
+PP_SYSTEMS = ("pp", "ppbare", "ppinherit", "ppfixed", "ppspawn")
 
 # per-child time limits in seconds (before --timeout-scale)
-TIMEOUTS = {"W1": 120, "W2": 90, "W3": 120, "W4": 120, "W5": 120, "MEM": 900,
-            "W6": 300, "MAP": 180}
+TIMEOUTS = {"W1": 120, "W2": 90, "W3": 120, "W4": 120, "W5": 120, "RS": 120,
+            "MEM": 900, "W6": 300, "MAP": 180}
 
 
 def rss_mib():
@@ -154,6 +163,9 @@ def start_system(name):
     if name == "ppinherit":  # output="inherit": W1/W2's anchor for capture's cost
         import pp
         return pp.Server(NWORKERS, output="inherit")
+    if name == "ppspawn":  # fresh interpreters: W5's and RS's anchor
+        import pp
+        return pp.Server(NWORKERS, start_method="spawn")
     if name == "pool":
         import multiprocessing
         return multiprocessing.Pool(NWORKERS)
@@ -164,7 +176,7 @@ def start_system(name):
 
 
 def stop_system(name, h):
-    if name in ("pp", "ppbare", "ppinherit"):
+    if name in PP_SYSTEMS:
         h.destroy()
     elif name == "pool":
         h.terminate()
@@ -434,7 +446,7 @@ def child_w5(name, p):
         time.sleep(0.05)
         t0 = perf_counter()
         h = start_system(name)
-        if name == "pp":
+        if name in PP_SYSTEMS:
             r = h.submit(inc, (1,))()
         elif name == "pool":
             r = h.apply_async(inc, (1,)).get()
@@ -448,6 +460,52 @@ def child_w5(name, p):
         if i > 0:                                                      # i == 0 is warm-up
             samples.append({"first_result_ms": (t1 - t0) * 1e3,
                             "destroy_ms": (t2 - t1) * 1e3})
+    return samples
+
+
+def crash_stamped(path):
+    """RS: write the time of the crash, then die without a result."""
+    import os
+    import time
+    with open(path, "w") as f:
+        f.write(repr(time.monotonic()))
+    os._exit(1)
+
+
+def child_rs(name, p):
+    """RS: a crashed worker replaced and running its next job, in ms from the
+    crash (stamped by the dying job, CLOCK_MONOTONIC is system-wide) to the
+    result of the job queued behind it."""
+    import logging
+    import pp
+    method = "spawn" if name == "ppspawn" else "fork"
+    h = pp.Server(1, start_method=method, max_retries=0, loglevel=logging.CRITICAL)
+    path = os.path.join(tempfile.mkdtemp(prefix="pp-bench-rs-"), "crash")
+    samples = []
+    try:
+        if h.submit(inc, (0,))() != 1:
+            raise AssertionError("RS wrong result")
+        for i in range(p["rs_crashes"] + 1):            # i == 0 is a warm-up
+            time.sleep(0.02)
+            crash = h.submit(crash_stamped, (path,))
+            nxt = h.submit(inc, (i,))
+            r = nxt()
+            t1 = time.monotonic()
+            try:
+                crash()
+                raise AssertionError("RS: the crashing job returned")
+            except pp.WorkerLostError:
+                pass
+            with open(path) as f:
+                t0 = float(f.read())
+            os.unlink(path)
+            if r != i + 1:
+                raise AssertionError("RS wrong result: %r" % (r,))
+            if i > 0:
+                samples.append({"respawn_ms": (t1 - t0) * 1e3})
+    finally:
+        h.destroy()
+        os.rmdir(os.path.dirname(path))
     return samples
 
 
@@ -530,13 +588,13 @@ def child_map(name, p):
 
 
 CHILD_FUNCS = {"MAP": child_map, "W1": child_w1, "W2": child_w2, "W3": child_w3, "W4": child_w4,
-               "W5": child_w5, "MEM": child_mem, "W6": child_w6}
+               "W5": child_w5, "RS": child_rs, "MEM": child_mem, "W6": child_w6}
 
 
 def child_main(spec_json):
     spec = json.loads(spec_json)
     wl, name, params = spec["workload"], spec["system"], spec["params"]
-    if name in ("pp", "ppbare", "ppinherit", "ppfixed"):
+    if name in PP_SYSTEMS:
         import pp  # noqa: F401  (import outside the timed region)
     load0 = os.getloadavg()[0]
     samples = CHILD_FUNCS[wl](name, params)
@@ -772,6 +830,7 @@ def main(argv=None):
 
     params = {"w1_jobs": W1_JOBS, "w2_trips": W2_TRIPS, "w4_jobs": W4_JOBS,
               "w4_size": W4_SIZE, "w4_inner": 2 if args.quick else 3, "w5_tries": 1,
+              "rs_crashes": 10,
               "mem_jobs": args.mem_jobs or (100_000 if args.quick else 1_000_000),
               "mem_batch": MEM_BATCH, "map_items": MAP_ITEMS, "map_long": MAP_LONG}
 
@@ -814,8 +873,12 @@ def main(argv=None):
     for wl in workloads:
         if (wl == "MEM" and not args.mem_anchors) or wl == "W6":
             wl_systems = [s for s in systems if s == "pp"]
+        elif wl == "RS":
+            wl_systems = [s for s in systems if s == "pp"]
         else:
             wl_systems = list(systems)
+        if wl in ("W5", "RS") and "pp" in systems:
+            wl_systems.append("ppspawn")  # same run: fresh interpreters' cost
         if wl == "W1" and "pp" in systems:
             wl_systems.append("ppbare")   # same run: the futures' cost on W1
         if wl in ("W1", "W2") and "pp" in systems:
@@ -926,8 +989,26 @@ def main(argv=None):
         add_row("W4", "MiB/s (higher better)", "mib_per_s", "int", ">=1,500",
                 lambda v, rp: v >= 1500)
     if "W5" in raw:
-        add_row("W5", "create->1st result ms (lower)", "first_result_ms", "f1", "-", None)
+        add_row("W5", "create->1st result ms (lower)", "first_result_ms", "f1",
+                "<=20 ms", lambda v, rp: v <= 20)
         add_row("W5", "destroy ms (lower)", "destroy_ms", "f1", "-", None)
+    if "W5" in raw and "ppspawn" in raw["W5"]:
+        sp = metric("W5", "ppspawn", "first_result_ms")
+        add_row("W5 spawn", "start_method=spawn 1st result ms", None, "f1", "anchor",
+                None, values={"pp": sp, "pool": None, "ppe": None})
+        add_row("W5 spawn", "spawn/fork ratio", None, "f2", "-", None,
+                values={"pp": ratio(sp, metric("W5", "pp", "first_result_ms")),
+                        "pool": None, "ppe": None})
+    if "RS" in raw:
+        add_row("RS", "crash->next result ms (lower)", "respawn_ms", "f2", "<=5 ms",
+                lambda v, rp: v <= 5, values={"pp": metric("RS", "pp", "respawn_ms"),
+                                              "pool": None, "ppe": None})
+        sp = metric("RS", "ppspawn", "respawn_ms")
+        add_row("RS spawn", "start_method=spawn ms", None, "f2", "anchor", None,
+                values={"pp": sp, "pool": None, "ppe": None})
+        add_row("RS spawn", "spawn/fork ratio", None, "f1", "-", None,
+                values={"pp": ratio(sp, metric("RS", "pp", "respawn_ms")),
+                        "pool": None, "ppe": None})
     if "MEM" in raw:
         add_row("MEM", "RSS growth MB (lower)", "growth_mb", "f1", "<=50 MB",
                 lambda v, rp: v <= 50)
@@ -972,7 +1053,8 @@ def main(argv=None):
     # details: per-sample spread, errors
     detail_keys = {"W1": ("jobs_per_s", "int"), "W2": ("median_us", "f1"),
                    "W3": ("wall_s", "f3"), "W4": ("mib_per_s", "int"),
-                   "W5": ("first_result_ms", "f1"), "MEM": ("growth_mb", "f1"),
+                   "W5": ("first_result_ms", "f1"), "RS": ("respawn_ms", "f2"),
+                   "MEM": ("growth_mb", "f1"),
                    "W6": ("remote_jobs_per_s", "int"), "MAP": ("items_per_s", "int")}
     print("Details (all samples of the main figure, min / median / max):")
     problems = []

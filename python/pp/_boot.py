@@ -12,7 +12,10 @@ the same modules. PP_WORKER_SITE=1 keeps site (for sitecustomize or .pth
 hooks that must run in workers).
 
 Worker command: python [-S] -c WORKER_BOOT % pkgdir PARENT_PID PROTO RESTART,
-with its frame pipe on file descriptor 3. Keep this module free of imports
+with its frame pipe on file descriptor 3. With start_method "fork" (the
+default) the same interpreter, started once with TEMPLATE_BOOT instead and
+its control socket on file descriptor 3, is the fork server that forks
+every worker (docs/protocol.md 4.3). Keep this module free of imports
 beyond os and sys: ppserver's question imports it on every start."""
 import os
 import sys
@@ -20,6 +23,19 @@ import sys
 WORKER_BOOT = ("import sys, types; p = types.ModuleType('pp'); "
                "p.__path__ = [%r]; p.__package__ = 'pp'; sys.modules['pp'] = p; "
                "import pp._worker as w; w.main()")
+
+TEMPLATE_BOOT = WORKER_BOOT.replace("w.main()", "w.template()")
+
+START_METHODS = ("fork", "spawn")
+
+
+def check_start_method(value):
+    """start_method as given, or ValueError naming the choices."""
+    if value not in START_METHODS:
+        raise ValueError("start_method must be \"fork\" (workers forked from "
+                         "a clean fork server, the default) or \"spawn\" "
+                         "(each worker a fresh interpreter), not %r" % (value,))
+    return value
 
 
 def site_flags():

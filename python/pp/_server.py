@@ -563,7 +563,8 @@ class Server:
                  tls_key: Optional[str] = None,
                  tls_ca: Optional[str] = None,
                  secret_file: Optional[str] = None,
-                 object_store_limit: Optional[int] = None) -> None:
+                 object_store_limit: Optional[int] = None,
+                 start_method: str = "fork") -> None:
         """Start the local workers and connect to the nodes.
 
         ncpus: local worker processes ("autodetect": one per core; 0: none,
@@ -613,8 +614,16 @@ class Server:
         object_store_limit: bytes of objects put with put() that each
             worker and each node holds at most (None: 512 MiB), least
             recently used out first; an evicted object is sent again with
-            the next job that names it. A node may hold less (it says so)."""
+            the next job that names it. A node may hold less (it says so).
+
+        start_method: how local workers start. "fork" (default): one clean
+            interpreter (the fork server, started without site and without
+            any of this process's state) is started once, and every worker,
+            respawn and set_ncpus growth is a fork of it; this process
+            itself never forks. "spawn": each worker is a fresh
+            interpreter."""
         self._closed = True
+        _boot.check_start_method(start_method)
         tls_files = _check_tls(tls, tls_cert, tls_key, tls_ca)
         if output not in ("echo", "capture", "inherit"):
             raise ValueError('output must be "echo", "capture" or "inherit"')
@@ -666,9 +675,14 @@ class Server:
         # skip the site module (-S): a worker starts in a quarter of the time.
         # PP_WORKER_SITE=1 restores it (for sitecustomize or .pth hooks).
         site = _boot.site_flags()
-        argv = [sys.executable] + site + [
-            "-c", _WORKER_BOOT % os.path.dirname(os.path.abspath(__file__)),
-            str(os.getpid()), str(self._proto), "1" if restart else "0"]
+        pkgdir = os.path.dirname(os.path.abspath(__file__))
+        tail = [str(os.getpid()), str(self._proto), "1" if restart else "0"]
+        argv = [sys.executable] + site + ["-c", _WORKER_BOOT % pkgdir] + tail
+        template = None
+        if start_method == "fork":
+            template = [sys.executable] + site + [
+                "-c", _boot.TEMPLATE_BOOT % pkgdir] + tail
+        self._start_method = start_method
         self._engine = _core.Engine(
             argv, env=_worker_env(), nworkers=ncpus, restart=bool(restart),
             max_retries=max_retries, job_type=self._job_type,
@@ -681,7 +695,7 @@ class Server:
             capture_output=output != "inherit", max_output=max_output,
             echo=_echo if output == "echo" else None,
             max_node_workers=max_node_workers, plain=not tls,
-            obj_limit=object_store_limit, **tls_files)
+            obj_limit=object_store_limit, template=template, **tls_files)
         self._max_frame = max_frame or _core.FRAME_MAX
         subnet_ports = {s[0] for s in subnets}
         self.ppservers = tuple(nodes) + tuple(

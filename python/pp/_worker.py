@@ -2,10 +2,11 @@
 a callable (load) and an exception into bytes (excfmt). The loop itself is C
 (pp._core.worker_main); it calls these only for new functions and errors.
 
-Started by the engine as (see _server._WORKER_BOOT):
+Started by the engine as (see _boot.WORKER_BOOT):
     python -S -c "<register a bare pp package>; import pp._worker as w; w.main()" \
         PARENT_PID PROTO RESTART
-with its frame pipe on file descriptor 3."""
+with its frame pipe on file descriptor 3, or forked by the fork server,
+started the same way with w.template() (_boot.TEMPLATE_BOOT)."""
 import builtins
 import importlib
 import os
@@ -132,7 +133,9 @@ def lazy_package():
     pkg.__getattr__ = __getattr__
 
 
-def main():
+def _prepare():
+    """What every worker sets up first (a spawned one, or the fork server
+    for all it forks): returns (parent pid, restart)."""
     global _proto
     lazy_package()
     # Ctrl-C is the client's: the worker loop ignores SIGINT itself, while
@@ -145,13 +148,38 @@ def main():
         sys.stdout.reconfigure(line_buffering=True)
     except Exception:
         pass
+    return parent, restart
+
+
+def _serve(parent, restart):
+    """The worker loop on fd 3 until the engine is done; never returns."""
     from . import _core
     try:
-        _core.worker_main(3, load, excfmt, proto, restart, parent)
+        _core.worker_main(3, load, excfmt, _proto, restart, parent)
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except Exception:
                 pass
+    os._exit(0)
+
+
+def main():
+    """A worker started as a fresh interpreter (start_method="spawn")."""
+    _serve(*_prepare())
+
+
+def template():
+    """The fork server (start_method="fork", docs/protocol.md 4.3): import
+    what every worker needs, then fork a worker for every request on the
+    control socket (fd 3). A forked child returns from template_serve and
+    is a worker at once; the template exits when the engine is gone."""
+    parent, restart = _prepare()
+    from . import _core, _oob  # noqa: F401  (workers need both)
+    import io  # noqa: F401  (output capture)
+    import gc
+    gc.freeze()  # never scanned, so its pages stay shared with the children
+    if _core.template_serve(3, parent):
+        _serve(os.getppid(), restart)
     os._exit(0)

@@ -343,6 +343,7 @@ static void engine_free_config(pp_engine *e) {
   }
   free(e->disco_ports);
   strv_free(e->argv);
+  strv_free(e->tpl_argv);
   strv_free(e->env);
   free(e->cwd);
 }
@@ -357,8 +358,10 @@ int pp_engine_new(const pp_engine_opts *o, pp_engine **out) {
     return PP_ENOMEM;
   e->argv = strv_dup(o->worker_argv);
   e->env = strv_dup(o->worker_env);
+  e->tpl_argv = strv_dup(o->template_argv);
   e->cwd = o->worker_cwd ? strdup(o->worker_cwd) : NULL;
   if (e->argv == NULL || (o->worker_env && e->env == NULL) ||
+      (o->template_argv && e->tpl_argv == NULL) ||
       (o->worker_cwd && e->cwd == NULL))
     goto fail_config;
   e->restart = o->restart;
@@ -794,6 +797,7 @@ void pp_engine_get_stats(pp_engine *e, pp_engine_stats *out) {
   out->nlive = e->nlive;
   out->queued = e->pending.len;
   out->running = e->running;
+  out->template_pid = e->tpl_pid;
   uv_mutex_unlock(&e->mu);
   out->shm_used = e->shm ? pp_shm_used(e->shm) : 0;
   out->shm_size = e->shm ? pp_shm_size(e->shm) : 0;

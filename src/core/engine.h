@@ -15,6 +15,11 @@ typedef struct pp_engine_opts {
   /* Command that starts one worker (NULL-terminated, copied). The worker
    * finds its frame pipe on file descriptor 3. */
   char *const *worker_argv;
+  /* Command that starts the fork server (template.h, docs/protocol.md
+   * 4.3), which then forks every worker; it finds its control socket on
+   * fd 3 (NULL-terminated, copied). NULL: each worker is spawned with
+   * worker_argv. Both get worker_env and worker_cwd. */
+  char *const *template_argv;
   char *const *worker_env; /* NULL-terminated, copied; NULL = inherit */
   const char *worker_cwd;  /* copied; NULL = inherit */
   int nworkers;            /* initial local pool size (>= 0) */
@@ -102,6 +107,7 @@ typedef struct pp_engine_stats {
   uint64_t objs_sent;      /* OBJ frames sent to workers and nodes */
   uint64_t obj_bytes_sent; /* their objects' bytes */
   uint64_t objs_dropped;   /* OBJ DROP frames sent (evicted or released) */
+  int template_pid;   /* the fork server taking requests, or 0 */
 } pp_engine_stats;
 
 /* pp_engine_new: validate opts, start the engine thread and the initial

@@ -26,6 +26,24 @@
 #define PP__MAX_DISCOVERED 1024  /* node records made from announcements */
 
 typedef struct pp__worker pp__worker; /* pool.c */
+typedef struct pp__tpl pp__tpl;       /* forksrv.c */
+
+/* What the fork server's reports mean, told to the pool (pool.c fills it
+ * in; forksrv.c, below it, calls it). Engine thread. gen names the
+ * template (pp__tpl_fork's *gen). */
+typedef struct pp__tpl_ops {
+  /* FORKED: the request tag was forked as pid (pidfd: a descriptor of it
+   * the callee takes, or -1), or failed with errno err (pid 0) */
+  void (*forked)(pp_engine *e, uint64_t gen, uint64_t tag, int pid,
+                 int pidfd, int err);
+  /* EXITED: a child of template gen ended */
+  void (*exited)(pp_engine *e, uint64_t gen, int pid, int64_t status,
+                 int sig);
+  /* template gen ended (how: its exit status or signal): every child it
+   * has not reported ended with it, every request it has not answered
+   * is void */
+  void (*lost)(pp_engine *e, uint64_t gen, int64_t status, int sig);
+} pp__tpl_ops;
 typedef struct pp__node pp__node;     /* node.c */
 
 typedef struct pp__logline {
@@ -116,6 +134,17 @@ struct pp_engine {
   int spawn_fails;     /* pool.c: workers in a row that could not start */
   int early_deaths;    /* pool.c: workers in a row killed before ready */
   int respawn_due;     /* pool.c: the backoff timer allows one attempt */
+  /* the fork server (forksrv.c): NULL tpl_argv = workers are spawned */
+  char **tpl_argv;     /* immutable after start */
+  pp__tpl *tpl;        /* the template taking requests, or NULL */
+  pp__tpl *tpls;       /* every template record not yet freed */
+  uint64_t tpl_gen;    /* templates started so far */
+  uint64_t tpl_tags;   /* pool.c: fork requests made so far */
+  int tpl_failures;    /* pool.c: templates in a row lost before a worker
+                          of theirs was ready */
+  int tpl_off;         /* pool.c: too many failures: spawn from now on */
+  int tpl_pid;         /* [mu] the template taking requests, or 0 */
+  const pp__tpl_ops *tpl_ops;
   pp__node *nodes;     /* node.c's records; appended to under mu */
   int ndiscovered;
   struct pp__disco *disco; /* NULL without auto-discovery */
@@ -145,6 +174,21 @@ void pp__fail_pending(pp_engine *e, int status, const char *msg);
 /* pp__want_dispatch: ask for one dispatch at the end of this loop turn
  * (never runs it here). Engine thread. */
 static inline void pp__want_dispatch(pp_engine *e) { e->dispatch_wanted = 1; }
+
+/* ---- forksrv.c: the fork server, engine side (engine thread) --------- */
+
+/* pp__tpl_fork: ask the template (started first when there is none) to
+ * fork a worker whose fd 3 is sock and fd 4 status (-1: none); the
+ * descriptors are copied into the request, the caller still closes its
+ * own. The answer comes later through e->tpl_ops->forked with tag. Returns
+ * 0 and the template's *gen, or PP_ESPAWN after logging why. */
+int pp__tpl_fork(pp_engine *e, uint64_t tag, int sock, int status,
+                 uint64_t *gen);
+/* pp__tpl_stop: engine stopping: stop reading, kill every template (each
+ * exit then reports its children lost). */
+void pp__tpl_stop(pp_engine *e);
+/* pp__tpl_free: after the loop ended. */
+void pp__tpl_free(pp_engine *e);
 
 /* ---- pool.c: local worker processes (engine thread) ------------------ */
 

@@ -1,12 +1,13 @@
 /* pool.c — the local transport: worker processes with their frame pipe on
- * fd 3 and their status page (wstatus.h) on fd 4; spawning, writing frames
- * without copying large payloads, reading HELLO and RESULT frames, and a
- * process that exits or dies (its jobs are requeued by the peer layer, the
- * job it was running — read from its status page — is charged one crash, a
- * replacement is started). Workers killed before they are ready are
- * respawned with a bounded backoff; only workers that cannot start at all
- * (missing command, an exit before ready) make queued jobs fail.
- * Engine thread only. */
+ * fd 3 and their status page (wstatus.h) on fd 4; starting them (forked by
+ * the fork server, forksrv.c, or spawned as fresh interpreters), writing
+ * frames without copying large payloads, reading HELLO and RESULT frames,
+ * and a process that exits or dies (its jobs are requeued by the peer
+ * layer, the job it was running — read from its status page — is charged
+ * one crash, a replacement is started). Workers killed before they are
+ * ready are respawned with a bounded backoff; only workers that cannot
+ * start at all (missing command, an exit before ready) make queued jobs
+ * fail. Engine thread only. */
 #include "engine_int.h"
 #include "wstatus.h"
 
@@ -19,10 +20,14 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#endif
 
 #define INLINE_MAX 8192 /* payloads up to this size are copied, larger ones referenced */
 #define BACKOFF_FIRST_MS 100u
 #define BACKOFF_MAX_SHIFT 4 /* 100 ms .. 1.6 s between start attempts */
+#define MAX_TPL_FAILS 3 /* templates lost in a row before none is used */
 
 typedef struct wreq wreq;
 
@@ -35,9 +40,19 @@ struct held {
 
 struct pp__worker {
   pp__peer peer; /* first: a worker is a peer */
-  uv_process_t proc;
+  uv_process_t proc; /* spawned workers only */
   uv_pipe_t pipe;
-  int pid;
+  int pid;          /* 0 while a fork request is unanswered */
+  int forked;       /* made by the fork server: no proc handle; its exit is
+                       the template's EXITED report */
+  uint64_t tag;     /* forked: its fork request */
+  uint64_t tpl_gen; /* forked: the template that forks it */
+  int pidfd;        /* forked: a pidfd of the process, or -1 */
+  int answered;     /* forked: FORKED arrived (its pid may be known earlier,
+                       from its HELLO, when the template is slow to say) */
+  int kill_wanted;  /* forked: SIGKILL asked for before FORKED */
+  int usr2_wanted;  /* forked: SIGUSR2 asked for before FORKED */
+  int listed;       /* in e->pids */
   int alive;        /* process running */
   int retiring;     /* gets no new jobs; BYE once drained */
   int bye_sent;
@@ -98,6 +113,7 @@ static uint64_t *pid_counter(pp_engine *e, int pid) {
 }
 
 static void wreq_free(wreq *r);
+static void worker_named(pp__worker *w, int pid);
 
 /* worker_free: release everything w owns (its handles are closed). */
 static void worker_free(pp__worker *w) {
@@ -109,6 +125,8 @@ static void worker_free(pp__worker *w) {
   free(w->held);
   if (w->status)
     munmap(w->status, PP_WSTATUS_SIZE);
+  if (w->pidfd >= 0)
+    close(w->pidfd);
   pp__peer_clear(&w->peer);
   free(w);
 }
@@ -134,13 +152,44 @@ static void on_handle_closed(uv_handle_t *h) {
 static void worker_close(pp__worker *w) {
   if (!uv_is_closing((uv_handle_t *)&w->pipe))
     uv_close((uv_handle_t *)&w->pipe, on_handle_closed);
-  if (!uv_is_closing((uv_handle_t *)&w->proc))
+  if (!w->forked && !uv_is_closing((uv_handle_t *)&w->proc))
     uv_close((uv_handle_t *)&w->proc, on_handle_closed);
 }
 
+/* worker_signal: send sig to a live worker. A forked one is signalled
+ * through its pidfd, which names that process even after it ended (its pid
+ * may be reused once the template reaped it); without one (a kernel before
+ * 5.3) by pid, which is only wrong if the template reaped it and the pid
+ * was reused before its EXITED arrived. Before its FORKED (and pidfd)
+ * arrived, the signal waits for it. */
+static void worker_signal(pp__worker *w, int sig) {
+  if (!w->alive)
+    return;
+  if (!w->forked) {
+    uv_process_kill(&w->proc, sig);
+    return;
+  }
+  if (!w->answered) {
+    if (sig == SIGKILL)
+      w->kill_wanted = 1;
+    else if (sig == SIGUSR2)
+      w->usr2_wanted = 1;
+    return;
+  }
+#ifdef SYS_pidfd_send_signal
+  /* sent, or it has ended already (then its pid may be reused: nothing
+   * more); refused otherwise (ENOSYS under seccomp or valgrind): by pid */
+  if (w->pidfd >= 0 &&
+      (syscall(SYS_pidfd_send_signal, w->pidfd, sig, NULL, 0) == 0 ||
+       errno == ESRCH))
+    return;
+#endif
+  if (w->pid > 0)
+    kill(w->pid, sig);
+}
+
 static void worker_kill(pp__worker *w) {
-  if (w->alive)
-    uv_process_kill(&w->proc, SIGKILL);
+  worker_signal(w, SIGKILL);
 }
 
 int pp__pool_live(const pp_engine *e) {
@@ -360,7 +409,7 @@ static void w_stop(pp__peer *p, pp_job *j) {
       w->stopping = 1;
       worker_kill(w);
     } else
-      uv_process_kill(&w->proc, SIGUSR2);
+      worker_signal(w, SIGUSR2);
   }
 }
 
@@ -479,9 +528,15 @@ static int process_frames(pp__worker *w) {
   pp__credit credit = {&e->njobs, &e->time_ns, pid_counter(e, w->pid)};
   while ((rc = pp_frame_next(&w->peer.rbuf, e->max_frame, &h, &p)) == 1) {
     if (h.type == PP_MSG_HELLO) {
+      if (w->forked && w->pid == 0 && h.length == 4 && pp_get_u32(p) > 0) {
+        worker_named(w, (int)pp_get_u32(p)); /* before FORKED: credit it */
+        credit.njobs2 = pid_counter(e, w->pid);
+      }
       w->hello = 1;
       e->spawn_fails = 0;
       e->early_deaths = 0;
+      if (w->forked)
+        e->tpl_failures = 0;
     } else if (h.type == PP_MSG_SHM) {
       /* the worker's answer to the arena we passed at its start */
       if (h.length != 4) {
@@ -625,20 +680,33 @@ static uint64_t running_job(const pp__worker *w) {
   return 0;
 }
 
-/* on_exit_cb: the process ended. Read its last results, requeue the rest
- * (charging the job it was running), classify an early death, close. */
-static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
-  pp__worker *w = p->data;
+/* worker_ended: the process ended (or, forked, was never made: cause says
+ * why). Read its last results, requeue the rest (charging the job it was
+ * running, unless it went down with its template: innocent), classify an
+ * early death, close. */
+static void worker_ended(pp__worker *w, int64_t status, int sig,
+                         int innocent, const char *cause) {
   pp_engine *e = w->peer.e;
   char how[128];
   if (!e->stopping) /* when stopping, its jobs were already failed */
     drain_pipe(w);
   w->alive = 0;
-  pids_remove(e, w->pid);
-  describe_exit(how, sizeof how, status, sig);
+  if (w->listed)
+    pids_remove(e, w->pid);
+  w->listed = 0;
+  if (cause != NULL)
+    snprintf(how, sizeof how, "%s", cause);
+  else
+    describe_exit(how, sizeof how, status, sig);
   if (!e->stopping) {
-    uint64_t running = running_job(w);
-    if (!w->hello) {
+    uint64_t running = innocent ? 0 : running_job(w);
+    if (cause != NULL) {
+      e->spawn_fails++;
+    } else if (innocent && w->hello) {
+      pp__log(e, PP_LOG_WARNING, "worker pid %d ended with the fork server "
+              "(%s); its %zu jobs run again", w->pid, how,
+              w->peer.inflight.len);
+    } else if (!w->hello) {
       if (sig != 0) {
         /* killed from outside while starting: not the command's fault */
         e->early_deaths++;
@@ -673,6 +741,11 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
   pp__peer_unlink(&w->peer);
   worker_close(w);
   pp__want_dispatch(e);
+}
+
+/* on_exit_cb: a spawned worker's process ended. */
+static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
+  worker_ended(p->data, status, sig, 0, NULL);
 }
 
 /* send_shm: pass the engine's arena to a just started worker: one SHM
@@ -752,23 +825,188 @@ static pp_wstatus *status_page(pp_engine *e, int *fd) {
   return s;
 }
 
-static int spawn_worker(pp_engine *e) {
+/* worker_new: a worker record with its status page (descriptor in *sfd,
+ * -1 without one) and an initialised pipe handle, on e->workers. NULL when
+ * out of memory. */
+static pp__worker *worker_new(pp_engine *e, int *sfd) {
   pp__worker *w = calloc(1, sizeof *w);
-  uv_process_options_t o;
-  uv_stdio_container_t io[5];
-  int sfd = -1;
+  *sfd = -1;
   if (w == NULL)
-    return PP_ENOMEM;
+    return NULL;
   pp__peer_init(&w->peer, e, &worker_ops, PP__PEER_LOCAL, 1);
   w->peer.strict = 1;
   w->peer.restart = e->restart;
-  w->status = status_page(e, &sfd);
+  w->pidfd = -1;
+  w->status = status_page(e, sfd);
   uv_pipe_init(&e->loop, &w->pipe, 0);
   w->pipe.data = w;
   w->proc.data = w;
-  w->open_handles = 2;
+  w->open_handles = 1;
   w->next = e->workers;
   e->workers = w;
+  return w;
+}
+
+/* worker_named: the pid of w is known: name it, list it. */
+static void worker_named(pp__worker *w, int pid) {
+  w->pid = pid;
+  snprintf(w->peer.name, sizeof w->peer.name, "worker process (pid %d)",
+           w->pid);
+  w->peer.pid = w->pid;
+  pids_add(w->peer.e, w->pid);
+  w->listed = 1;
+}
+
+/* worker_go: a started worker (its socket open in w->pipe): pass it the
+ * arena, make it a peer, read it. */
+static void worker_go(pp__worker *w) {
+  w->alive = 1;
+  snprintf(w->peer.where, sizeof w->peer.where, "local");
+  send_shm(w);
+  pp__peer_link(&w->peer);
+  uv_read_start((uv_stream_t *)&w->pipe, on_alloc, on_read);
+}
+
+/* fork_worker: a worker forked by the fork server: a socket pair whose
+ * other end, with the status page, goes with the request. The worker is a
+ * peer at once (its SHM frame and jobs wait in the socket until the child
+ * reads them); its pid comes with FORKED (pool_forked). 0 or PP_ESPAWN /
+ * PP_ENOMEM after logging. */
+static int fork_worker(pp_engine *e) {
+  int sfd, sv[2];
+  pp__worker *w = worker_new(e, &sfd);
+  if (w == NULL)
+    return PP_ENOMEM;
+  w->forked = 1;
+  w->tag = ++e->tpl_tags;
+  snprintf(w->peer.name, sizeof w->peer.name, "worker process (starting)");
+  int rc = PP_ESPAWN;
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    pp__log(e, PP_LOG_ERROR, "cannot start a worker: socketpair: %s",
+            strerror(errno));
+  } else if (uv_pipe_open(&w->pipe, sv[0]) != 0) {
+    close(sv[0]);
+    close(sv[1]);
+  } else {
+    rc = pp__tpl_fork(e, w->tag, sv[1], sfd, &w->tpl_gen);
+    close(sv[1]);
+  }
+  if (sfd >= 0)
+    close(sfd);
+  if (rc != PP_OK) {
+    e->spawn_fails++;
+    worker_close(w);
+    return PP_ESPAWN;
+  }
+  worker_go(w);
+  return PP_OK;
+}
+
+/* find_forked: the live forked worker of template gen waiting for the
+ * FORKED of that tag, or (tag 0) the one answered with that pid, or NULL. */
+static pp__worker *find_forked(pp_engine *e, uint64_t gen, uint64_t tag,
+                               int pid) {
+  for (pp__worker *w = e->workers; w; w = w->next)
+    if (w->forked && w->alive && w->tpl_gen == gen &&
+        (tag ? !w->answered && w->tag == tag
+             : w->answered && w->pid == pid))
+      return w;
+  return NULL;
+}
+
+/* pool_forked: tpl_ops->forked: a fork request was answered. */
+static void pool_forked(pp_engine *e, uint64_t gen, uint64_t tag, int pid,
+                        int pidfd, int err) {
+  pp__worker *w = find_forked(e, gen, tag, 0);
+  if (w == NULL) { /* nobody waits for it (cannot happen): end it */
+    if (pidfd >= 0) {
+#ifdef SYS_pidfd_send_signal
+      if (syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0) != 0 &&
+          errno != ESRCH)
+#endif
+        kill(pid, SIGKILL);
+      close(pidfd);
+    } else if (pid > 0) {
+      kill(pid, SIGKILL);
+    }
+    return;
+  }
+  if (pid == 0) {
+    char why[160];
+    snprintf(why, sizeof why, "the fork server cannot fork a worker: %s",
+             strerror(err));
+    pp__log(e, PP_LOG_ERROR, "%s", why);
+    worker_ended(w, 0, 0, 0, why);
+    return;
+  }
+  w->answered = 1;
+  w->pidfd = pidfd;
+  if (w->pid == 0)
+    worker_named(w, pid);
+  else if (w->pid != pid) { /* its HELLO said otherwise: FORKED is right */
+    pp__log(e, PP_LOG_WARNING, "worker pid %d said its pid was %d", pid,
+            w->pid);
+    pids_remove(e, w->pid);
+    worker_named(w, pid);
+  }
+  pp__log(e, PP_LOG_DEBUG, "forked worker pid %d", pid);
+  if (w->usr2_wanted)
+    worker_signal(w, SIGUSR2);
+  if (w->kill_wanted)
+    worker_kill(w);
+}
+
+/* pool_exited: tpl_ops->exited: a forked worker ended. */
+static void pool_exited(pp_engine *e, uint64_t gen, int pid, int64_t status,
+                        int sig) {
+  pp__worker *w = find_forked(e, gen, 0, pid);
+  if (w != NULL)
+    worker_ended(w, status, sig, 0, NULL);
+}
+
+/* pool_lost: tpl_ops->lost: template gen ended. Its children die with it
+ * (PR_SET_PDEATHSIG; killed here too, to be sure): their jobs run again,
+ * uncharged. Requests it never answered end as workers that exited before
+ * they were ready, with the template's status. A template that dies
+ * before any worker of its own was ready counts as a failure; after
+ * MAX_TPL_FAILS in a row workers are spawned instead. */
+static void pool_lost(pp_engine *e, uint64_t gen, int64_t status, int sig) {
+  int any_ready = 0;
+  for (pp__worker *w = e->workers; w; w = w->next) {
+    if (!w->forked || w->tpl_gen != gen)
+      continue;
+    any_ready |= w->hello;
+    if (!w->alive)
+      continue;
+    if (w->answered) {
+      worker_kill(w);
+      worker_ended(w, 0, SIGKILL, 1, NULL);
+    } else {
+      worker_ended(w, status, sig, 1, NULL);
+    }
+  }
+  if (e->stopping || any_ready)
+    return;
+  if (++e->tpl_failures >= MAX_TPL_FAILS && !e->tpl_off) {
+    pp__log(e, PP_LOG_WARNING, "the fork server failed %d times in a row; "
+            "workers start as fresh interpreters from now on",
+            e->tpl_failures);
+    e->tpl_off = 1;
+  }
+}
+
+static const pp__tpl_ops pool_tpl_ops = {pool_forked, pool_exited, pool_lost};
+
+/* spawn_worker: a worker started as a fresh process (uv_spawn). 0 or
+ * PP_ESPAWN / PP_ENOMEM after logging. */
+static int spawn_worker(pp_engine *e) {
+  uv_process_options_t o;
+  uv_stdio_container_t io[5];
+  int sfd;
+  pp__worker *w = worker_new(e, &sfd);
+  if (w == NULL)
+    return PP_ENOMEM;
+  w->open_handles = 2;
 
   memset(&o, 0, sizeof o);
   memset(io, 0, sizeof io);
@@ -802,18 +1040,16 @@ static int spawn_worker(pp_engine *e) {
     worker_close(w);
     return PP_ESPAWN;
   }
-  w->pid = w->proc.pid;
-  w->alive = 1;
-  snprintf(w->peer.name, sizeof w->peer.name, "worker process (pid %d)",
-           w->pid);
-  snprintf(w->peer.where, sizeof w->peer.where, "local");
-  w->peer.pid = w->pid;
-  pids_add(e, w->pid);
-  send_shm(w);
-  pp__peer_link(&w->peer);
-  uv_read_start((uv_stream_t *)&w->pipe, on_alloc, on_read);
+  worker_named(w, w->proc.pid);
+  worker_go(w);
   pp__log(e, PP_LOG_DEBUG, "started worker pid %d", w->pid);
   return PP_OK;
+}
+
+/* start_worker: fork one from the template, or spawn one. */
+static int start_worker(pp_engine *e) {
+  return e->tpl_argv != NULL && !e->tpl_off ? fork_worker(e)
+                                            : spawn_worker(e);
 }
 
 /* on_respawn_timer: the backoff is over: allow one start attempt. */
@@ -824,6 +1060,7 @@ static void on_respawn_timer(uv_timer_t *t) {
 }
 
 int pp__pool_init(pp_engine *e) {
+  e->tpl_ops = &pool_tpl_ops;
   int rc = uv_timer_init(&e->loop, &e->respawn_timer);
   e->respawn_timer.data = e;
   return pp_err_from_uv(rc);
@@ -858,7 +1095,7 @@ void pp__pool_adjust(pp_engine *e) {
       break;
     }
     e->respawn_due = 0; /* one attempt per timer round */
-    if (spawn_worker(e) != PP_OK)
+    if (start_worker(e) != PP_OK)
       continue; /* spawn_fails is now > 0: the loop backs off */
     live++;
   }
@@ -885,6 +1122,7 @@ void pp__pool_stop(pp_engine *e) {
       worker_kill(w);
     }
   }
+  pp__tpl_stop(e);
   uv_timer_stop(&e->respawn_timer);
   uv_close((uv_handle_t *)&e->respawn_timer, NULL);
 }
@@ -895,4 +1133,5 @@ void pp__pool_free(pp_engine *e) {
     e->workers = w->next;
     worker_free(w);
   }
+  pp__tpl_free(e);
 }

@@ -124,16 +124,26 @@ static int parse_ports(PyObject *seq, uint16_t ports[MAX_DISCOVER_PORTS]) {
  * with opts (the rest already filled in). 0 or -1 with an exception. The
  * vectors only live for the call: pp_engine_new copies what it keeps. */
 static int start_engine(ppx_engine_object *self, pp_engine_opts *o,
-                        PyObject *argv, PyObject *env, PyObject *nodes) {
+                        PyObject *argv, PyObject *env, PyObject *nodes,
+                        PyObject *tpl) {
   int err, rc = -1;
   /* lists keep the str objects alive while their C strings are borrowed */
   PyObject *argl = PySequence_List(argv);
+  PyObject *tpll = tpl == Py_None ? Py_NewRef(Py_None) : PySequence_List(tpl);
+  char **ctpl = NULL;
   PyObject *envl = env == Py_None ? Py_NewRef(Py_None) : PySequence_List(env);
   PyObject *nodel =
       nodes == Py_None ? Py_NewRef(Py_None) : PySequence_List(nodes);
   char **cargv = NULL, **cenv = NULL, **cnodes = NULL;
-  if (argl == NULL || envl == NULL || nodel == NULL)
+  if (argl == NULL || envl == NULL || nodel == NULL || tpll == NULL)
     goto out;
+  ctpl = list_to_strv(tpll, &err);
+  if (err)
+    goto out;
+  if (ctpl != NULL && ctpl[0] == NULL) {
+    PyErr_SetString(PyExc_ValueError, "template must not be empty");
+    goto out;
+  }
   cargv = list_to_strv(argl, &err);
   cenv = err ? NULL : list_to_strv(envl, &err);
   cnodes = err ? NULL : list_to_strv(nodel, &err);
@@ -144,6 +154,7 @@ static int start_engine(ppx_engine_object *self, pp_engine_opts *o,
     goto out;
   }
   o->worker_argv = cargv;
+  o->template_argv = ctpl;
   o->worker_env = cenv;
   o->nodes = cnodes;
   int erc = pp_engine_new(o, &self->e);
@@ -160,6 +171,8 @@ out:
   PyMem_Free(cargv);
   PyMem_Free(cenv);
   PyMem_Free(cnodes);
+  PyMem_Free(ctpl);
+  Py_XDECREF(tpll);
   Py_XDECREF(argl);
   Py_XDECREF(envl);
   Py_XDECREF(nodel);
@@ -170,9 +183,11 @@ out:
  *        job_type=pp._core.Job, nodes=None, secret=None, node_timeout=5.0,
  *        no_capacity_timeout=0.0, discover=None, max_frame=0,
  *        capture_output=False, max_output=0, echo=None, plain=False,
- *        tls_cert=None, tls_key=None, tls_ca=None)
- * Starts the engine thread and nworkers workers running argv. 0 or -1 with
- * an exception; an Engine is initialised once. */
+ *        tls_cert=None, tls_key=None, tls_ca=None, subnets=None,
+ *        disco_any=False, template=None)
+ * Starts the engine thread and nworkers workers running argv, or forked
+ * by a fork server running the command template. 0 or -1 with an
+ * exception; an Engine is initialised once. */
 static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"argv",     "env",          "nworkers",
                            "restart",  "max_retries",  "job_type",
@@ -181,9 +196,9 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
                            "max_frame", "capture_output", "max_output",
                            "echo", "max_node_workers", "plain", "tls_cert",
                            "tls_key", "tls_ca", "subnets", "disco_any",
-                           "obj_limit", NULL};
+                           "obj_limit", "template", NULL};
   PyObject *argv, *env = Py_None, *jt = NULL, *nodes = Py_None;
-  PyObject *subnets_obj = Py_None;
+  PyObject *subnets_obj = Py_None, *tpl = Py_None;
   int disco_any = 0;
   unsigned long long obj_limit = 0;
   uint32_t subnets[2 * PP_MAX_SUBNETS];
@@ -206,14 +221,14 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
   self->st = ppx_state_of_type(Py_TYPE(self));
   if (self->st == NULL)
     return -1;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OipiOOz*ddOnpnOnpzzzOpK", kwlist,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OipiOOz*ddOnpnOnpzzzOpKO", kwlist,
                                    &argv, &env, &nworkers, &restart,
                                    &max_retries, &jt, &nodes, &secret,
                                    &node_timeout, &no_capacity, &discover,
                                    &max_frame, &capture, &max_output, &echo,
                                    &max_node_workers, &plain, &tls_cert,
                                    &tls_key, &tls_ca, &subnets_obj,
-                                   &disco_any, &obj_limit))
+                                   &disco_any, &obj_limit, &tpl))
     return -1;
   int rc = -1;
   int nports = parse_ports(discover, ports);
@@ -284,7 +299,7 @@ static int Engine_init(ppx_engine_object *self, PyObject *args, PyObject *kw) {
       .error = errmsg,
       .error_len = sizeof errmsg,
   };
-  rc = start_engine(self, &o, argv, env, nodes);
+  rc = start_engine(self, &o, argv, env, nodes, tpl);
   if (rc == 0) {
     self->max_frame = max_frame ? (size_t)max_frame : PP_FRAME_MAX_DEFAULT;
     Py_XSETREF(self->job_type, (PyTypeObject *)Py_NewRef(jt));
@@ -605,7 +620,7 @@ static PyObject *Engine_stats(ppx_engine_object *self, PyObject *unused) {
   if (!engine_ok(self))
     return NULL;
   pp_engine_get_stats(self->e, &s);
-  return Py_BuildValue("{sKsdsKsKsKsKsKsKsK}", "njobs",
+  return Py_BuildValue("{sKsdsKsKsKsKsKsKsKsi}", "njobs",
                        (unsigned long long)s.njobs, "time", s.time_ns / 1e9,
                        "queued", (unsigned long long)s.queued, "running",
                        (unsigned long long)s.running, "shm_used",
@@ -613,7 +628,8 @@ static PyObject *Engine_stats(ppx_engine_object *self, PyObject *unused) {
                        (unsigned long long)s.shm_size, "objs_sent",
                        (unsigned long long)s.objs_sent, "obj_bytes_sent",
                        (unsigned long long)s.obj_bytes_sent, "objs_dropped",
-                       (unsigned long long)s.objs_dropped);
+                       (unsigned long long)s.objs_dropped, "template_pid",
+                       s.template_pid);
 }
 
 /* Engine.obj_release(obj): no new job names obj; every worker and node

@@ -7,6 +7,7 @@
  *   job_type.c     pp._core.Job (a submitted job) and pp._core.Func (a
  *                  function descriptor)
  *   worker.c       pp._core.worker_main: the worker process's loop
+ *   forkserver.c   pp._core.template_serve: the fork server's loop
  * Every object lives in the calling thread's world with the GIL held; the
  * engine thread never sees a PyObject, only bytes (see engine.h). */
 #ifndef PP_EXT_H
@@ -162,5 +163,10 @@ int ppx_wait_sliced(pp_engine *e, ppx_wait_fn fn, void *arg, double timeout);
 /* ppx_worker_main: the worker process's main loop (worker.c); self is the
  * module. Python: worker_main(fd, loader, excfmt, proto, restart, parent). */
 PyObject *ppx_worker_main(PyObject *self, PyObject *args);
+
+/* ppx_template_serve: the fork server's loop (forkserver.c). Python:
+ * template_serve(ctl, parent) -> True in a forked worker, False at the
+ * engine's end of file. */
+PyObject *ppx_template_serve(PyObject *self, PyObject *args);
 
 #endif

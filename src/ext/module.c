@@ -186,6 +186,9 @@ static PyMethodDef module_methods[] = {
     {"oob_filter", (PyCFunction)(void (*)(void))ppx_oob_filter, METH_FASTCALL,
      "oob_filter(slow, obj): None unless obj is a bytes, bytearray or "
      "memoryview of at least OOB_MIN bytes, else slow(obj) (pp._oob)"},
+    {"template_serve", ppx_template_serve, METH_VARARGS,
+     "template_serve(ctl, parent_pid) -> bool: serve fork requests on ctl; "
+     "True in a forked worker, False once the engine closed ctl"},
     {"parse_ppserver", parse_ppserver, METH_O,
      "parse_ppserver(entry) -> ('node', host, port) | ('discover', port) | "
      "('subnet', port, network, bits); "

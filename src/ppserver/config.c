@@ -36,7 +36,7 @@ enum opt_id {
   O_BCAST, O_PORT, O_WORKERS, O_SECRET, O_SECRET_FILE, O_TIMEOUT, O_SOCKTO,
   O_PIDFILE, O_PYTHON, O_ANNOUNCE, O_MAXFRAME, O_JOBMEM, O_MAXCLIENTS,
   O_NOTLS, O_REQTLS, O_TLSCERT, O_TLSKEY, O_TLSCA, O_GENSECRET, O_VERSION,
-  O_OBJLIMIT, O_COUNT
+  O_OBJLIMIT, O_STARTMETHOD, O_COUNT
 };
 
 /* One row per option: long name (also the config key, with '-' or '_'),
@@ -77,6 +77,7 @@ static const struct optdef {
     [O_GENSECRET] = {"gen-secret", 0, 0, 0},
     [O_VERSION] = {"version", 0, 0, 0},
     [O_OBJLIMIT] = {"object-store-limit", 0, 1, 1},
+    [O_STARTMETHOD] = {"start-method", 0, 1, 1},
 };
 
 /* A layer of settings as strings, with where each came from. */
@@ -157,6 +158,7 @@ static const char usage_text[] =
     "                [-k seconds] [-P pid_file] [--secret-file PATH] [--python PATH]\n"
     "                [--announce-interval SECONDS] [--max-frame BYTES]\n"
     "                [--job-memory-limit BYTES] [--object-store-limit BYTES]\n"
+    "                [--start-method fork|spawn]\n"
     "                [--max-clients N] [--no-tls | --require-tls]\n"
     "                [--tls-cert FILE --tls-key FILE --tls-ca FILE] [--gen-secret]\n"
     "                [--version]\n"
@@ -175,6 +177,9 @@ static const char usage_text[] =
     "                             the secret) so clients with ppservers=(\"*\",)\n"
     "                             find it, and answer their queries at once\n"
     "  -r, --restart              restart the worker process after each job\n"
+    "      --start-method METHOD  how workers start: fork (default: forked from\n"
+    "                             one clean, pre-started interpreter, the fork\n"
+    "                             server) or spawn (each a fresh interpreter)\n"
     "  -n, --proto PROTO          pickle protocol the workers use (0-5, default 4)\n"
     "  -c, --config PATH          read settings from a config file (see below)\n"
     "  -i, --interface ADDR       address to listen on (default 0.0.0.0; :: for IPv6)\n"
@@ -233,7 +238,8 @@ static const char usage_text[] =
     "proto, interface, broadcast, port, workers, secret, secret_file, timeout,\n"
     "socket_timeout, pid_file, python, announce_interval, max_frame,\n"
     "job_memory_limit, max_clients, no_tls, require_tls, tls_cert, tls_key,\n"
-    "tls_ca, object_store_limit. Flags take true/false, yes/no, on/off, 1/0.\n"
+    "tls_ca, object_store_limit, start_method. Flags take true/false, yes/no,\n"
+    "on/off, 1/0.\n"
     "Options given on the command line override the file. Example:\n"
     "    # /etc/ppserver.conf  (chmod 600 if it holds the secret)\n"
     "    port = 35000\n"
@@ -488,7 +494,7 @@ static int parse_config_file(ppsrv_config *cfg, layer *file, const char *path,
               " autodiscovery, restart, proto, interface, broadcast, port,"
               " workers, secret, secret_file, timeout, socket_timeout,"
               " pid_file, python, announce_interval, max_frame, job_memory_limit,"
-              " max_clients, object_store_limit)",
+              " max_clients, object_store_limit, start_method)",
               path,
               lineno, key);
       goto out;
@@ -805,6 +811,15 @@ int ppsrv_config_load(ppsrv_config *cfg, int argc, char **argv, char *err,
   cfg->debug = m.val[O_DEBUG] && strcmp(m.val[O_DEBUG], "1") == 0;
   cfg->autodiscovery = m.val[O_AUTO] && strcmp(m.val[O_AUTO], "1") == 0;
   cfg->restart = m.val[O_RESTART] && strcmp(m.val[O_RESTART], "1") == 0;
+  if (m.val[O_STARTMETHOD] != NULL) {
+    if (strcmp(m.val[O_STARTMETHOD], "spawn") == 0) {
+      cfg->spawn = 1;
+    } else if (strcmp(m.val[O_STARTMETHOD], "fork") != 0) {
+      set_err(err, errlen, "%s: start-method must be fork or spawn, not '%s'",
+              m.origin[O_STARTMETHOD], m.val[O_STARTMETHOD]);
+      goto out;
+    }
+  }
   cfg->port = PPSRV_DEFAULT_PORT;
   cfg->socket_timeout = PPSRV_DEFAULT_SOCKET_TIMEOUT;
   cfg->nworkers = default_workers();

@@ -43,6 +43,7 @@ typedef struct ppsrv_config {
   char *broadcast;      /* -b: owned, may be NULL (an IPv4 address) */
   int announce_ms;      /* --announce-interval, in ms */
   int restart;          /* -r: one job per worker process */
+  int spawn;            /* --start-method spawn: no fork server */
   int proto;            /* -n: pickle protocol for workers; -1 = default */
   char *config_path;    /* -c: owned, may be NULL */
   char *interface;      /* -i: owned */

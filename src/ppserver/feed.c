@@ -457,6 +457,7 @@ int ppsrv__start_engine(srv *s) {
   pp_engine_opts o;
   memset(&o, 0, sizeof o);
   o.worker_argv = w.argv; /* copied by the engine, like env */
+  o.template_argv = w.tboot ? w.targv : NULL;
   o.worker_env = w.env;
   o.nworkers = cfg->nworkers;
   o.restart = cfg->restart;

@@ -339,11 +339,15 @@ size_t ppsrv__default_max_clients(long nofile, int nworkers);
 
 /* ---- wboot.c ----------------------------------------------------------- */
 
-/* The command that starts one worker (pp_engine_opts.worker_argv/env). */
+/* The command that starts one worker (pp_engine_opts.worker_argv/env), and
+ * the fork server's (template_argv). */
 typedef struct ppsrv_wcmd {
   char *argv[8];  /* NULL-terminated; borrows cfg->python and the fields */
+  char *targv[8]; /* the fork server's, when tboot is set: the same with
+                     tboot instead of boot */
   char **env;     /* owned; NULL = inherit (the fallback) */
   char *boot;     /* owned: the boot text the interpreter gave */
+  char *tboot;    /* owned: the fork server's boot, or NULL (spawn) */
   char pid[24], proto[16];
   int fast;       /* 1: the client's fast boot; 0: the full-import fallback */
 } ppsrv_wcmd;

@@ -11,7 +11,11 @@
  * When the interpreter cannot answer (pp not importable, or too old to
  * have pp._boot, or --python not a Python), the workers start with the full
  * package import as before, so a failure to start is reported the usual
- * way. Main thread, before the engine (and its threads) exist. */
+ * way. With --start-method fork (the default) the same interpreter,
+ * started once with pp._boot.TEMPLATE_BOOT, is the fork server that forks
+ * every worker (docs/protocol.md 4.3); an interpreter whose pp has no
+ * TEMPLATE_BOOT (an older pp) gets spawned workers. Main thread, before
+ * the engine (and its threads) exist. */
 #include "ppsrv_int.h"
 
 #include <errno.h>
@@ -28,16 +32,19 @@
 extern char **environ;
 
 /* The question, run with site (as the client itself runs): the site flags,
- * the boot filled with the package's directory, and the workers' PYTHONPATH,
- * each NUL-terminated. */
+ * the boot filled with the package's directory, the workers' PYTHONPATH
+ * and the fork server's boot (empty when this pp has none), each
+ * NUL-terminated. */
 static const char wboot_query[] =
     "import sys, types, importlib.machinery as m\n"
     "d = m.PathFinder.find_spec('pp').submodule_search_locations[0]\n"
     "p = types.ModuleType('pp'); p.__path__ = [d]; p.__package__ = 'pp'\n"
     "sys.modules['pp'] = p\n"
     "from pp import _boot as b\n"
+    "t = getattr(b, 'TEMPLATE_BOOT', None)\n"
     "sys.stdout.write(' '.join(b.site_flags()) + '\\0' + b.WORKER_BOOT % d +"
-    " '\\0' + b.worker_pythonpath() + '\\0')\n";
+    " '\\0' + b.worker_pythonpath() + '\\0' + (t % d if t else '') +"
+    " '\\0')\n";
 
 /* The old command, when the interpreter cannot say. */
 static const char wboot_fallback[] = "import pp._worker as w; w.main()";
@@ -139,6 +146,7 @@ static char *ask_python(const char *python, size_t *len, char *err,
 /* ppsrv__wcmd_free (ppsrv_int.h). */
 void ppsrv__wcmd_free(ppsrv_wcmd *w) {
   free(w->boot);
+  free(w->tboot);
   if (w->env != NULL)
     for (char **e = w->env; *e; e++)
       free(*e);
@@ -176,11 +184,11 @@ fail:
   return NULL;
 }
 
-/* split_answer: the answer is exactly three NUL-terminated fields; point
- * f[0..2] at them. Returns 0, or -1 when it is anything else. */
-static int split_answer(const char *ans, size_t len, const char *f[3]) {
+/* split_answer: the answer is exactly four NUL-terminated fields; point
+ * f[0..3] at them. Returns 0, or -1 when it is anything else. */
+static int split_answer(const char *ans, size_t len, const char *f[4]) {
   size_t off = 0;
-  for (int i = 0; i < 3; i++) {
+  for (int i = 0; i < 4; i++) {
     const char *z = off < len ? memchr(ans + off, '\0', len - off) : NULL;
     if (z == NULL)
       return -1;
@@ -194,7 +202,8 @@ static int split_answer(const char *ans, size_t len, const char *f[3]) {
 int ppsrv__wcmd_init(ppsrv_wcmd *w, const ppsrv_config *cfg) {
   char err[128] = "";
   size_t len = 0;
-  const char *f[3] = {NULL, NULL, NULL}; /* flags, boot, PYTHONPATH */
+  const char *f[4] = {NULL, NULL, NULL, NULL}; /* flags, boot, PYTHONPATH,
+                                                  the fork server's boot */
   int no_site = 0;
   memset(w, 0, sizeof *w);
   snprintf(w->pid, sizeof w->pid, "%d", (int)getpid());
@@ -212,7 +221,10 @@ int ppsrv__wcmd_init(ppsrv_wcmd *w, const ppsrv_config *cfg) {
   if (f[1] != NULL) {
     w->boot = strdup(f[1]);
     w->env = make_env(f[2]);
-    if (w->boot == NULL || w->env == NULL) {
+    if (!cfg->spawn && f[3][0] != '\0')
+      w->tboot = strdup(f[3]);
+    if (w->boot == NULL || w->env == NULL ||
+        (!cfg->spawn && f[3][0] != '\0' && w->tboot == NULL)) {
       free(ans);
       ppsrv__wcmd_free(w);
       pp_log(PP_LOG_ERROR, "out of memory");
@@ -236,6 +248,16 @@ int ppsrv__wcmd_init(ppsrv_wcmd *w, const ppsrv_config *cfg) {
   w->argv[k++] = w->proto;
   w->argv[k++] = cfg->restart ? "1" : "0";
   w->argv[k] = NULL;
+  if (w->tboot != NULL) { /* the same command, serving forks */
+    for (size_t i = 0; i <= k; i++)
+      w->targv[i] = w->argv[i];
+    w->targv[no_site ? 3 : 2] = w->tboot;
+  }
+  pp_log(PP_LOG_INFO, "workers %s",
+         w->tboot ? "are forked from a fork server (--start-method fork)"
+         : cfg->spawn ? "start as fresh interpreters (--start-method spawn)"
+                      : "start as fresh interpreters (this pp has no fork"
+                        " server)");
   pp_log(PP_LOG_DEBUG, "workers start with %s%s -c %s", cfg->python,
          no_site ? " -S" : "",
          w->fast ? "<pp._boot.WORKER_BOOT>" : wboot_fallback);

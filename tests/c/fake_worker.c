@@ -30,8 +30,12 @@
  * page on fd 4 (wstatus.h), the worker marks each job in it while it runs.
  *
  * argv[1] = "die-at-start": exit(7) before HELLO.
- * argv[1] = "slow-start": wait 20 ms before HELLO (an interpreter starting). */
+ * argv[1] = "slow-start": wait 20 ms before HELLO (an interpreter starting).
+ * argv[1] = "template": be the engine's fork server (template.h) with the
+ * control socket on fd 3; each forked child is a fake worker with the
+ * remaining arguments. */
 #include "frame.h"
+#include "template.h"
 #include "wstatus.h"
 #include "keyset.h"
 #include "pp_common.h"
@@ -241,6 +245,13 @@ int main(int argc, char **argv) {
   uint8_t hdrb[PP_FRAME_HDR], pidb[4];
   int fl;
 
+  if (argc > 1 && strcmp(argv[1], "template") == 0) {
+    int rc = pp_tpl_serve(PP_TPL_FD, NULL);
+    if (rc != 0) /* the engine is gone (1), or no fork server here */
+      return rc == 1 ? 0 : 2;
+    argv++; /* a forked child: a worker with the other arguments */
+    argc--;
+  }
   if (argc > 1 && strcmp(argv[1], "die-at-start") == 0)
     _exit(7); /* nothing allocated yet; skips a sanitizer's exit-time scan */
   if (argc > 1 && strcmp(argv[1], "slow-start") == 0)

@@ -59,11 +59,25 @@ typedef struct cfg {
   hook_ctx *hook;
 } cfg;
 
+/* The pass running now: 0 spawns every worker, 1 forks them from a fork
+ * server (the fake worker's "template" mode, with the same arguments). */
+static int fork_pass;
+
 static pp_engine *start(cfg c) {
   pp_engine_opts o;
   pp_engine *e = NULL;
+  char *tpl[16];
   memset(&o, 0, sizeof o);
   o.worker_argv = c.argv ? c.argv : worker_argv;
+  if (fork_pass) {
+    size_t k = 0;
+    tpl[k++] = o.worker_argv[0];
+    tpl[k++] = "template";
+    for (size_t i = 1; o.worker_argv[i] != NULL && k < 15; i++)
+      tpl[k++] = o.worker_argv[i];
+    tpl[k] = NULL;
+    o.template_argv = tpl;
+  }
   o.worker_env = c.env;
   o.worker_cwd = c.cwd;
   o.nworkers = c.nworkers;
@@ -232,6 +246,7 @@ static void test_echo_many(void) {
   enum { N = 1000 };
   static pp_job *js[N];
   static hook_ctx hook;
+  memset(&hook, 0, sizeof hook); /* it ran in the other pass too */
   char cmd[64], want[64];
   pp_engine_stats st;
   pp_engine *e = start((cfg){.nworkers = 2, .hook = &hook});
@@ -585,6 +600,7 @@ out:
 static void test_cancel(void) {
   pp_job *busy = NULL, *queued = NULL, *running = NULL;
   static hook_ctx hook;
+  memset(&hook, 0, sizeof hook); /* it ran in the other pass too */
   pp_engine *e = start((cfg){.nworkers = 1, .hook = &hook});
   pp_func *f = pp_func_new("cancel", 6);
   if (e == NULL || !CHECK(f != NULL))
@@ -691,6 +707,7 @@ static void test_shutdown(void) {
   enum { NR = 2, NQ = 10 };
   pp_job *js[NR + NQ] = {0};
   static hook_ctx hook;
+  memset(&hook, 0, sizeof hook); /* it ran in the other pass too */
   pp_engine_stats st;
   pp_engine *e = start((cfg){.nworkers = NR, .hook = &hook});
   pp_func *f = pp_func_new("shutdown", 8);
@@ -1083,7 +1100,8 @@ static void test_spawn_missing_binary(void) {
     CHECKF(a->status == PP_JOB_FAILED, "status %s", status_name(a->status));
     CHECK(errmsg_has(a, "no worker process could be started"));
   }
-  CHECK(drain_logs(e, "cannot start worker") >= 1);
+  CHECK(drain_logs(e, fork_pass ? "cannot start the fork server"
+                                 : "cannot start worker") >= 1);
 out:
   pp_job_unref(a);
   pp_engine_free(e); /* fails the job DESTROYED if it is still queued */
@@ -1183,6 +1201,76 @@ typedef struct {
 } test_case;
 
 static void t_exit0(void) { test_exit_lost(0); }
+/* ppid_of: the parent of pid, from /proc (0 when it is gone). */
+static int ppid_of(int pid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  FILE *fp = fopen(path, "r");
+  if (fp == NULL)
+    return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, fp);
+  fclose(fp);
+  buf[n] = '\0';
+  char *r = strrchr(buf, ')');
+  int ppid = 0;
+  return r != NULL && sscanf(r + 2, "%*c %d", &ppid) == 1 ? ppid : 0;
+}
+
+/* Fork pass only: the workers are the template's children; the template
+ * killed with SIGKILL takes them along, their running jobs run again
+ * uncharged (max_retries 0 would fail a charged one) on workers forked by
+ * a new template, and the pool is whole again. */
+static void test_template_killed(void) {
+  enum { NB = 2, NA = 20 };
+  pp_job *busy[NB] = {0}, *after[NA] = {0};
+  if (!fork_pass)
+    return;
+  pp_engine *e = start((cfg){.nworkers = 2, .queue_logs = 1});
+  pp_func *f = pp_func_new("tpl-killed", 10);
+  pp_engine_stats st;
+  if (e == NULL || !CHECK(f != NULL))
+    goto out;
+  CHECK(wait_nlive(e, 2, T_WAIT));
+  pp_engine_get_stats(e, &st);
+  int tpl = st.template_pid, pids[4];
+  CHECK(tpl > 0 && ppid_of(tpl) == getpid());
+  int n = pp_engine_worker_pids(e, pids, NULL, 4);
+  CHECK(n == 2);
+  for (int i = 0; i < n; i++)
+    CHECKF(ppid_of(pids[i]) == tpl, "worker %d's parent %d, template %d",
+           pids[i], ppid_of(pids[i]), tpl);
+  for (int i = 0; i < NB; i++)
+    busy[i] = submit(e, f, "sleep:300", 0);
+  for (int i = 0; i < NB; i++)
+    CHECK(busy[i] && wait_state(busy[i], PP_JOB_RUNNING, T_WAIT));
+  sleep_ms(50);
+  CHECK(kill(tpl, SIGKILL) == 0);
+  for (int i = 0; i < NB; i++) {
+    wait_ok(e, busy[i], "slept");
+    CHECK(busy[i] && busy[i]->crashes == 0);
+  }
+  for (int i = 0; i < NA; i++) {
+    char cmd[32], want[32];
+    snprintf(cmd, sizeof cmd, "echo:t%d", i);
+    snprintf(want, sizeof want, "t%d", i);
+    after[i] = submit(e, f, cmd, 0);
+    wait_ok(e, after[i], want);
+  }
+  CHECK(wait_nlive(e, 2, T_WAIT));
+  pp_engine_get_stats(e, &st);
+  CHECKF(st.template_pid > 0 && st.template_pid != tpl, "template %d, was %d",
+         st.template_pid, tpl);
+  n = pp_engine_worker_pids(e, pids, NULL, 4);
+  for (int i = 0; i < n; i++)
+    CHECK(ppid_of(pids[i]) == st.template_pid);
+  CHECK(drain_logs(e, "ended with the fork server") >= 1);
+out:
+  unref_all(busy, NB);
+  unref_all(after, NA);
+  pp_engine_free(e);
+  pp_func_unref(f);
+}
+
 static void t_exit2(void) { test_exit_lost(2); }
 static void t_garbage(void) { test_malformed_reply("garbage"); }
 static void t_badid(void) { test_malformed_reply("badid"); }
@@ -1213,6 +1301,7 @@ int main(int argc, char **argv) {
       {"crash_blames_running_job", test_crash_blames_running_job},
       {"killed_while_starting", test_killed_while_starting},
       {"sigpipe_default", test_sigpipe_default},
+      {"template_killed", test_template_killed},
   };
   /* The host process (Python) ignores SIGPIPE; a worker dying while the
    * engine writes to it must not take the test down with it. */
@@ -1221,7 +1310,10 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s not built; run from the repository root\n", WORKER);
     return 1;
   }
-  for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
+  /* every test twice: workers spawned, then forked by a fork server */
+  for (size_t r = 0; r < 2 * (sizeof tests / sizeof tests[0]); r++) {
+    size_t i = r % (sizeof tests / sizeof tests[0]);
+    fork_pass = r >= sizeof tests / sizeof tests[0];
     if (argc > 1) { /* optional: run only the named tests */
       int want = 0;
       for (int a = 1; a < argc; a++)
@@ -1232,7 +1324,8 @@ int main(int argc, char **argv) {
     uint64_t t0 = pp_now_ns();
     int failed0 = check_failed_;
     tests[i].fn();
-    printf("  %-22s %s (%.2f s)\n", tests[i].name,
+    printf("  %-22s %s %s (%.2f s)\n", tests[i].name,
+           fork_pass ? "fork " : "spawn",
            check_failed_ == failed0 ? "ok" : "FAILED", secs_since(t0));
     fflush(stdout);
   }

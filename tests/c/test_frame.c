@@ -1,6 +1,7 @@
 /* test_frame.c — the pp wire framing: header encode/decode, pp_frame_next on
- * every kind of partial and malformed input, pp_frame_append, and a stream
- * fed one byte at a time. */
+ * every kind of partial and malformed input, pp_frame_append, a stream
+ * fed one byte at a time, and the fork server's control messages
+ * (template.h). */
 #include "check.h"
 
 #include <uv.h>
@@ -8,6 +9,7 @@
 #include "buf.h"
 #include "frame.h"
 #include "pp_common.h"
+#include "template.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -431,8 +433,52 @@ static void test_build_parts(void) {
   pp_buf_free(&b);
 }
 
+/* The fork server's control messages round-trip, and every malformed one
+ * (magic, version, type, length, flags, attempt, a FORK without a tag) is
+ * refused before any field is used. */
+static void test_template_msgs(void) {
+  uint8_t b[PP_TPL_MSG_MAX + 8];
+  pp_tpl_msg m, d;
+  const pp_tpl_msg ms[] = {
+      {PP_TPL_FORK, PP_TPL_FORKF_STATUS, 7, 0, 0, 0, 0},
+      {PP_TPL_FORK, 0, 1ull << 40, 0, 0, 0, 0},
+      {PP_TPL_FORKED, 0, 7, 4242, 0, 0, 0},
+      {PP_TPL_FORKED, 0, 8, 0, 11, 0, 0},
+      {PP_TPL_EXITED, 0, 0, 99, 0, 3, 0},
+      {PP_TPL_EXITED, 0, 0, 100, 0, 0, 9},
+  };
+  for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+    size_t n = pp_tpl_encode(b, &ms[i]);
+    CHECK(n <= PP_TPL_MSG_MAX);
+    CHECK(pp_tpl_decode(b, n, &d) == PP_OK);
+    CHECK(d.type == ms[i].type && d.flags == ms[i].flags && d.id == ms[i].id &&
+          d.pid == ms[i].pid && d.err == ms[i].err &&
+          d.status == ms[i].status && d.sig == ms[i].sig);
+    CHECK(pp_tpl_decode(b, n - 1, &d) == PP_EPROTO); /* short */
+    b[n] = 0;
+    CHECK(pp_tpl_decode(b, n + 1, &d) == PP_EPROTO); /* long */
+  }
+  m = (pp_tpl_msg){PP_TPL_EXITED, 0, 0, 5, 0, 1, 0};
+  size_t n = pp_tpl_encode(b, &m);
+  const size_t bad_at[] = {0, 1, 2, 3, 4, 8, 12};
+  for (size_t i = 0; i < sizeof bad_at / sizeof bad_at[0]; i++) {
+    pp_tpl_encode(b, &m);
+    b[bad_at[i]] ^= 0x40; /* magic, version, type, flags, length, attempt */
+    CHECKF(pp_tpl_decode(b, n, &d) == PP_EPROTO, "byte %zu", bad_at[i]);
+  }
+  m = (pp_tpl_msg){PP_TPL_FORK, 0, 0, 0, 0, 0, 0}; /* a FORK needs a tag */
+  n = pp_tpl_encode(b, &m);
+  CHECK(pp_tpl_decode(b, n, &d) == PP_EPROTO);
+  m = (pp_tpl_msg){PP_TPL_FORK, 0x2, 1, 0, 0, 0, 0}; /* unknown flag */
+  n = pp_tpl_encode(b, &m);
+  CHECK(pp_tpl_decode(b, n, &d) == PP_EPROTO);
+  raw_hdr(b, PP_FRAME_MAGIC, PP_PROTO_VERSION, PP_MSG_JOB, 0, 0, 0, 1);
+  CHECK(pp_tpl_decode(b, PP_FRAME_HDR, &d) == PP_EPROTO); /* not a control type */
+}
+
 int main(void) {
   test_le_helpers();
+  test_template_msgs();
   test_encode_decode();
   test_decode_errors();
   test_next_partial();

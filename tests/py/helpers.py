@@ -183,6 +183,30 @@ def pid_alive(pid):
     return pid_state(pid) == "alive"
 
 
+def is_fork_server(pid):
+    """Whether pid is a pp fork server: its command line runs
+    pp._boot.TEMPLATE_BOOT. The workers it forks keep that command line, so
+    only the parent tells them apart: a fork server's is not one."""
+    return _runs_template(pid) and not _runs_template(_ppid(pid))
+
+
+def _runs_template(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"w.template()" in f.read()
+    except OSError:
+        return False
+
+
+def _ppid(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+        return int(data[data.rfind(")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def descendants(pid):
     """All live descendant pids of pid, found through /proc/*/stat."""
     children = {}
@@ -381,7 +405,14 @@ class PPServer:
 
     # -- its processes ---------------------------------------------------
     def worker_pids(self):
-        return [p for p in descendants(self.pid) if pid_state(p) == "alive"]
+        """The node's live worker processes (its fork server is none)."""
+        return [p for p in descendants(self.pid)
+                if pid_state(p) == "alive" and not is_fork_server(p)]
+
+    def fork_server_pids(self):
+        """The node's live fork servers (one, unless one is being replaced)."""
+        return [p for p in descendants(self.pid)
+                if pid_state(p) == "alive" and is_fork_server(p)]
 
     def wait_workers(self, n, timeout=15):
         """Wait until the node has at least n live worker processes."""

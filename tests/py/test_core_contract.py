@@ -81,7 +81,8 @@ def test_entry_points():
     def names(o):
         return {n for n in dir(o) if not n.startswith("__")}
     assert names(_core) == {
-        "Engine", "Func", "Job", "Lease", "Obj", "worker_main", "parse_ppserver",
+        "Engine", "Func", "Job", "Lease", "Obj", "worker_main", "template_serve",
+        "parse_ppserver",
         "bufs_loads", "errorcode", "DEFAULT_PORT", "SECRET_MAX",
         "MAX_NODE_WORKERS", "FRAME_MAX", "JOBF_CHUNK", "JOBF_ONEARG", "BUFS_MAX",
         "OOB_MIN", "oob_filter", "JOB_OBJS_MAX", "OBJ_LIMIT_DEFAULT", "ST_OK",
@@ -101,7 +102,7 @@ def test_entry_points():
     e = engine()
     assert set(e.stats()) == {"njobs", "time", "queued", "running",
                               "shm_used", "shm_size", "objs_sent",
-                              "obj_bytes_sent", "objs_dropped"}
+                              "obj_bytes_sent", "objs_dropped", "template_pid"}
     e.shutdown()
 
 
@@ -309,7 +310,7 @@ def test_public_api_callables_and_signatures():
         "max_frame=None, job_timeout=None, job_memory_limit=None, "
         "output='echo', max_output=1048576, max_node_workers=256, tls=True, "
         "tls_cert=None, tls_key=None, tls_ca=None, secret_file=None, "
-        "object_store_limit=None)"
+        "object_store_limit=None, start_method='fork')"
         % (pickle.HIGHEST_PROTOCOL,))
     expected = {
         "submit": "(self, func, args=(), depfuncs=(), modules=(), callback=None, "

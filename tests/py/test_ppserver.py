@@ -179,7 +179,8 @@ def test_refuses_to_start_without_secret(tmp_path):
 def test_bad_flags_and_config_exit_2(tmp_path):
     env = node_env()
     for args in (["-x"], ["-p", "http"], ["-p", "70000"], ["-w", "0"], ["-n", "9"],
-                 ["-k", "0"], ["-f", "%(nosuch)s"], ["stray"], ["-c", str(tmp_path / "missing")]):
+                 ["-k", "0"], ["-f", "%(nosuch)s"], ["stray"], ["-c", str(tmp_path / "missing")],
+                 ["--start-method", "forkserver"]):
         r = run_ppserver(args, env)
         assert r.returncode == 2, (args, r.stderr)
         assert "error" in r.stderr, (args, r.stderr)
@@ -417,22 +418,34 @@ def test_workers_that_cannot_start_give_failed(start_node):
         assert "no worker process could be started" in data.decode()
 
 
-def test_workers_start_with_the_clients_fast_boot(start_node):
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_workers_start_with_the_clients_fast_boot(start_node, method):
     """ppserver's workers start as pp.Server's do (pp._boot, one definition):
     python -S -c <bare-package boot> with the interpreter's sys.path as
-    PYTHONPATH; jobs still see every module the interpreter sees."""
+    PYTHONPATH; jobs still see every module the interpreter sees. With
+    --start-method fork (the default) that command is the fork server's
+    (TEMPLATE_BOOT), whose children the workers are; with spawn each
+    worker's (WORKER_BOOT)."""
     sys.path.insert(0, str(REPO / "python"))
     try:
         from pp import _boot
     finally:
         sys.path.pop(0)
-    n = start_node("-d")
+    n = start_node("-d", "--start-method", method)
     n.wait_log(r"workers start with \S+ -S -c <pp._boot.WORKER_BOOT>")
     pkgdir = str((REPO / "python" / "pp").resolve())
-    for pid in n.worker_pids():
+    boot = _boot.WORKER_BOOT if method == "spawn" else _boot.TEMPLATE_BOOT
+    starters = n.worker_pids() if method == "spawn" else n.fork_server_pids()
+    assert len(starters) == (2 if method == "spawn" else 1), starters
+    if method == "fork":
+        n.wait_log(r"workers are forked from a fork server")
+        for pid in n.worker_pids():
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            assert int(stat[stat.rfind(")") + 2:].split()[1]) == starters[0]
+    for pid in starters:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
         argv = [a.decode() for a in argv]
-        assert argv[1:4] == ["-S", "-c", _boot.WORKER_BOOT % pkgdir], argv
+        assert argv[1:4] == ["-S", "-c", boot % pkgdir], argv
         env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         path = [e for e in env if e.startswith(b"PYTHONPATH=")][0][11:].decode()
         # -S: the site directories come through PYTHONPATH instead

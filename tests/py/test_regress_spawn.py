@@ -16,6 +16,8 @@ import signal
 import threading
 import time
 
+import pytest
+
 import pp
 from helpers import pid_alive, wait_for
 
@@ -40,7 +42,8 @@ def parent_of(pid):
 
 class Killer(threading.Thread):
     """SIGKILLs every live worker of server s every `every` s for `duration`
-    s (only processes that are this process's children)."""
+    s (only processes that are this process's children, or its fork
+    server's)."""
 
     def __init__(self, s, every=KILL_EVERY, duration=KILL_FOR):
         super().__init__(daemon=True)
@@ -54,8 +57,9 @@ class Killer(threading.Thread):
         me = os.getpid()
         deadline = time.monotonic() + self.duration
         while time.monotonic() < deadline and not self.stop.is_set():
+            parents = {me, self.s._engine.stats()["template_pid"]} - {0}
             for pid in list(self.s.get_worker_stats()):
-                if parent_of(pid) == me:
+                if parent_of(pid) in parents:
                     try:
                         os.kill(pid, signal.SIGKILL)
                         self.killed.add(pid)
@@ -66,12 +70,14 @@ class Killer(threading.Thread):
             self.stop.wait(self.every)
 
 
-def test_workers_killed_while_starting_pool_recovers():
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_workers_killed_while_starting_pool_recovers(method):
     # Kills also land on workers that are running jobs, and each such death
     # is charged to the job it was running: more retries than the default
     # keep that (correct) charging from failing a job in this test.
     buf = io.StringIO()
-    with pp.Server(NWORKERS, max_retries=10, logstream=buf) as s:
+    with pp.Server(NWORKERS, max_retries=10, logstream=buf,
+                   start_method=method) as s:
         assert s.submit(square, (3,)).result(timeout=30) == 9
         killer = Killer(s)
         killer.start()
