@@ -66,6 +66,8 @@ static void run_dispatch(pp_engine *e) {
       break; /* keep mu */
     uv_mutex_unlock(&e->mu);
   }
+  /* hand-offs only while the pool has the size last asked for */
+  e->pool_settled = pp__pool_live(e) == e->target;
   pp__dispatch(e); /* releases mu */
 }
 
@@ -91,6 +93,7 @@ static void on_dispatcher(uv_prepare_t *h) {
         }
   }
   uv_mutex_unlock(&e->mu);
+  pp__pool_flush_rests(e); /* ends of hand-offs go before anything else */
   if (stops) /* stop requests from other threads: tell the transports */
     for (pp__peer *p = e->peers; p; p = p->pnext)
       pp__peer_stop_pending(p);
@@ -496,9 +499,13 @@ int pp_engine_submit(pp_engine *e, pp_job *j) {
   e->group_pending[j->group]++;
   e->total_pending++;
   pp_job_ref(j);
-  pp_jobq_push_back(&e->pending, j);
+  /* an idle worker and nothing queued: write it there from this thread */
+  int handed = pp__pool_handoff(e, j);
+  if (handed == 0)
+    pp_jobq_push_back(&e->pending, j);
   uv_mutex_unlock(&e->mu);
-  uv_async_send(&e->async);
+  if (handed != 1)
+    uv_async_send(&e->async);
   return PP_OK;
 }
 
@@ -708,6 +715,8 @@ int pp_engine_set_nworkers(pp_engine *e, int n) {
   if (n < 0)
     return PP_EINVAL;
   uv_mutex_lock(&e->mu);
+  if (n != e->target)
+    e->pool_settled = 0; /* no hand-off until the engine has applied it */
   e->target = n;
   int closed = e->shutdown;
   uv_mutex_unlock(&e->mu);
@@ -725,6 +734,7 @@ void pp_engine_get_stats(pp_engine *e, pp_engine_stats *out) {
   out->nlive = e->nlive;
   out->queued = e->pending.len;
   out->running = e->running;
+  out->handoffs = e->handoffs;
   uv_mutex_unlock(&e->mu);
   out->shm_used = e->shm ? pp_shm_used(e->shm) : 0;
   out->shm_size = e->shm ? pp_shm_size(e->shm) : 0;

@@ -93,6 +93,8 @@ typedef struct pp_engine_stats {
   int nlive;          /* worker processes alive right now */
   uint64_t queued;    /* waiting for a worker */
   uint64_t running;   /* handed to a worker, no result yet */
+  uint64_t handoffs;  /* jobs the submitting thread wrote to an idle local
+                         worker itself (direct hand-off) */
   uint64_t shm_used;  /* bytes of the shared-memory arena in use */
   uint64_t shm_size;  /* its size (0: no arena) */
 } pp_engine_stats;
@@ -112,7 +114,12 @@ void pp_engine_shutdown(pp_engine *e);
 void pp_engine_free(pp_engine *e);
 
 /* pp_engine_submit: queue j (the engine takes its own reference) and assign
- * j->id. Returns 0, or PP_ECLOSED after shutdown (nothing is queued). */
+ * j->id. When the queue is empty and a local worker is idle, the calling
+ * thread writes j to that worker itself (a non-blocking write of at most
+ * 1 MiB, with the engine mutex held), so the engine thread need not wake;
+ * the job is then in flight exactly as if the engine had dispatched it.
+ * Returns 0, or PP_ECLOSED after shutdown (nothing is queued). Any thread
+ * except the engine thread (a Python caller may hold the GIL). */
 int pp_engine_submit(pp_engine *e, pp_job *j);
 
 /* pp_engine_cancel: cancel j if it has not been handed to a worker yet.
