@@ -569,20 +569,22 @@ static PyObject *Engine_set_nworkers(ppx_engine_object *self, PyObject *arg) {
   Py_RETURN_NONE;
 }
 
-/* Engine.stats() -> {njobs, time, queued, running}: jobs run to a result
- * and the sum of their run times (seconds), jobs waiting and running. */
+/* Engine.stats() -> {njobs, time, queued, running, ..., handoffs}: jobs run
+ * to a result and the sum of their run times (seconds), jobs waiting and
+ * running, and jobs the submitting thread wrote to an idle worker itself. */
 static PyObject *Engine_stats(ppx_engine_object *self, PyObject *unused) {
   pp_engine_stats s;
   PP_UNUSED(unused);
   if (!engine_ok(self))
     return NULL;
   pp_engine_get_stats(self->e, &s);
-  return Py_BuildValue("{sKsdsKsKsKsK}", "njobs",
+  return Py_BuildValue("{sKsdsKsKsKsKsK}", "njobs",
                        (unsigned long long)s.njobs, "time", s.time_ns / 1e9,
                        "queued", (unsigned long long)s.queued, "running",
                        (unsigned long long)s.running, "shm_used",
                        (unsigned long long)s.shm_used, "shm_size",
-                       (unsigned long long)s.shm_size);
+                       (unsigned long long)s.shm_size, "handoffs",
+                       (unsigned long long)s.handoffs);
 }
 
 /* Engine.stats() also says shm_used / shm_size: bytes of the shared-memory
