@@ -239,6 +239,24 @@ static void stretch_done(uv_work_t *req, int status) {
   pp__want_dispatch(e);
 }
 
+/* engine_begin: start the tick, the dispatcher and the stretching of the
+ * secret on the engine's loop. The loop's thread: the engine's own, or the
+ * embedder's (external loop) inside pp_engine_new. */
+static void engine_begin(pp_engine *e) {
+  uv_timer_start(&e->tick, on_tick, 0, TICK_MS);
+  uv_prepare_start(&e->dispatcher, on_dispatcher);
+  if (e->secret != NULL) {
+    e->stretch_req.data = e;
+    int rc = uv_queue_work(e->loop, &e->stretch_req, stretch_work,
+                           stretch_done);
+    if (rc != 0) {
+      e->stretch_rc = pp_err_from_uv(rc);
+      stretch_done(&e->stretch_req, 0);
+    }
+  }
+  pp__want_dispatch(e);
+}
+
 static void engine_main(void *arg) {
   pp_engine *e = arg;
   sigset_t all;
@@ -247,19 +265,8 @@ static void engine_main(void *arg) {
    * SIGINT/SIGTERM reach the thread that handles them. */
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, NULL);
-  uv_timer_start(&e->tick, on_tick, 0, TICK_MS);
-  uv_prepare_start(&e->dispatcher, on_dispatcher);
-  if (e->secret != NULL) {
-    e->stretch_req.data = e;
-    int rc = uv_queue_work(&e->loop, &e->stretch_req, stretch_work,
-                           stretch_done);
-    if (rc != 0) {
-      e->stretch_rc = pp_err_from_uv(rc);
-      stretch_done(&e->stretch_req, 0);
-    }
-  }
-  pp__want_dispatch(e);
-  uv_run(&e->loop, UV_RUN_DEFAULT);
+  engine_begin(e);
+  uv_run(e->loop, UV_RUN_DEFAULT);
   uv_mutex_lock(&e->mu);
   e->stopped = 1;
   uv_cond_broadcast(&e->ev_cond);
@@ -374,20 +381,26 @@ int pp_engine_new(const pp_engine_opts *o, pp_engine **out) {
   }
   e->target = o->nworkers;
   rc = PP_EIO;
-  if (uv_loop_init(&e->loop) != 0)
+  if (o->loop != NULL) {
+    e->loop = o->loop; /* the embedder's: no thread of our own */
+    e->external = 1;
+  } else if (uv_loop_init(&e->own_loop) != 0) {
     goto fail_config;
+  } else {
+    e->loop = &e->own_loop;
+  }
   if (uv_mutex_init(&e->mu) != 0)
     goto fail_loop;
   if (uv_cond_init(&e->done_cond) != 0)
     goto fail_mu;
   if (uv_cond_init(&e->ev_cond) != 0)
     goto fail_cond1;
-  if (uv_async_init(&e->loop, &e->async, on_async) != 0)
+  if (uv_async_init(e->loop, &e->async, on_async) != 0)
     goto fail_cond2;
   e->async.data = e;
-  uv_timer_init(&e->loop, &e->tick);
+  uv_timer_init(e->loop, &e->tick);
   e->tick.data = e;
-  uv_prepare_init(&e->loop, &e->dispatcher);
+  uv_prepare_init(e->loop, &e->dispatcher);
   e->dispatcher.data = e;
   pp__pool_init(e); /* a timer: cannot fail on an initialised loop */
   if (o->shm_size != UINT64_MAX) {
@@ -402,6 +415,11 @@ int pp_engine_new(const pp_engine_opts *o, pp_engine **out) {
     }
     e->shm = size <= SIZE_MAX ? pp_shm_new((size_t)size) : NULL;
   }
+  if (e->external) {
+    engine_begin(e); /* runs when the embedder runs its loop */
+    *out = e;
+    return PP_OK;
+  }
   if (uv_thread_create(&e->thread, engine_main, e) != 0) {
     pp_shm_unref(e->shm);
     e->shm = NULL;
@@ -409,7 +427,7 @@ int pp_engine_new(const pp_engine_opts *o, pp_engine **out) {
     uv_close((uv_handle_t *)&e->tick, NULL);
     uv_close((uv_handle_t *)&e->dispatcher, NULL);
     pp__pool_stop(e);
-    uv_run(&e->loop, UV_RUN_DEFAULT);
+    uv_run(e->loop, UV_RUN_DEFAULT);
     goto fail_cond2;
   }
   e->thread_started = 1;
@@ -423,7 +441,8 @@ fail_cond1:
 fail_mu:
   uv_mutex_destroy(&e->mu);
 fail_loop:
-  uv_loop_close(&e->loop);
+  if (!e->external)
+    uv_loop_close(e->loop);
 fail_config:
   engine_free_config(e);
   free(e);
@@ -435,6 +454,19 @@ void pp_engine_shutdown(pp_engine *e) {
   int was = e->shutdown;
   e->shutdown = 1;
   uv_mutex_unlock(&e->mu);
+  if (e->external) {
+    /* on the loop's thread: stop now; the handles close as the embedder
+     * runs its loop on */
+    if (!was) {
+      engine_stop(e);
+      uv_mutex_lock(&e->mu);
+      e->stopped = 1;
+      uv_cond_broadcast(&e->ev_cond);
+      uv_cond_broadcast(&e->done_cond);
+      uv_mutex_unlock(&e->mu);
+    }
+    return;
+  }
   if (!was)
     uv_async_send(&e->async);
   if (e->thread_started) {
@@ -456,7 +488,8 @@ void pp_engine_free(pp_engine *e) {
     free(l);
   }
   pp__pool_free(e);
-  uv_loop_close(&e->loop);
+  if (!e->external)
+    uv_loop_close(e->loop);
   uv_cond_destroy(&e->ev_cond);
   uv_cond_destroy(&e->done_cond);
   uv_mutex_destroy(&e->mu);

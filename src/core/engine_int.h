@@ -64,7 +64,9 @@ struct pp_engine {
   int disco_any; /* nodes from any address, not only those subnets */
   int ndisco;
 
-  uv_loop_t loop;
+  uv_loop_t *loop;      /* own_loop, or the embedder's (external) */
+  uv_loop_t own_loop;   /* run by the engine's own thread */
+  int external;         /* the embedder runs the loop on its thread */
   uv_async_t async;
   uv_prepare_t dispatcher; /* runs the one dispatch of a loop turn */
   uv_timer_t tick;         /* heartbeats, reconnects, capacity checks */

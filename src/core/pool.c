@@ -984,7 +984,7 @@ static int spawn_worker(pp_engine *e) {
   w->peer.strict = 1;
   w->peer.restart = e->restart;
   w->status = status_page(e, &sfd);
-  uv_pipe_init(&e->loop, &w->pipe, 0);
+  uv_pipe_init(e->loop, &w->pipe, 0);
   w->pipe.data = w;
   w->proc.data = w;
   w->open_handles = 2;
@@ -1013,7 +1013,7 @@ static int spawn_worker(pp_engine *e) {
   o.exit_cb = on_exit_cb;
   o.stdio = io;
   o.stdio_count = 5;
-  int rc = uv_spawn(&e->loop, &w->proc, &o);
+  int rc = uv_spawn(e->loop, &w->proc, &o);
   if (sfd >= 0)
     close(sfd); /* the child has its copy; the mapping stays */
   if (rc != 0) {
@@ -1047,7 +1047,7 @@ static void on_respawn_timer(uv_timer_t *t) {
 }
 
 int pp__pool_init(pp_engine *e) {
-  int rc = uv_timer_init(&e->loop, &e->respawn_timer);
+  int rc = uv_timer_init(e->loop, &e->respawn_timer);
   e->respawn_timer.data = e;
   return pp_err_from_uv(rc);
 }
