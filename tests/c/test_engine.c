@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <uv.h>
 
 #define WORKER "tests/c/bin/fake_worker"
 #define SEC 1000000000ll
@@ -1501,6 +1502,135 @@ out:
   pp_func_unref(f);
 }
 
+/* ---- an engine on the embedder's loop (ppserver's way) ------------------ */
+
+enum { EXT_N = 200 };
+
+typedef struct ext_ctx {
+  pp_engine *e;
+  pp_func *f;
+  uv_timer_t timer;
+  uv_async_t done; /* the completion hook's wake-up, as feed.c does */
+  uv_mutex_t mu;
+  pp_job *jobs[EXT_N];
+  int submitted, completed, taken, wrong, bursts;
+  uint64_t t0;
+} ext_ctx;
+
+/* ext_hook: completion hook: on the loop's thread, mutex held. */
+static void ext_hook(void *ctx, pp_job *j) {
+  ext_ctx *x = ctx;
+  (void)j;
+  uv_mutex_lock(&x->mu);
+  x->completed++;
+  uv_mutex_unlock(&x->mu);
+  uv_async_send(&x->done);
+}
+
+/* ext_submit_some: submit one job (a burst of 10 now and then), from the
+ * loop's own thread. */
+static void ext_submit_some(ext_ctx *x) {
+  int n = x->submitted % 50 == 25 ? 10 : 1;
+  for (int i = 0; i < n && x->submitted < EXT_N; i++) {
+    char cmd[32];
+    snprintf(cmd, sizeof cmd, "echo:x%d", x->submitted);
+    pp_job *j = mkjob(x->f, cmd, 0);
+    if (j == NULL || pp_engine_submit(x->e, j) != PP_OK) {
+      x->wrong++;
+      pp_job_unref(j);
+      return;
+    }
+    x->jobs[x->submitted++] = j;
+  }
+}
+
+/* ext_on_done: completions arrived: check them in order, submit more,
+ * shut down when all are back (the loop then ends by itself). */
+static void ext_on_done(uv_async_t *a) {
+  ext_ctx *x = a->data;
+  while (x->taken < x->submitted && pp_job_done(x->jobs[x->taken])) {
+    char want[32];
+    snprintf(want, sizeof want, "x%d", x->taken);
+    pp_job *j = x->jobs[x->taken++];
+    if (j->status != PP_JOB_OK || !result_is(j, want))
+      x->wrong++;
+  }
+  if (x->taken == x->submitted && x->submitted < EXT_N)
+    ext_submit_some(x);
+  if (x->taken == EXT_N) {
+    pp_engine_shutdown(x->e); /* returns at once on this thread */
+    uv_close((uv_handle_t *)&x->done, NULL);
+    uv_close((uv_handle_t *)&x->timer, NULL);
+  }
+}
+
+/* ext_on_timer: a bound on the whole test: give up and stop. */
+static void ext_on_timer(uv_timer_t *t) {
+  ext_ctx *x = t->data;
+  x->wrong += 1000;
+  pp_engine_shutdown(x->e);
+  uv_close((uv_handle_t *)&x->done, NULL);
+  uv_close((uv_handle_t *)&x->timer, NULL);
+}
+
+static void ext_first(uv_timer_t *t) {
+  ext_ctx *x = t->data;
+  ext_submit_some(x);
+  uv_timer_start(&x->timer, ext_on_timer, (uint64_t)(T_WAIT / 1000000), 0);
+}
+
+/* The engine runs on a loop the test owns and runs on this thread: jobs
+ * are submitted from loop callbacks (handed off to idle workers or queued
+ * for the dispatcher, on the same thread), every one completes once, and
+ * shutdown from a callback lets the loop end on its own, workers reaped. */
+static void test_external_loop(void) {
+  static ext_ctx x;
+  uv_loop_t loop;
+  memset(&x, 0, sizeof x);
+  if (!CHECK(uv_loop_init(&loop) == 0))
+    return;
+  uv_mutex_init(&x.mu);
+  uv_async_init(&loop, &x.done, ext_on_done);
+  x.done.data = &x;
+  uv_timer_init(&loop, &x.timer);
+  x.timer.data = &x;
+  x.f = pp_func_new("ext-loop", 8);
+  pp_engine_opts o;
+  memset(&o, 0, sizeof o);
+  o.worker_argv = worker_argv;
+  o.nworkers = 2;
+  o.on_complete = ext_hook;
+  o.on_complete_ctx = &x;
+  o.loop = &loop;
+  int rc = pp_engine_new(&o, &x.e);
+  CHECKF(rc == PP_OK, "pp_engine_new: %s", pp_strerror(rc));
+  if (rc != PP_OK) {
+    uv_close((uv_handle_t *)&x.done, NULL);
+    uv_close((uv_handle_t *)&x.timer, NULL);
+  } else {
+    uv_timer_start(&x.timer, ext_first, 50, 0);
+  }
+  x.t0 = pp_now_ns();
+  uv_run(&loop, UV_RUN_DEFAULT); /* ends once the engine's handles closed */
+  CHECKF(x.wrong == 0, "%d wrong", x.wrong);
+  CHECK(x.taken == EXT_N);
+  CHECK(x.completed == EXT_N);
+  if (x.e) {
+    pp_engine_stats st;
+    pp_engine_get_stats(x.e, &st);
+    CHECK(st.njobs == EXT_N && st.nlive == 0);
+    CHECKF(st.handoffs > 0, "no hand-off on the embedder's loop");
+    pp_job *late = mkjob(x.f, "echo:late", 0);
+    CHECK(late && pp_engine_submit(x.e, late) == PP_ECLOSED);
+    pp_job_unref(late);
+  }
+  pp_engine_free(x.e);
+  unref_all(x.jobs, (size_t)x.submitted);
+  CHECK(uv_loop_close(&loop) == 0);
+  uv_mutex_destroy(&x.mu);
+  pp_func_unref(x.f);
+}
+
 typedef struct {
   const char *name;
   void (*fn)(void);
@@ -1542,6 +1672,7 @@ int main(int argc, char **argv) {
       {"handoff_abort", test_handoff_abort},
       {"handoff_large", test_handoff_large},
       {"handoff_concurrent", test_handoff_concurrent},
+      {"external_loop", test_external_loop},
   };
   /* The host process (Python) ignores SIGPIPE; a worker dying while the
    * engine writes to it must not take the test down with it. */
