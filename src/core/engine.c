@@ -1,4 +1,5 @@
-/* engine.c — the top of the core: the engine's thread and libuv loop, the
+/* engine.c — the top of the core: the engine's thread and libuv loop (or
+ * the embedder's loop, pp_engine_opts.loop, with no thread of its own), the
  * one dispatch per loop turn (a prepare handle runs it when something asked
  * for it), the tick timer (node heartbeats and reconnects, discovery
  * queries, the no-capacity check), starting and stopping discovery, and the

@@ -165,8 +165,8 @@ void pp__pool_tick(pp_engine *e, uint64_t now);
 /* pp__pool_live: workers alive and not retiring (the pool's size now). */
 int pp__pool_live(const pp_engine *e);
 /* pp__pool_handoff: direct hand-off of a just submitted job j (holding the
- * engine's reference) when the queue is empty and a worker on the
- * hand-off list is idle: j is put in flight on it as a dispatch would and
+ * engine's reference) when no job is queued or running and a worker on
+ * the hand-off list is idle: j is put in flight on it as a dispatch would and
  * its frames (the function first if the worker lacks it) are written to
  * the worker's socket by the calling thread, without blocking. Returns 0
  * (nothing changed: queue j), 1 (handed off) or 2 (handed off, but the end

@@ -59,7 +59,8 @@ struct pp__worker {
                        flight (the one its bad frame was about) is charged */
   int killed;       /* SIGKILL sent, or the exit seen */
   int open_handles; /* proc and pipe handles not yet closed */
-  int fd;           /* the pipe's descriptor (a socket), -1: no hand-off */
+  int fd;           /* [mu] the pipe's descriptor (a socket); -1: no
+                       hand-off */
   /* [mu] direct hand-off (see the top of this file): */
   int on_handoff;   /* on e->handoff, the list submitters pick from */
   pp__worker *hnext;
@@ -181,10 +182,10 @@ static void handoff_off_locked(pp__worker *w) {
  * pipe a socket, the engine not stopping. Takes the mutex. Engine thread. */
 static void handoff_update(pp__worker *w) {
   pp_engine *e = w->peer.e;
+  uv_mutex_lock(&e->mu); /* fd may be cleared by a hand-off (ENOTSOCK) */
   int want = w->alive && w->hello && !w->killed && !w->retiring &&
              !w->stopping && !w->broke && !w->peer.restart && w->fd >= 0 &&
              !e->stopping;
-  uv_mutex_lock(&e->mu);
   if (want && !w->on_handoff) {
     w->hnext = e->handoff;
     e->handoff = w;
@@ -472,7 +473,12 @@ static int handoff_write(pp__worker *w) {
 }
 
 int pp__pool_handoff(pp_engine *e, pp_job *j) {
-  if (!e->pool_settled || e->pending.len > 0 || e->handoff == NULL)
+  /* Only into an idle engine: a lone job (a round trip) gains a wake-up,
+   * while the jobs of a burst go to the dispatcher, which batches them
+   * (one write of many jobs per worker instead of a system call and a
+   * wake-up per job in the submitting thread). */
+  if (!e->pool_settled || e->running > 0 || e->pending.len > 0 ||
+      e->handoff == NULL)
     return 0;
   pp__worker *w = e->handoff;
   while (w && (w->peer.inflight.len > 0 || w->wq_busy > 0 || w->rest))
