@@ -126,10 +126,10 @@ void pp_engine_shutdown(pp_engine *e);
 void pp_engine_free(pp_engine *e);
 
 /* pp_engine_submit: queue j (the engine takes its own reference) and assign
- * j->id. When the queue is empty and a local worker is idle, the calling
- * thread writes j to that worker itself (a non-blocking write of at most
- * 1 MiB, with the engine mutex held), so the engine thread need not wake;
- * the job is then in flight exactly as if the engine had dispatched it.
+ * j->id. When no job is queued or running and a local worker is idle, the
+ * calling thread writes j to that worker itself (a non-blocking write of
+ * at most 1 MiB, with the engine mutex held), so the engine thread need
+ * not wake; the job is then in flight as if the engine had dispatched it.
  * Returns 0, or PP_ECLOSED after shutdown (nothing is queued). Any thread
  * except the engine thread (a Python caller may hold the GIL). */
 int pp_engine_submit(pp_engine *e, pp_job *j);
