@@ -77,8 +77,7 @@ int pp__peer_can_take(const pp__peer *p) {
          p->inflight_est_ns < PP__PIPE_BUDGET_NS * slots;
 }
 
-/* peer_assign: j at the end of p's in-flight list. Caller holds mu. */
-static void peer_assign(pp__peer *p, pp_job *j) {
+void pp__peer_assign(pp__peer *p, pp_job *j) {
   p->inflight_est_ns += j->est_ns;
   p->ndispatched++;
   pp_jobq_push_back(&p->inflight, j);
@@ -90,7 +89,7 @@ void pp__peer_start(pp__peer *p, pp_job *j) {
   j->attempt++;
   j->est_ns = pp__estimate(j);
   e->running++;
-  peer_assign(p, j);
+  pp__peer_assign(p, j);
 }
 
 void pp__peer_unstart(pp__peer *p, pp_job *j) {

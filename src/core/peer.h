@@ -117,6 +117,10 @@ void pp__peer_unlink(pp__peer *p);
  * on it. Pure. */
 int pp__peer_can_take(const pp__peer *p);
 
+/* pp__peer_assign: put j (already RUNNING, attempt counted) at the end of
+ * p's in-flight list. Caller holds the engine mutex. */
+void pp__peer_assign(pp__peer *p, pp_job *j);
+
 /* pp__peer_start: j leaves the queue for p: RUNNING, its attempt counted,
  * its run time estimated, counted as running, at the end of p's in-flight
  * list. pp__peer_unstart undoes it exactly (a hand-off whose write could
