@@ -98,7 +98,7 @@ def test_entry_points():
     assert names(_core.Func) == set()
     e = engine()
     assert set(e.stats()) == {"njobs", "time", "queued", "running",
-                              "shm_used", "shm_size"}
+                              "shm_used", "shm_size", "handoffs"}
     e.shutdown()
 
 
