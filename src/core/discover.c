@@ -202,7 +202,7 @@ static int open_sock(pp__disco *d, uint16_t port, dsock **out) {
   dsock *s = calloc(1, sizeof *s);
   if (s == NULL)
     return UV_ENOMEM;
-  int rc = uv_udp_init(&d->e->loop, &s->h);
+  int rc = uv_udp_init(d->e->loop, &s->h);
   if (rc != 0) {
     free(s); /* not a handle yet */
     return rc;

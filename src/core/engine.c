@@ -1,4 +1,5 @@
-/* engine.c — the top of the core: the engine's thread and libuv loop, the
+/* engine.c — the top of the core: the engine's thread and libuv loop (or
+ * the embedder's loop, pp_engine_opts.loop, with no thread of its own), the
  * one dispatch per loop turn (a prepare handle runs it when something asked
  * for it), the tick timer (node heartbeats and reconnects, discovery
  * queries, the no-capacity check), starting and stopping discovery, and the
@@ -66,6 +67,8 @@ static void run_dispatch(pp_engine *e) {
       break; /* keep mu */
     uv_mutex_unlock(&e->mu);
   }
+  /* hand-offs only while the pool has the size last asked for */
+  e->pool_settled = pp__pool_live(e) == e->target;
   pp__dispatch(e); /* releases mu */
 }
 
@@ -85,12 +88,18 @@ static void drop_released(pp_engine *e) {
   for (pp__peer *p = e->peers, *next; p; p = next) {
     next = p->pnext;
     int rc = PP_OK, emitted = 0;
+    uv_mutex_lock(&e->mu); /* a submitting thread's hand-off waits */
+    p->writing = 1;
+    uv_mutex_unlock(&e->mu);
     for (size_t i = 0; i < n && rc >= 0; i++) {
       rc = pp__peer_forget(p, rel[i]);
       emitted |= rc > 0;
     }
     if (rc >= 0 && emitted)
       rc = p->ops->flush(p);
+    uv_mutex_lock(&e->mu);
+    p->writing = 0;
+    uv_mutex_unlock(&e->mu);
     if (rc < 0) {
       char why[160];
       snprintf(why, sizeof why, "cannot send object releases: %s",
@@ -154,6 +163,7 @@ static void on_dispatcher(uv_prepare_t *h) {
   }
   int releases = e->nreleased > 0;
   uv_mutex_unlock(&e->mu);
+  pp__pool_flush_rests(e); /* ends of hand-offs go before anything else */
   if (releases)
     drop_released(e);
   if (stops) /* stop requests from other threads: tell the transports */
@@ -301,6 +311,24 @@ static void stretch_done(uv_work_t *req, int status) {
   pp__want_dispatch(e);
 }
 
+/* engine_begin: start the tick, the dispatcher and the stretching of the
+ * secret on the engine's loop. The loop's thread: the engine's own, or the
+ * embedder's (external loop) inside pp_engine_new. */
+static void engine_begin(pp_engine *e) {
+  uv_timer_start(&e->tick, on_tick, 0, TICK_MS);
+  uv_prepare_start(&e->dispatcher, on_dispatcher);
+  if (e->secret != NULL) {
+    e->stretch_req.data = e;
+    int rc = uv_queue_work(e->loop, &e->stretch_req, stretch_work,
+                           stretch_done);
+    if (rc != 0) {
+      e->stretch_rc = pp_err_from_uv(rc);
+      stretch_done(&e->stretch_req, 0);
+    }
+  }
+  pp__want_dispatch(e);
+}
+
 static void engine_main(void *arg) {
   pp_engine *e = arg;
   sigset_t all;
@@ -309,19 +337,8 @@ static void engine_main(void *arg) {
    * SIGINT/SIGTERM reach the thread that handles them. */
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, NULL);
-  uv_timer_start(&e->tick, on_tick, 0, TICK_MS);
-  uv_prepare_start(&e->dispatcher, on_dispatcher);
-  if (e->secret != NULL) {
-    e->stretch_req.data = e;
-    int rc = uv_queue_work(&e->loop, &e->stretch_req, stretch_work,
-                           stretch_done);
-    if (rc != 0) {
-      e->stretch_rc = pp_err_from_uv(rc);
-      stretch_done(&e->stretch_req, 0);
-    }
-  }
-  pp__want_dispatch(e);
-  uv_run(&e->loop, UV_RUN_DEFAULT);
+  engine_begin(e);
+  uv_run(e->loop, UV_RUN_DEFAULT);
   uv_mutex_lock(&e->mu);
   e->stopped = 1;
   uv_cond_broadcast(&e->ev_cond);
@@ -440,20 +457,26 @@ int pp_engine_new(const pp_engine_opts *o, pp_engine **out) {
   }
   e->target = o->nworkers;
   rc = PP_EIO;
-  if (uv_loop_init(&e->loop) != 0)
+  if (o->loop != NULL) {
+    e->loop = o->loop; /* the embedder's: no thread of our own */
+    e->external = 1;
+  } else if (uv_loop_init(&e->own_loop) != 0) {
     goto fail_config;
+  } else {
+    e->loop = &e->own_loop;
+  }
   if (uv_mutex_init(&e->mu) != 0)
     goto fail_loop;
   if (uv_cond_init(&e->done_cond) != 0)
     goto fail_mu;
   if (uv_cond_init(&e->ev_cond) != 0)
     goto fail_cond1;
-  if (uv_async_init(&e->loop, &e->async, on_async) != 0)
+  if (uv_async_init(e->loop, &e->async, on_async) != 0)
     goto fail_cond2;
   e->async.data = e;
-  uv_timer_init(&e->loop, &e->tick);
+  uv_timer_init(e->loop, &e->tick);
   e->tick.data = e;
-  uv_prepare_init(&e->loop, &e->dispatcher);
+  uv_prepare_init(e->loop, &e->dispatcher);
   e->dispatcher.data = e;
   pp__pool_init(e); /* a timer: cannot fail on an initialised loop */
   if (o->shm_size != UINT64_MAX) {
@@ -468,6 +491,11 @@ int pp_engine_new(const pp_engine_opts *o, pp_engine **out) {
     }
     e->shm = size <= SIZE_MAX ? pp_shm_new((size_t)size) : NULL;
   }
+  if (e->external) {
+    engine_begin(e); /* runs when the embedder runs its loop */
+    *out = e;
+    return PP_OK;
+  }
   if (uv_thread_create(&e->thread, engine_main, e) != 0) {
     pp_shm_unref(e->shm);
     e->shm = NULL;
@@ -475,7 +503,7 @@ int pp_engine_new(const pp_engine_opts *o, pp_engine **out) {
     uv_close((uv_handle_t *)&e->tick, NULL);
     uv_close((uv_handle_t *)&e->dispatcher, NULL);
     pp__pool_stop(e);
-    uv_run(&e->loop, UV_RUN_DEFAULT);
+    uv_run(e->loop, UV_RUN_DEFAULT);
     goto fail_cond2;
   }
   e->thread_started = 1;
@@ -489,7 +517,8 @@ fail_cond1:
 fail_mu:
   uv_mutex_destroy(&e->mu);
 fail_loop:
-  uv_loop_close(&e->loop);
+  if (!e->external)
+    uv_loop_close(e->loop);
 fail_config:
   engine_free_config(e);
   free(e);
@@ -501,6 +530,19 @@ void pp_engine_shutdown(pp_engine *e) {
   int was = e->shutdown;
   e->shutdown = 1;
   uv_mutex_unlock(&e->mu);
+  if (e->external) {
+    /* on the loop's thread: stop now; the handles close as the embedder
+     * runs its loop on */
+    if (!was) {
+      engine_stop(e);
+      uv_mutex_lock(&e->mu);
+      e->stopped = 1;
+      uv_cond_broadcast(&e->ev_cond);
+      uv_cond_broadcast(&e->done_cond);
+      uv_mutex_unlock(&e->mu);
+    }
+    return;
+  }
   if (!was)
     uv_async_send(&e->async);
   if (e->thread_started) {
@@ -522,7 +564,8 @@ void pp_engine_free(pp_engine *e) {
     free(l);
   }
   pp__pool_free(e);
-  uv_loop_close(&e->loop);
+  if (!e->external)
+    uv_loop_close(e->loop);
   uv_cond_destroy(&e->ev_cond);
   uv_cond_destroy(&e->done_cond);
   uv_mutex_destroy(&e->mu);
@@ -568,9 +611,13 @@ int pp_engine_submit(pp_engine *e, pp_job *j) {
   e->group_pending[j->group]++;
   e->total_pending++;
   pp_job_ref(j);
-  pp_jobq_push_back(&e->pending, j);
+  /* an idle worker and nothing queued: write it there from this thread */
+  int handed = pp__pool_handoff(e, j);
+  if (handed == 0)
+    pp_jobq_push_back(&e->pending, j);
   uv_mutex_unlock(&e->mu);
-  uv_async_send(&e->async);
+  if (handed != 1)
+    uv_async_send(&e->async);
   return PP_OK;
 }
 
@@ -780,6 +827,8 @@ int pp_engine_set_nworkers(pp_engine *e, int n) {
   if (n < 0)
     return PP_EINVAL;
   uv_mutex_lock(&e->mu);
+  if (n != e->target)
+    e->pool_settled = 0; /* no hand-off until the engine has applied it */
   e->target = n;
   int closed = e->shutdown;
   uv_mutex_unlock(&e->mu);
@@ -798,6 +847,7 @@ void pp_engine_get_stats(pp_engine *e, pp_engine_stats *out) {
   out->queued = e->pending.len;
   out->running = e->running;
   out->template_pid = e->tpl_pid;
+  out->handoffs = e->handoffs;
   uv_mutex_unlock(&e->mu);
   out->shm_used = e->shm ? pp_shm_used(e->shm) : 0;
   out->shm_size = e->shm ? pp_shm_size(e->shm) : 0;

@@ -58,6 +58,16 @@ typedef struct pp_engine_opts {
    * cannot be loaded, ...). */
   char *error;
   size_t error_len;
+  /* Optional: a uv_loop_t * owned by the embedder (ppserver), on which
+   * the engine runs instead of on a thread of its own, so the embedder's
+   * connections and the engine share one loop and a job crosses no thread
+   * on its way. Then every pp_engine_* call must come from that loop's
+   * thread (pp_engine_new included, before or while the loop runs), none of
+   * the waits may be used, the completion hook runs on that thread, the
+   * embedder must ignore SIGPIPE, pp_engine_shutdown only starts the stop
+   * (the engine's handles close as the loop runs on) and pp_engine_free
+   * comes after the loop has ended. NULL = the engine's own thread. */
+  void *loop;
   uint32_t no_capacity_ms;   /* fail queued jobs after this long with no
                                 worker and no node; 0 = never */
   /* Auto-discovery: listen for signed ppserver announcements on these UDP
@@ -102,6 +112,8 @@ typedef struct pp_engine_stats {
   int nlive;          /* worker processes alive right now */
   uint64_t queued;    /* waiting for a worker */
   uint64_t running;   /* handed to a worker, no result yet */
+  uint64_t handoffs;  /* jobs the submitting thread wrote to an idle local
+                         worker itself (direct hand-off) */
   uint64_t shm_used;  /* bytes of the shared-memory arena in use */
   uint64_t shm_size;  /* its size (0: no arena) */
   uint64_t objs_sent;      /* OBJ frames sent to workers and nodes */
@@ -117,7 +129,9 @@ int pp_engine_new(const pp_engine_opts *opts, pp_engine **out);
 
 /* pp_engine_shutdown: stop accepting jobs, fail queued and running ones with
  * PP_JOB_DESTROYED, kill the workers and join the engine thread. Idempotent.
- * Any thread except the engine thread; blocks until the thread is gone. */
+ * Any thread except the engine thread; blocks until the thread is gone.
+ * With an external loop (opts.loop): on that loop's thread, returns at
+ * once; the workers are reaped as the loop runs on. */
 void pp_engine_shutdown(pp_engine *e);
 
 /* pp_engine_free: shutdown, then free. Jobs still on the callback queue are
@@ -125,7 +139,12 @@ void pp_engine_shutdown(pp_engine *e);
 void pp_engine_free(pp_engine *e);
 
 /* pp_engine_submit: queue j (the engine takes its own reference) and assign
- * j->id. Returns 0, or PP_ECLOSED after shutdown (nothing is queued). */
+ * j->id. When no job is queued or running and a local worker is idle, the
+ * calling thread writes j to that worker itself (a non-blocking write of
+ * at most 1 MiB, with the engine mutex held), so the engine thread need
+ * not wake; the job is then in flight as if the engine had dispatched it.
+ * Returns 0, or PP_ECLOSED after shutdown (nothing is queued). Any thread
+ * except the engine thread (a Python caller may hold the GIL). */
 int pp_engine_submit(pp_engine *e, pp_job *j);
 
 /* pp_engine_obj_release: o will be named by no new job: every worker and

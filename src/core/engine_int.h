@@ -83,7 +83,9 @@ struct pp_engine {
   int disco_any; /* nodes from any address, not only those subnets */
   int ndisco;
 
-  uv_loop_t loop;
+  uv_loop_t *loop;      /* own_loop, or the embedder's (external) */
+  uv_loop_t own_loop;   /* run by the engine's own thread */
+  int external;         /* the embedder runs the loop on its thread */
   uv_async_t async;
   uv_prepare_t dispatcher; /* runs the one dispatch of a loop turn */
   uv_timer_t tick;         /* heartbeats, reconnects, capacity checks */
@@ -120,6 +122,15 @@ struct pp_engine {
   size_t nreleased, capreleased;
   /* counters of OBJ frames (any thread reads them) */
   atomic_uint_fast64_t objs_sent, obj_bytes_sent, objs_dropped;
+  /* direct hand-off (pool.c): the workers a submitting thread may write a
+   * job to itself, whether the pool has its target size (a job submitted
+   * after set_nworkers() returned never reaches a worker being retired),
+   * a worker has the end of a hand-off for the engine thread to write,
+   * and how many jobs went that way */
+  pp__worker *handoff;
+  int pool_settled;
+  int rests_wanted;
+  uint64_t handoffs;
 
   /* [loop] */
   int dispatch_wanted; /* something may have freed capacity or added work */
@@ -204,6 +215,19 @@ void pp__pool_stop(pp_engine *e);
 void pp__pool_tick(pp_engine *e, uint64_t now);
 /* pp__pool_live: workers alive and not retiring (the pool's size now). */
 int pp__pool_live(const pp_engine *e);
+/* pp__pool_handoff: direct hand-off of a just submitted job j (holding the
+ * engine's reference) when no job is queued or running and a worker on
+ * the hand-off list is idle: j is put in flight on it as a dispatch would and
+ * its frames (the function first if the worker lacks it) are written to
+ * the worker's socket by the calling thread, without blocking. Returns 0
+ * (nothing changed: queue j), 1 (handed off) or 2 (handed off, but the end
+ * of its frames is left for the engine thread: wake it). Caller holds mu;
+ * any thread (pp_engine_submit's). */
+int pp__pool_handoff(pp_engine *e, pp_job *j);
+/* pp__pool_flush_rests: start writing the ends of hand-offs a submitting
+ * thread could not write whole (before anything else goes to those
+ * workers). Engine thread, once per loop turn. */
+void pp__pool_flush_rests(pp_engine *e);
 
 /* ---- node.c: remote ppserver nodes (engine thread) ------------------- */
 

@@ -205,7 +205,7 @@ static pp__tpl *tpl_start(pp_engine *e) {
   t->fd = sv[0];
   t->proc.data = t;
   t->poll.data = t;
-  int rc = uv_spawn(&e->loop, &t->proc, &o);
+  int rc = uv_spawn(e->loop, &t->proc, &o);
   close(sv[1]);
   t->open_handles = 1;
   t->next = e->tpls;
@@ -222,7 +222,7 @@ static pp__tpl *tpl_start(pp_engine *e) {
   t->gen = ++e->tpl_gen;
   set_current(e, t);
   fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
-  if (uv_poll_init(&e->loop, &t->poll, sv[0]) == 0) {
+  if (uv_poll_init(e->loop, &t->poll, sv[0]) == 0) {
     t->polling = 1;
     t->open_handles++;
     uv_poll_start(&t->poll, UV_READABLE | UV_DISCONNECT, on_tpl_poll);

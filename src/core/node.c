@@ -649,7 +649,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *ai) 
     node_down(n, status < 0 ? uv_strerror(status) : "no address");
     return;
   }
-  uv_tcp_init(&n->peer.e->loop, &n->tcp);
+  uv_tcp_init(n->peer.e->loop, &n->tcp);
   n->tcp.data = n;
   n->tcp_open = 1;
   n->creq.data = n;
@@ -670,7 +670,7 @@ static void node_connect(pp__node *n) {
   n->state = NODE_RESOLVING;
   n->state_since_ns = pp_now_ns();
   n->gai_busy = 1;
-  int rc = uv_getaddrinfo(&n->peer.e->loop, &n->gai, on_resolved, n->host, n->port,
+  int rc = uv_getaddrinfo(n->peer.e->loop, &n->gai, on_resolved, n->host, n->port,
                           &hints);
   if (rc != 0) {
     n->gai_busy = 0;

@@ -305,9 +305,29 @@ static void fail_unfit(pp__peer *p, pp_job *j) {
   uv_mutex_unlock(&e->mu);
 }
 
+void pp__peer_start(pp__peer *p, pp_job *j) {
+  pp_engine *e = p->e;
+  atomic_store_explicit(&j->state, PP_JOB_RUNNING, memory_order_relaxed);
+  j->attempt++;
+  j->est_ns = pp__estimate(j);
+  e->running++;
+  pp__peer_assign(p, j);
+}
+
+void pp__peer_unstart(pp__peer *p, pp_job *j) {
+  pp_engine *e = p->e;
+  pp_jobq_remove(&p->inflight, j);
+  p->inflight_est_ns -= j->est_ns;
+  p->ndispatched--;
+  if (e->running > 0)
+    e->running--;
+  j->attempt--;
+  atomic_store_explicit(&j->state, PP_JOB_QUEUED, memory_order_relaxed);
+}
+
 /* ---- sending ------------------------------------------------------------- */
 
-int pp__peer_send(pp__peer *p, pp_job *first) {
+int pp__peer_emit(pp__peer *p, pp_job *first) {
   int rc = PP_OK;
   size_t unflushed = 0; /* argument bytes emitted since the last flush */
   pp_job *next;
@@ -371,6 +391,11 @@ int pp__peer_send(pp__peer *p, pp_job *first) {
       unflushed = 0;
     }
   }
+  return rc;
+}
+
+int pp__peer_send(pp__peer *p, pp_job *first) {
+  int rc = pp__peer_emit(p, first);
   if (rc == PP_OK)
     rc = p->ops->flush(p);
   if (rc != PP_OK) {
@@ -403,7 +428,11 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
   if (h->length < 8 || status > PP_RES_MAX ||
       (peer->strict && status > PP_RES_SERIAL && status != PP_RES_ABORTED))
     return PP_EPROTO;
+  /* the in-flight list is [mu]: a submitting thread may add to it (direct
+   * hand-off, pool.c); only this thread removes from it, so j stays */
+  uv_mutex_lock(&e->mu);
   pp_job *j = find_inflight(peer, h->id, h->attempt);
+  uv_mutex_unlock(&e->mu);
   if (j == NULL) {
     /* every job sent on a connection stays in flight on it until its
      * result: an unknown (id, attempt) is not late, it is made up */
@@ -513,9 +542,9 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
     memcpy(copy, data, len);
   }
   j->runtime_ns = pp_get_u64(payload);
-  if (jstatus <= PP_JOB_SERIAL)
-    pp__observe(j->func, j->runtime_ns);
   uv_mutex_lock(&e->mu);
+  if (jstatus <= PP_JOB_SERIAL) /* estimates are read under mu (dispatch) */
+    pp__observe(j->func, j->runtime_ns);
   pp_jobq_remove(&peer->inflight, j);
   peer->inflight_est_ns -= j->est_ns;
   peer->nreturned++;

@@ -10,7 +10,12 @@
  *
  * Layering: peer.c calls only the files below it (complete.c, job.c,
  * keyset.c, frame.c); transports call peer.c; the scheduler (sched.c) sees
- * nothing but pp__peer. Engine thread only, except where noted. */
+ * nothing but pp__peer. Engine thread only, except where noted.
+ *
+ * p->inflight is [mu] (engine_int.h): a thread submitting a job may put it
+ * straight on an idle local worker's list (direct hand-off, pool.c), so
+ * every read of it from the engine thread that may race with that is made
+ * under the mutex; only the engine thread removes jobs from it. */
 #ifndef PP_PEER_H
 #define PP_PEER_H
 
@@ -108,6 +113,9 @@ struct pp__peer {
   int strict;               /* a local worker: it never reports LOST,
                                FAILED or TIMEOUT itself (a node's engine
                                may); those are protocol errors */
+  int writing;              /* [mu] the engine thread is writing frames
+                               that belong to no job in flight (OBJ DROP):
+                               no hand-off to it meanwhile (pool.c) */
   struct pp__peer *pnext;   /* the engine's peer list (engine_int.h) */
 };
 
@@ -135,11 +143,25 @@ int pp__peer_can_take(const pp__peer *p);
  * p's in-flight list. Caller holds the engine mutex. */
 void pp__peer_assign(pp__peer *p, pp_job *j);
 
-/* pp__peer_send: write every in-flight job from `first` on, each preceded
- * by its function when p does not have it yet, then flush. Returns 0, or a
- * negative code after which p has been dropped (ops->drop): its jobs stay
- * on p->inflight and the transport's loss path requeues them. Never calls
- * the scheduler. */
+/* pp__peer_start: j leaves the queue for p: RUNNING, its attempt counted,
+ * its run time estimated, counted as running, at the end of p's in-flight
+ * list. pp__peer_unstart undoes it exactly (a hand-off whose write could
+ * not start, pool.c). Caller holds the engine mutex; any thread. */
+void pp__peer_start(pp__peer *p, pp_job *j);
+void pp__peer_unstart(pp__peer *p, pp_job *j);
+
+/* pp__peer_emit: emit (ops->emit) every in-flight job from `first` on,
+ * each preceded by its function when p does not have it yet (adding the
+ * key to p->known), naming an arena block instead of its bytes when p maps
+ * that arena. Does not flush. Returns 0 or a negative code (what was
+ * emitted must then be discarded). Called by whoever may write p now: the
+ * engine thread, or a submitting thread handing a job off (pool.c). */
+int pp__peer_emit(pp__peer *p, pp_job *first);
+
+/* pp__peer_send: pp__peer_emit, then flush. Returns 0, or a negative code
+ * after which p has been dropped (ops->drop): its jobs stay on p->inflight
+ * and the transport's loss path requeues them. Never calls the scheduler.
+ * Engine thread. */
 int pp__peer_send(pp__peer *p, pp_job *first);
 
 /* pp__peer_objs_clear: forget every object the other side had (it is

@@ -7,7 +7,16 @@
  * one crash, a replacement is started). Workers killed before they are
  * ready are respawned with a bounded backoff; only workers that cannot
  * start at all (missing command, an exit before ready) make queued jobs
- * fail. Engine thread only. */
+ * fail.
+ *
+ * Direct hand-off: a thread submitting a job may write it to an idle
+ * worker itself (pp__pool_handoff, under the engine mutex), so a round trip
+ * skips the engine thread's wake-up. Who may write a worker's pipe is
+ * decided under the mutex (docs/architecture.md, "Threads"): the submitting
+ * thread only while the worker is on the hand-off list, has nothing in
+ * flight and libuv has none of its bytes queued; the engine thread only
+ * for jobs it put in flight itself (so never at the same time). Everything
+ * else here is engine thread only. */
 #include "engine_int.h"
 #include "wstatus.h"
 
@@ -19,12 +28,16 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/syscall.h>
 #endif
 
 #define INLINE_MAX 8192 /* payloads up to this size are copied, larger ones referenced */
+/* A hand-off writes at most this many bytes from the submitting thread
+ * (with the engine mutex held): larger jobs go through the engine. */
+#define HANDOFF_MAX (1u << 20)
 #define BACKOFF_FIRST_MS 100u
 #define BACKOFF_MAX_SHIFT 4 /* 100 ms .. 1.6 s between start attempts */
 #define MAX_TPL_FAILS 3 /* templates lost in a row before none is used */
@@ -60,7 +73,17 @@ struct pp__worker {
   int stopping;     /* killed to stop a job (timeout, abort) */
   int broke;        /* killed for breaking the protocol: the oldest job in
                        flight (the one its bad frame was about) is charged */
+  int killed;       /* SIGKILL sent, or the exit seen */
   int open_handles; /* proc and pipe handles not yet closed */
+  int fd;           /* [mu] the pipe's descriptor (a socket); -1: no
+                       hand-off */
+  /* [mu] direct hand-off (see the top of this file): */
+  int on_handoff;   /* on e->handoff, the list submitters pick from */
+  pp__worker *hnext;
+  int wq_busy;      /* writes libuv has not finished (or that the engine
+                       still has to start: `rest`): no hand-off meanwhile */
+  wreq *rest;       /* the unwritten end of a hand-off's frames, for the
+                       engine thread to write before anything else */
   pp_wstatus *status; /* shared status page, or NULL */
   wreq *out;        /* frames emitted since the last flush */
   struct held *held; /* jobs whose shared arguments it still references
@@ -119,6 +142,8 @@ static void worker_named(pp__worker *w, int pid);
 static void worker_free(pp__worker *w) {
   if (w->out)
     wreq_free(w->out);
+  if (w->rest)
+    wreq_free(w->rest);
   /* whatever it still referenced is free now: the process is gone */
   for (size_t i = 0; i < w->nheld; i++)
     pp_job_unref(w->held[i].j);
@@ -188,7 +213,43 @@ static void worker_signal(pp__worker *w, int sig) {
     kill(w->pid, sig);
 }
 
+/* handoff_off_locked: take w off the hand-off list. Caller holds mu. */
+static void handoff_off_locked(pp__worker *w) {
+  pp_engine *e = w->peer.e;
+  if (!w->on_handoff)
+    return;
+  for (pp__worker **pw = &e->handoff; *pw; pw = &(*pw)->hnext)
+    if (*pw == w) {
+      *pw = w->hnext;
+      break;
+    }
+  w->hnext = NULL;
+  w->on_handoff = 0;
+}
+
+/* handoff_update: put w on the engine's hand-off list, or take it off, as
+ * it may now be written by submitting threads: started (its HELLO came),
+ * alive and not being killed, not retiring, not one job per process, its
+ * pipe a socket, the engine not stopping. Takes the mutex. Engine thread. */
+static void handoff_update(pp__worker *w) {
+  pp_engine *e = w->peer.e;
+  uv_mutex_lock(&e->mu); /* fd may be cleared by a hand-off (ENOTSOCK) */
+  int want = w->alive && w->hello && !w->killed && !w->retiring &&
+             !w->stopping && !w->broke && !w->peer.restart && w->fd >= 0 &&
+             !e->stopping;
+  if (want && !w->on_handoff) {
+    w->hnext = e->handoff;
+    e->handoff = w;
+    w->on_handoff = 1;
+  } else if (!want) {
+    handoff_off_locked(w);
+  }
+  uv_mutex_unlock(&e->mu);
+}
+
 static void worker_kill(pp__worker *w) {
+  w->killed = 1;
+  handoff_update(w);
   worker_signal(w, SIGKILL);
 }
 
@@ -216,6 +277,7 @@ struct wreq {
   pp_job **jobs;
   size_t njobs, capjobs;
   uv_buf_t *bufs;
+  int counted;     /* counted in the worker's wq_busy until on_write */
 };
 
 static void wreq_free(wreq *r) {
@@ -299,39 +361,199 @@ static int w_emit(pp__peer *p, uint8_t type, uint32_t flags, uint64_t id,
   return rc;
 }
 
+/* wq_done: a counted request is finished with (written, failed or never
+ * started): hand-offs may follow once none is left. */
+static void wq_done(pp__worker *w, wreq *r) {
+  if (!r->counted)
+    return;
+  r->counted = 0;
+  uv_mutex_lock(&w->peer.e->mu);
+  w->wq_busy--;
+  uv_mutex_unlock(&w->peer.e->mu);
+}
+
+/* on_write: libuv is done with a request (written, or failed: the read
+ * side then sees the worker go). Engine thread. */
 static void on_write(uv_write_t *req, int status) {
   wreq *r = (wreq *)req;
   if (status < 0 && status != UV_ECANCELED)
     pp_log(PP_LOG_DEBUG, "write to worker failed: %s", uv_strerror(status));
+  wq_done(req->handle->data, r);
   wreq_free(r);
 }
 
-/* w_flush: ops->flush: one uv_write of everything emitted. */
-static int w_flush(pp__peer *p) {
-  pp__worker *w = (pp__worker *)p;
-  wreq *r = w->out;
-  if (r == NULL || r->nsegs == 0)
-    return PP_OK;
-  w->out = NULL;
-  r->bufs = calloc(r->nsegs, sizeof *r->bufs);
+/* seg_base: where segment i of r starts. */
+static const uint8_t *seg_base(const wreq *r, size_t i) {
+  return r->segs[i].ext ? r->segs[i].ext : r->inl.data + r->segs[i].off;
+}
+
+/* wreq_write: one uv_write of r (which it then owns, freeing it in
+ * on_write or here on failure). A request libuv could not write at once
+ * is counted in w->wq_busy until on_write, so no hand-off writes behind
+ * its back. Returns 0 or a negative pp code. Engine thread. */
+static int wreq_write(pp__worker *w, wreq *r) {
+  r->bufs = calloc(r->nsegs ? r->nsegs : 1, sizeof *r->bufs);
   if (r->bufs == NULL) {
+    wq_done(w, r);
     wreq_free(r);
     return PP_ENOMEM;
   }
-  for (size_t i = 0; i < r->nsegs; i++) {
-    const uint8_t *base =
-        r->segs[i].ext ? r->segs[i].ext : r->inl.data + r->segs[i].off;
-    r->bufs[i] = uv_buf_init((char *)base, (unsigned)r->segs[i].len);
-  }
+  for (size_t i = 0; i < r->nsegs; i++)
+    r->bufs[i] = uv_buf_init((char *)seg_base(r, i), (unsigned)r->segs[i].len);
   int urc = uv_write(&r->req, (uv_stream_t *)&w->pipe, r->bufs,
                      (unsigned)r->nsegs, on_write);
   if (urc != 0) {
-    pp__log(p->e, PP_LOG_WARNING, "cannot write to worker pid %d: %s", w->pid,
-            uv_strerror(urc));
+    pp__log(w->peer.e, PP_LOG_WARNING, "cannot write to worker pid %d: %s",
+            w->pid, uv_strerror(urc));
+    wq_done(w, r);
     wreq_free(r);
     return pp_err_from_uv(urc);
   }
+  if (!r->counted &&
+      uv_stream_get_write_queue_size((uv_stream_t *)&w->pipe) > 0) {
+    r->counted = 1; /* libuv goes on writing it when the pipe has room */
+    uv_mutex_lock(&w->peer.e->mu);
+    w->wq_busy++;
+    uv_mutex_unlock(&w->peer.e->mu);
+  }
   return PP_OK;
+}
+
+/* write_rest: start writing the end of a hand-off that the submitting
+ * thread could not write at once. Before any other write to w. Returns 0
+ * or a negative code (the worker is then killed: its jobs run again).
+ * Engine thread. */
+static int write_rest(pp__worker *w) {
+  uv_mutex_lock(&w->peer.e->mu);
+  wreq *r = w->rest;
+  w->rest = NULL;
+  uv_mutex_unlock(&w->peer.e->mu);
+  if (r == NULL)
+    return PP_OK;
+  int rc = wreq_write(w, r);
+  if (rc != PP_OK)
+    worker_kill(w);
+  return rc;
+}
+
+void pp__pool_flush_rests(pp_engine *e) {
+  uv_mutex_lock(&e->mu);
+  int want = e->rests_wanted;
+  e->rests_wanted = 0;
+  uv_mutex_unlock(&e->mu);
+  if (want)
+    for (pp__worker *w = e->workers; w; w = w->next)
+      write_rest(w);
+}
+
+/* w_flush: ops->flush: one uv_write of everything emitted (after the end
+ * of a hand-off, when one is waiting). */
+static int w_flush(pp__peer *p) {
+  pp__worker *w = (pp__worker *)p;
+  int rc = write_rest(w);
+  wreq *r = w->out;
+  if (rc != PP_OK || r == NULL || r->nsegs == 0)
+    return rc;
+  w->out = NULL;
+  return wreq_write(w, r);
+}
+
+/* wreq_skip: drop the first n bytes of r (a hand-off's partial write). */
+static void wreq_skip(wreq *r, size_t n) {
+  size_t k = 0;
+  while (k < r->nsegs && n >= r->segs[k].len)
+    n -= r->segs[k++].len;
+  if (k < r->nsegs && n > 0) {
+    if (r->segs[k].ext)
+      r->segs[k].ext += n;
+    else
+      r->segs[k].off += n;
+    r->segs[k].len -= n;
+  }
+  memmove(r->segs, r->segs + k, (r->nsegs - k) * sizeof *r->segs);
+  r->nsegs -= k;
+}
+
+/* handoff_write: write what was emitted into w->out straight to the
+ * worker's socket, without blocking. Returns 1 when all of it was
+ * written, 2 when only a part was (the rest is w->rest now, counted in
+ * wq_busy: the engine thread must be woken to write it before anything
+ * else), 0 when nothing was (w->out is discarded; the caller undoes the
+ * hand-off). Caller holds mu; any thread. */
+static int handoff_write(pp__worker *w) {
+  pp_engine *e = w->peer.e;
+  wreq *r = w->out;
+  struct iovec iov[32];
+  w->out = NULL;
+  if (r == NULL || r->nsegs == 0 || r->nsegs > 32) {
+    if (r)
+      wreq_free(r);
+    return 0;
+  }
+  size_t total = 0;
+  for (size_t i = 0; i < r->nsegs; i++) {
+    iov[i].iov_base = (void *)seg_base(r, i);
+    iov[i].iov_len = r->segs[i].len;
+    total += r->segs[i].len;
+  }
+  struct msghdr mh;
+  memset(&mh, 0, sizeof mh);
+  mh.msg_iov = iov;
+  mh.msg_iovlen = r->nsegs;
+  ssize_t n;
+  do /* MSG_NOSIGNAL: a dead worker is EPIPE, not SIGPIPE in this thread */
+    n = sendmsg(w->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  if (n <= 0) {
+    if (n < 0 && errno == ENOTSOCK)
+      w->fd = -1; /* not a socket: no more hand-offs to it */
+    wreq_free(r);
+    return 0;
+  }
+  if ((size_t)n == total) {
+    wreq_free(r); /* the kernel has the bytes */
+    return 1;
+  }
+  wreq_skip(r, (size_t)n);
+  r->counted = 1;
+  w->wq_busy++;
+  w->rest = r;
+  e->rests_wanted = 1;
+  return 2;
+}
+
+int pp__pool_handoff(pp_engine *e, pp_job *j) {
+  /* Only into an idle engine: a lone job (a round trip) gains a wake-up,
+   * while the jobs of a burst go to the dispatcher, which batches them
+   * (one write of many jobs per worker instead of a system call and a
+   * wake-up per job in the submitting thread). */
+  if (!e->pool_settled || e->running > 0 || e->pending.len > 0 ||
+      e->handoff == NULL || j->nobjs > 0)
+    return 0; /* (objects: the peer's store is the engine thread's) */
+  pp__worker *w = e->handoff;
+  while (w && (w->peer.inflight.len > 0 || w->wq_busy > 0 || w->rest ||
+              w->peer.writing))
+    w = w->hnext;
+  if (w == NULL || j->args_len + j->func->blob_len > HANDOFF_MAX)
+    return 0;
+  pp__peer *p = &w->peer;
+  int known = pp_keyset_has(&p->known, j->func->key);
+  if (!known && p->known.len >= PP__KEYSET_MAX)
+    return 0; /* the engine resets the worker's function cache */
+  pp__peer_start(p, j);
+  int rc = pp__peer_emit(p, j) == PP_OK ? handoff_write(w) : 0;
+  if (rc == 0) {
+    if (w->out) {
+      wreq_free(w->out);
+      w->out = NULL;
+    }
+    if (!known) /* it may not have the function: it will get it again */
+      pp_keyset_clear(&p->known);
+    pp__peer_unstart(p, j);
+    return 0;
+  }
+  e->handoffs++;
+  return rc;
 }
 
 static int w_ready(const pp__peer *p) {
@@ -373,8 +595,10 @@ static void clear_aborts(pp__worker *w) {
     if (id == 0)
       continue;
     int held = 0;
+    uv_mutex_lock(&w->peer.e->mu); /* inflight is [mu] */
     for (const pp_job *j = w->peer.inflight.head; j && !held; j = j->next)
       held = j->id == id;
+    uv_mutex_unlock(&w->peer.e->mu);
     if (!held)
       atomic_store(&w->status->abort_ids[i], 0);
   }
@@ -422,16 +646,18 @@ void pp__pool_tick(pp_engine *e, uint64_t now) {
     if (!w->alive || id == 0)
       continue;
     pp_job *j = NULL;
+    uv_mutex_lock(&e->mu); /* inflight is [mu] */
     for (pp_job *k = w->peer.inflight.head; k; k = k->next)
       if (k->id == id) {
         j = k;
         break;
       }
-    if (j == NULL)
+    if (j == NULL) {
+      uv_mutex_unlock(&e->mu);
       continue;
+    }
     uint64_t started = atomic_load(&w->status->started_ns);
     int act = 0;
-    uv_mutex_lock(&e->mu);
     if (j->stop_reason == 0 && j->timeout_ns != 0 &&
         now > started && now - started >= j->timeout_ns) {
       j->stop_reason = PP_JOB_TIMEOUT;
@@ -485,11 +711,13 @@ static void send_bye(pp__worker *w) {
  * holds, or not one sent in shared memory) or PP_ENOMEM. */
 static int keep_held(pp__worker *w, const pp_frame_hdr *h) {
   pp_job *j = NULL;
+  uv_mutex_lock(&w->peer.e->mu); /* inflight is [mu] */
   for (pp_job *k = w->peer.inflight.head; k; k = k->next)
     if (k->id == h->id && k->attempt == h->attempt) {
       j = k;
       break;
     }
+  uv_mutex_unlock(&w->peer.e->mu); /* only this thread removes it */
   if (j == NULL || j->shm == NULL || j->shm != w->peer.shm)
     return PP_EPROTO;
   if (w->nheld == w->capheld) {
@@ -537,6 +765,7 @@ static int process_frames(pp__worker *w) {
       e->early_deaths = 0;
       if (w->forked)
         e->tpl_failures = 0;
+      handoff_update(w); /* submitting threads may write it from now on */
     } else if (h.type == PP_MSG_SHM) {
       /* the worker's answer to the arena we passed at its start */
       if (h.length != 4) {
@@ -544,7 +773,9 @@ static int process_frames(pp__worker *w) {
         break;
       }
       if (pp_get_u32(p) == 1) {
+        uv_mutex_lock(&e->mu); /* a hand-off reads it under mu */
         w->peer.shm = e->shm;
+        uv_mutex_unlock(&e->mu);
         pp__log(e, PP_LOG_DEBUG, "worker pid %d mapped the shared memory",
                 w->pid);
       } else
@@ -688,6 +919,10 @@ static void worker_ended(pp__worker *w, int64_t status, int sig,
                          int innocent, const char *cause) {
   pp_engine *e = w->peer.e;
   char how[128];
+  /* first of all no more hand-offs: from here on its in-flight list is
+   * this thread's to requeue */
+  w->killed = 1;
+  handoff_update(w);
   if (!e->stopping) /* when stopping, its jobs were already failed */
     drain_pipe(w);
   w->alive = 0;
@@ -834,11 +1069,12 @@ static pp__worker *worker_new(pp_engine *e, int *sfd) {
   if (w == NULL)
     return NULL;
   pp__peer_init(&w->peer, e, &worker_ops, PP__PEER_LOCAL, 1);
+  w->fd = -1;
   w->peer.strict = 1;
   w->peer.restart = e->restart;
   w->pidfd = -1;
   w->status = status_page(e, sfd);
-  uv_pipe_init(&e->loop, &w->pipe, 0);
+  uv_pipe_init(e->loop, &w->pipe, 0);
   w->pipe.data = w;
   w->proc.data = w;
   w->open_handles = 1;
@@ -860,7 +1096,9 @@ static void worker_named(pp__worker *w, int pid) {
 /* worker_go: a started worker (its socket open in w->pipe): pass it the
  * arena, make it a peer, read it. */
 static void worker_go(pp__worker *w) {
+  uv_os_fd_t fd;
   w->alive = 1;
+  w->fd = uv_fileno((uv_handle_t *)&w->pipe, &fd) == 0 ? fd : -1;
   snprintf(w->peer.where, sizeof w->peer.where, "local");
   send_shm(w);
   pp__peer_link(&w->peer);
@@ -1030,7 +1268,7 @@ static int spawn_worker(pp_engine *e) {
   o.exit_cb = on_exit_cb;
   o.stdio = io;
   o.stdio_count = 5;
-  int rc = uv_spawn(&e->loop, &w->proc, &o);
+  int rc = uv_spawn(e->loop, &w->proc, &o);
   if (sfd >= 0)
     close(sfd); /* the child has its copy; the mapping stays */
   if (rc != 0) {
@@ -1061,7 +1299,7 @@ static void on_respawn_timer(uv_timer_t *t) {
 
 int pp__pool_init(pp_engine *e) {
   e->tpl_ops = &pool_tpl_ops;
-  int rc = uv_timer_init(&e->loop, &e->respawn_timer);
+  int rc = uv_timer_init(e->loop, &e->respawn_timer);
   e->respawn_timer.data = e;
   return pp_err_from_uv(rc);
 }
@@ -1102,15 +1340,22 @@ void pp__pool_adjust(pp_engine *e) {
   e->respawn_due = 0;
   while (live > target) {
     pp__worker *pick = NULL;
+    uv_mutex_lock(&e->mu); /* in-flight lengths and the hand-off list */
     for (pp__worker *w = e->workers; w; w = w->next)
       if (w->alive && !w->retiring &&
           (pick == NULL || w->peer.inflight.len < pick->peer.inflight.len))
         pick = w;
+    int idle = 0;
+    if (pick != NULL) {
+      pick->retiring = 1;
+      handoff_off_locked(pick);
+      idle = pick->peer.inflight.len == 0;
+    }
+    uv_mutex_unlock(&e->mu);
     if (pick == NULL)
       break;
-    pick->retiring = 1;
     live--;
-    if (pick->peer.inflight.len == 0)
+    if (idle)
       send_bye(pick);
   }
 }

@@ -37,11 +37,7 @@ void pp__dispatch(pp_engine *e) {
             break;
           }
       j->avoid = NULL;
-      atomic_store_explicit(&j->state, PP_JOB_RUNNING, memory_order_relaxed);
-      j->attempt++;
-      j->est_ns = pp__estimate(j);
-      e->running++;
-      pp__peer_assign(ss[t], j);
+      pp__peer_start(ss[t], j);
       if (first[t] == NULL)
         first[t] = j;
       progress = 1;

@@ -612,15 +612,16 @@ static PyObject *Engine_set_nworkers(ppx_engine_object *self, PyObject *arg) {
   Py_RETURN_NONE;
 }
 
-/* Engine.stats() -> {njobs, time, queued, running}: jobs run to a result
- * and the sum of their run times (seconds), jobs waiting and running. */
+/* Engine.stats() -> {njobs, time, queued, running, ..., handoffs}: jobs run
+ * to a result and the sum of their run times (seconds), jobs waiting and
+ * running, and jobs the submitting thread wrote to an idle worker itself. */
 static PyObject *Engine_stats(ppx_engine_object *self, PyObject *unused) {
   pp_engine_stats s;
   PP_UNUSED(unused);
   if (!engine_ok(self))
     return NULL;
   pp_engine_get_stats(self->e, &s);
-  return Py_BuildValue("{sKsdsKsKsKsKsKsKsKsi}", "njobs",
+  return Py_BuildValue("{sKsdsKsKsKsKsKsKsKsisK}", "njobs",
                        (unsigned long long)s.njobs, "time", s.time_ns / 1e9,
                        "queued", (unsigned long long)s.queued, "running",
                        (unsigned long long)s.running, "shm_used",
@@ -629,7 +630,8 @@ static PyObject *Engine_stats(ppx_engine_object *self, PyObject *unused) {
                        (unsigned long long)s.objs_sent, "obj_bytes_sent",
                        (unsigned long long)s.obj_bytes_sent, "objs_dropped",
                        (unsigned long long)s.objs_dropped, "template_pid",
-                       s.template_pid);
+                       s.template_pid, "handoffs",
+                       (unsigned long long)s.handoffs);
 }
 
 /* Engine.obj_release(obj): no new job names obj; every worker and node

@@ -262,11 +262,13 @@ void ppsrv__feed_detach(conn *c) {
 
 /* ---- the engine ------------------------------------------------------- */
 
-/* on_job_complete: the engine's completion hook (pp_engine_opts). Engine
- * thread, or the main thread inside pp_engine_cancel/shutdown, with the
- * engine mutex held: it must be quick and call no pp_engine_* function.
- * Moves the ticket (still ours; j is borrowed) to the done list under
- * done_mu and wakes the loop (on_done_async). */
+/* on_job_complete: the engine's completion hook (pp_engine_opts). Main
+ * thread (the engine runs on the server's loop), with the engine mutex
+ * held: it must be quick and call no pp_engine_* function, so it moves the
+ * ticket (still ours; j is borrowed) to the done list and asks the loop for
+ * on_done_async (a wake-up of this same loop, no other thread). done_mu
+ * stays: it costs nothing uncontended and keeps the hook safe should the
+ * engine run on a thread of its own again. */
 static void on_job_complete(void *ctx, pp_job *j) {
   srv *s = ctx;
   ticket *t = j->udata;
@@ -467,6 +469,10 @@ int ppsrv__start_engine(srv *s) {
   o.capture_output = 1; /* a job's output goes back to its client */
   o.on_complete = on_job_complete;
   o.on_complete_ctx = s;
+  /* one loop for the connections and the engine: a job goes from its
+   * client's socket to a worker (handed off by pp_engine_submit) and its
+   * result back to the socket without crossing a thread */
+  o.loop = &s->loop;
   int rc = pp_engine_new(&o, &s->engine);
   ppsrv__wcmd_free(&w);
   if (rc != PP_OK) {

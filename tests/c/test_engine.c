@@ -10,6 +10,7 @@
 #include "pp_common.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <uv.h>
 
 #define WORKER "tests/c/bin/fake_worker"
 #define SEC 1000000000ll
@@ -57,6 +59,7 @@ typedef struct cfg {
   char *const *env;
   const char *cwd;
   hook_ctx *hook;
+  uint64_t shm_size; /* 0: the default arena; UINT64_MAX: none */
 } cfg;
 
 /* The pass running now: 0 spawns every worker, 1 forks them from a fork
@@ -84,6 +87,7 @@ static pp_engine *start(cfg c) {
   o.max_retries = c.max_retries;
   o.queue_logs = c.queue_logs;
   o.restart = c.restart;
+  o.shm_size = c.shm_size;
   if (c.hook != NULL) {
     o.on_complete = hook_fn;
     o.on_complete_ctx = c.hook;
@@ -1195,6 +1199,469 @@ static void test_sigpipe_default(void) {
          WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
 }
 
+
+/* ---- direct hand-off ------------------------------------------------------ */
+
+/* handoffs: jobs the submitting thread wrote to a worker itself so far. */
+static uint64_t handoffs(pp_engine *e) {
+  pp_engine_stats st;
+  pp_engine_get_stats(e, &st);
+  return st.handoffs;
+}
+
+/* One job at a time on idle workers: each is written by the submitting
+ * thread (the function before its first job), and completes with the same
+ * counts and statistics as a dispatched one. Then a batch (queued, the
+ * engine dispatches) and round trips again on the same pipes. */
+static void test_handoff_sequential(void) {
+  enum { N = 300, NB = 200 };
+  static pp_job *bj[NB];
+  hook_ctx hook;
+  memset(&hook, 0, sizeof hook);
+  pp_engine *e = start((cfg){.nworkers = 2, .hook = &hook});
+  pp_func *f = pp_func_new("handoff-seq", 11), *g = pp_func_new("other", 5);
+  int nb = 0;
+  if (e == NULL || !CHECK(f != NULL && g != NULL))
+    goto out;
+  pp_job *warm = submit(e, f, "echo:w", 0); /* the workers say HELLO */
+  wait_ok(e, warm, "w");
+  pp_job_unref(warm);
+  CHECK(wait_nlive(e, 2, T_WAIT));
+  sleep_ms(50); /* both HELLOs in: both workers on the hand-off list */
+  uint64_t h0 = handoffs(e);
+  int bad = 0;
+  char cmd[64], want[64];
+  for (int i = 0; i < N; i++) {
+    snprintf(cmd, sizeof cmd, "echo:s%d", i);
+    snprintf(want, sizeof want, "s%d", i);
+    /* a second function on the way: FUNC must precede its first job */
+    pp_job *j = submit(e, i % 7 == 3 ? g : f, cmd, 0);
+    if (j == NULL || !wait_ok(e, j, want) || j->attempt != 1)
+      bad++;
+    pp_job_unref(j);
+  }
+  CHECKF(bad == 0, "%d round trips failed", bad);
+  uint64_t h1 = handoffs(e);
+  /* sequential jobs on idle workers all go straight to them */
+  CHECKF(h1 - h0 == N, "%llu of %d jobs handed off",
+         (unsigned long long)(h1 - h0), N);
+  /* the burst starts with a job that keeps one worker busy throughout it,
+   * so the engine is never idle again before its last submit (however the
+   * threads are scheduled) */
+  for (nb = 0; nb < NB; nb++) {
+    if (nb == 0)
+      snprintf(cmd, sizeof cmd, "sleep:300");
+    else
+      snprintf(cmd, sizeof cmd, "echo:b%d", nb);
+    if ((bj[nb] = submit(e, f, cmd, 1)) == NULL)
+      break;
+  }
+  /* a burst is the dispatcher's (batched writes): only its first job,
+   * submitted while the engine was still idle, may be handed off */
+  CHECKF(handoffs(e) - h1 <= 1, "%llu of a burst of %d handed off",
+         (unsigned long long)(handoffs(e) - h1), NB);
+  CHECK(pp_engine_wait_group(e, 1, T_WAIT) == PP_OK);
+  for (int i = 0; i < nb; i++) {
+    if (i == 0)
+      snprintf(want, sizeof want, "slept");
+    else
+      snprintf(want, sizeof want, "b%d", i);
+    bad += !(bj[i]->status == PP_JOB_OK && result_is(bj[i], want));
+  }
+  CHECKF(bad == 0, "%d batch jobs wrong", bad);
+  /* after a batch, hand-offs resume once the workers are idle again */
+  for (int i = 0; i < 20; i++) {
+    pp_job *j = submit(e, f, "echo:again", 0);
+    bad += !wait_ok(e, j, "again");
+    pp_job_unref(j);
+  }
+  CHECK(bad == 0);
+  CHECK(handoffs(e) > h1);
+  CHECK(pp_engine_wait_group(e, -1, T_WAIT) == PP_OK);
+  pp_engine_stats st;
+  pp_engine_get_stats(e, &st);
+  CHECK(st.njobs == (uint64_t)(1 + N + NB + 20));
+  CHECK(nb == NB && st.time_ns == (st.njobs - 1) * 1000 + bj[0]->runtime_ns);
+  CHECK(st.queued == 0 && st.running == 0);
+  int pids[8];
+  uint64_t counts[8];
+  int np = pp_engine_worker_pids(e, pids, counts, 8);
+  CHECKF(np == 2 && counts[0] + counts[1] == st.njobs,
+         "per-worker results do not add up");
+  CHECK(atomic_load(&hook.calls) == (int)st.njobs);
+  CHECK(atomic_load(&hook.by_status[PP_JOB_OK]) == (int)st.njobs);
+  CHECK(atomic_load(&hook.not_done) == 0);
+out:
+  unref_all(bj, (size_t)nb);
+  pp_engine_free(e);
+  pp_func_unref(f);
+  pp_func_unref(g);
+}
+
+/* the one worker's pid (0 when there is not exactly one). */
+static int only_pid(pp_engine *e) {
+  int pids[4];
+  return pp_engine_worker_pids(e, pids, NULL, 4) == 1 ? pids[0] : 0;
+}
+
+/* A worker killed right after a hand-off: the job is in flight on it as if
+ * dispatched, so the exit requeues it and it runs again exactly once —
+ * charged a crash when the worker had started it, uncharged when the
+ * bytes were still in its socket. */
+static void test_handoff_worker_killed(void) {
+  hook_ctx hook;
+  memset(&hook, 0, sizeof hook);
+  pp_engine *e = start((cfg){.nworkers = 1, .max_retries = 1,
+                             .queue_logs = 1, .hook = &hook});
+  pp_func *f = pp_func_new("handoff-kill", 12);
+  pp_job *j = NULL, *k = NULL;
+  if (e == NULL || !CHECK(f != NULL))
+    goto out;
+  pp_job *warm = submit(e, f, "echo:w", 0);
+  wait_ok(e, warm, "w");
+  pp_job_unref(warm);
+  sleep_ms(20);
+  /* started: killed while it runs the job */
+  int pid = only_pid(e);
+  uint64_t h0 = handoffs(e);
+  j = submit(e, f, "sleep:300", 0);
+  CHECK(handoffs(e) == h0 + 1);
+  CHECK(j && atomic_load(&j->state) == PP_JOB_RUNNING);
+  sleep_ms(50);
+  if (CHECK(pid > 0))
+    kill(pid, SIGKILL);
+  if (j && CHECK(pp_engine_wait_job(e, j, T_WAIT) == PP_OK)) {
+    CHECKF(j->status == PP_JOB_OK && result_is(j, "slept"), "status %s",
+           status_name(j->status));
+    CHECKF(j->attempt == 2 && j->crashes == 1, "attempt %u crashes %u",
+           j->attempt, j->crashes);
+    CHECK(j->worker_pid != pid);
+  }
+  /* not started: the worker is stopped, the job sits in its socket */
+  CHECK(wait_nlive(e, 1, T_WAIT));
+  pp_job *w2 = submit(e, f, "echo:w2", 0);
+  wait_ok(e, w2, "w2");
+  pp_job_unref(w2);
+  sleep_ms(20);
+  pid = only_pid(e);
+  if (CHECK(pid > 0))
+    kill(pid, SIGSTOP);
+  h0 = handoffs(e);
+  k = submit(e, f, "echo:k", 0);
+  CHECK(handoffs(e) == h0 + 1);
+  if (pid > 0)
+    kill(pid, SIGKILL);
+  if (k && CHECK(pp_engine_wait_job(e, k, T_WAIT) == PP_OK)) {
+    CHECKF(k->status == PP_JOB_OK && result_is(k, "k"), "status %s",
+           status_name(k->status));
+    CHECKF(k->attempt == 2 && k->crashes == 0, "attempt %u crashes %u",
+           k->attempt, k->crashes);
+  }
+  CHECK(pp_engine_wait_group(e, -1, T_WAIT) == PP_OK);
+  /* each job completed once: warm-ups and the two */
+  CHECK(atomic_load(&hook.calls) == 4);
+  CHECK(atomic_load(&hook.by_status[PP_JOB_OK]) == 4);
+  drain_logs(e, NULL);
+out:
+  pp_job_unref(j);
+  pp_job_unref(k);
+  pp_engine_free(e);
+  pp_func_unref(f);
+}
+
+/* Aborting a handed-off job reaches its worker: the job is in flight there. */
+static void test_handoff_abort(void) {
+  pp_engine *e = start((cfg){.nworkers = 1, .queue_logs = 1});
+  pp_func *f = pp_func_new("handoff-abort", 13);
+  pp_job *j = NULL;
+  if (e == NULL || !CHECK(f != NULL))
+    goto out;
+  pp_job *warm = submit(e, f, "echo:w", 0);
+  wait_ok(e, warm, "w");
+  pp_job_unref(warm);
+  sleep_ms(20);
+  uint64_t h0 = handoffs(e);
+  j = submit(e, f, "sleep:5000", 0);
+  CHECK(handoffs(e) == h0 + 1);
+  sleep_ms(30);
+  uint64_t t0 = pp_now_ns();
+  CHECK(j && pp_engine_abort(e, j, 0) == 1);
+  if (j && CHECK(pp_engine_wait_job(e, j, T_WAIT) == PP_OK)) {
+    CHECKF(j->status == PP_JOB_ABORTED, "status %s", status_name(j->status));
+    CHECK(secs_since(t0) < 4.0); /* stopped, not run to its end */
+  }
+  pp_job *after = submit(e, f, "echo:after", 0);
+  wait_ok(e, after, "after");
+  pp_job_unref(after);
+  drain_logs(e, NULL);
+out:
+  pp_job_unref(j);
+  pp_engine_free(e);
+  pp_func_unref(f);
+}
+
+/* Arguments larger than a socket's buffer, without an arena: the
+ * submitting thread writes what fits and leaves the rest to the engine
+ * thread, which writes it before anything else; jobs queued right behind
+ * it arrive intact. */
+static void test_handoff_large(void) {
+  enum { BIG = 900 * 1024, NB = 20 };
+  pp_job *after[NB] = {0};
+  pp_engine *e = start((cfg){.nworkers = 1, .shm_size = UINT64_MAX});
+  pp_func *f = pp_func_new("handoff-large", 13);
+  char *cmd = malloc(BIG + 8);
+  pp_job *j = NULL;
+  if (e == NULL || !CHECK(f != NULL && cmd != NULL))
+    goto out;
+  pp_job *warm = submit(e, f, "echo:w", 0);
+  wait_ok(e, warm, "w");
+  pp_job_unref(warm);
+  sleep_ms(20);
+  memcpy(cmd, "echo:", 5);
+  for (size_t i = 0; i < BIG; i++)
+    cmd[5 + i] = (char)('a' + i % 26);
+  cmd[5 + BIG] = 0;
+  uint64_t h0 = handoffs(e);
+  j = submit(e, f, cmd, 0);
+  CHECK(handoffs(e) == h0 + 1);
+  char c[32];
+  for (int i = 0; i < NB; i++) {
+    snprintf(c, sizeof c, "echo:n%d", i);
+    after[i] = submit(e, f, c, 0);
+  }
+  if (j && CHECK(pp_engine_wait_job(e, j, T_WAIT) == PP_OK))
+    CHECK(j->status == PP_JOB_OK && result_is(j, cmd + 5));
+  for (int i = 0; i < NB; i++) {
+    snprintf(c, sizeof c, "n%d", i);
+    wait_ok(e, after[i], c);
+  }
+out:
+  free(cmd);
+  pp_job_unref(j);
+  unref_all(after, NB);
+  pp_engine_free(e);
+  pp_func_unref(f);
+}
+
+/* Many threads submitting at once, each sometimes one job at a time and
+ * sometimes a burst, so workers keep going idle and busy while hand-offs
+ * and dispatches race: every job ends exactly once with its own result. */
+enum { CT_THREADS = 6, CT_ROUNDS = 150 };
+
+typedef struct conc_arg {
+  pp_engine *e;
+  pp_func *f;
+  int t;
+  atomic_int *wrong;
+  atomic_int *done;
+} conc_arg;
+
+static void *conc_thread(void *p) {
+  conc_arg *a = p;
+  char cmd[64], want[64];
+  pp_job *burst[4];
+  for (int r = 0; r < CT_ROUNDS; r++) {
+    int n = (r % 5 == 4) ? 4 : 1;
+    for (int i = 0; i < n; i++) {
+      snprintf(cmd, sizeof cmd, "echo:t%d-%d-%d", a->t, r, i);
+      pp_job *j = mkjob(a->f, cmd, 0);
+      if (j == NULL || pp_engine_submit(a->e, j) != PP_OK) {
+        atomic_fetch_add(a->wrong, 1);
+        pp_job_unref(j);
+        burst[i] = NULL;
+        continue;
+      }
+      burst[i] = j;
+    }
+    for (int i = 0; i < n; i++) {
+      pp_job *j = burst[i];
+      if (j == NULL)
+        continue;
+      snprintf(want, sizeof want, "t%d-%d-%d", a->t, r, i);
+      if (pp_engine_wait_job(a->e, j, T_WAIT) != PP_OK ||
+          j->status != PP_JOB_OK || !result_is(j, want) || j->attempt != 1)
+        atomic_fetch_add(a->wrong, 1);
+      else
+        atomic_fetch_add(a->done, 1);
+      pp_job_unref(j);
+    }
+  }
+  return NULL;
+}
+
+static void test_handoff_concurrent(void) {
+  hook_ctx hook;
+  memset(&hook, 0, sizeof hook);
+  atomic_int wrong = 0, done = 0;
+  pthread_t th[CT_THREADS];
+  conc_arg args[CT_THREADS];
+  int started = 0;
+  pp_engine *e = start((cfg){.nworkers = 2, .hook = &hook});
+  pp_func *f = pp_func_new("handoff-conc", 12);
+  if (e == NULL || !CHECK(f != NULL))
+    goto out;
+  pp_job *warm = submit(e, f, "echo:w", 0);
+  wait_ok(e, warm, "w");
+  pp_job_unref(warm);
+  for (int t = 0; t < CT_THREADS; t++) {
+    args[t] = (conc_arg){e, f, t, &wrong, &done};
+    if (pthread_create(&th[t], NULL, conc_thread, &args[t]) != 0)
+      break;
+    started++;
+  }
+  for (int t = 0; t < started; t++)
+    pthread_join(th[t], NULL);
+  CHECK(started == CT_THREADS);
+  int want = started * (CT_ROUNDS / 5) * (4 + 4);
+  CHECKF(atomic_load(&wrong) == 0, "%d jobs wrong", atomic_load(&wrong));
+  CHECKF(atomic_load(&done) == want, "%d of %d done", atomic_load(&done),
+         want);
+  CHECK(pp_engine_wait_group(e, -1, T_WAIT) == PP_OK);
+  pp_engine_stats st;
+  pp_engine_get_stats(e, &st);
+  CHECK(st.njobs == (uint64_t)want + 1);
+  CHECK(st.queued == 0 && st.running == 0);
+  CHECKF(st.handoffs > 0, "no job was handed off");
+  int pids[8];
+  uint64_t counts[8];
+  int np = pp_engine_worker_pids(e, pids, counts, 8);
+  CHECK(np == 2 && counts[0] + counts[1] == st.njobs);
+  CHECK(atomic_load(&hook.calls) == want + 1);
+  CHECK(atomic_load(&hook.not_done) == 0);
+out:
+  pp_engine_free(e);
+  pp_func_unref(f);
+}
+
+/* ---- an engine on the embedder's loop (ppserver's way) ------------------ */
+
+enum { EXT_N = 200 };
+
+typedef struct ext_ctx {
+  pp_engine *e;
+  pp_func *f;
+  uv_timer_t timer;
+  uv_async_t done; /* the completion hook's wake-up, as feed.c does */
+  uv_mutex_t mu;
+  pp_job *jobs[EXT_N];
+  int submitted, completed, taken, wrong, bursts;
+  uint64_t t0;
+} ext_ctx;
+
+/* ext_hook: completion hook: on the loop's thread, mutex held. */
+static void ext_hook(void *ctx, pp_job *j) {
+  ext_ctx *x = ctx;
+  (void)j;
+  uv_mutex_lock(&x->mu);
+  x->completed++;
+  uv_mutex_unlock(&x->mu);
+  uv_async_send(&x->done);
+}
+
+/* ext_submit_some: submit one job (a burst of 10 now and then), from the
+ * loop's own thread. */
+static void ext_submit_some(ext_ctx *x) {
+  int n = x->submitted % 50 == 25 ? 10 : 1;
+  for (int i = 0; i < n && x->submitted < EXT_N; i++) {
+    char cmd[32];
+    snprintf(cmd, sizeof cmd, "echo:x%d", x->submitted);
+    pp_job *j = mkjob(x->f, cmd, 0);
+    if (j == NULL || pp_engine_submit(x->e, j) != PP_OK) {
+      x->wrong++;
+      pp_job_unref(j);
+      return;
+    }
+    x->jobs[x->submitted++] = j;
+  }
+}
+
+/* ext_on_done: completions arrived: check them in order, submit more,
+ * shut down when all are back (the loop then ends by itself). */
+static void ext_on_done(uv_async_t *a) {
+  ext_ctx *x = a->data;
+  while (x->taken < x->submitted && pp_job_done(x->jobs[x->taken])) {
+    char want[32];
+    snprintf(want, sizeof want, "x%d", x->taken);
+    pp_job *j = x->jobs[x->taken++];
+    if (j->status != PP_JOB_OK || !result_is(j, want))
+      x->wrong++;
+  }
+  if (x->taken == x->submitted && x->submitted < EXT_N)
+    ext_submit_some(x);
+  if (x->taken == EXT_N) {
+    pp_engine_shutdown(x->e); /* returns at once on this thread */
+    uv_close((uv_handle_t *)&x->done, NULL);
+    uv_close((uv_handle_t *)&x->timer, NULL);
+  }
+}
+
+/* ext_on_timer: a bound on the whole test: give up and stop. */
+static void ext_on_timer(uv_timer_t *t) {
+  ext_ctx *x = t->data;
+  x->wrong += 1000;
+  pp_engine_shutdown(x->e);
+  uv_close((uv_handle_t *)&x->done, NULL);
+  uv_close((uv_handle_t *)&x->timer, NULL);
+}
+
+static void ext_first(uv_timer_t *t) {
+  ext_ctx *x = t->data;
+  ext_submit_some(x);
+  uv_timer_start(&x->timer, ext_on_timer, (uint64_t)(T_WAIT / 1000000), 0);
+}
+
+/* The engine runs on a loop the test owns and runs on this thread: jobs
+ * are submitted from loop callbacks (handed off to idle workers or queued
+ * for the dispatcher, on the same thread), every one completes once, and
+ * shutdown from a callback lets the loop end on its own, workers reaped. */
+static void test_external_loop(void) {
+  static ext_ctx x;
+  uv_loop_t loop;
+  memset(&x, 0, sizeof x);
+  if (!CHECK(uv_loop_init(&loop) == 0))
+    return;
+  uv_mutex_init(&x.mu);
+  uv_async_init(&loop, &x.done, ext_on_done);
+  x.done.data = &x;
+  uv_timer_init(&loop, &x.timer);
+  x.timer.data = &x;
+  x.f = pp_func_new("ext-loop", 8);
+  pp_engine_opts o;
+  memset(&o, 0, sizeof o);
+  o.worker_argv = worker_argv;
+  o.nworkers = 2;
+  o.on_complete = ext_hook;
+  o.on_complete_ctx = &x;
+  o.loop = &loop;
+  int rc = pp_engine_new(&o, &x.e);
+  CHECKF(rc == PP_OK, "pp_engine_new: %s", pp_strerror(rc));
+  if (rc != PP_OK) {
+    uv_close((uv_handle_t *)&x.done, NULL);
+    uv_close((uv_handle_t *)&x.timer, NULL);
+  } else {
+    uv_timer_start(&x.timer, ext_first, 50, 0);
+  }
+  x.t0 = pp_now_ns();
+  uv_run(&loop, UV_RUN_DEFAULT); /* ends once the engine's handles closed */
+  CHECKF(x.wrong == 0, "%d wrong", x.wrong);
+  CHECK(x.taken == EXT_N);
+  CHECK(x.completed == EXT_N);
+  if (x.e) {
+    pp_engine_stats st;
+    pp_engine_get_stats(x.e, &st);
+    CHECK(st.njobs == EXT_N && st.nlive == 0);
+    CHECKF(st.handoffs > 0, "no hand-off on the embedder's loop");
+    pp_job *late = mkjob(x.f, "echo:late", 0);
+    CHECK(late && pp_engine_submit(x.e, late) == PP_ECLOSED);
+    pp_job_unref(late);
+  }
+  pp_engine_free(x.e);
+  unref_all(x.jobs, (size_t)x.submitted);
+  CHECK(uv_loop_close(&loop) == 0);
+  uv_mutex_destroy(&x.mu);
+  pp_func_unref(x.f);
+}
+
 typedef struct {
   const char *name;
   void (*fn)(void);
@@ -1302,6 +1769,12 @@ int main(int argc, char **argv) {
       {"killed_while_starting", test_killed_while_starting},
       {"sigpipe_default", test_sigpipe_default},
       {"template_killed", test_template_killed},
+      {"handoff_sequential", test_handoff_sequential},
+      {"handoff_worker_killed", test_handoff_worker_killed},
+      {"handoff_abort", test_handoff_abort},
+      {"handoff_large", test_handoff_large},
+      {"handoff_concurrent", test_handoff_concurrent},
+      {"external_loop", test_external_loop},
   };
   /* The host process (Python) ignores SIGPIPE; a worker dying while the
    * engine writes to it must not take the test down with it. */

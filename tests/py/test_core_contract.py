@@ -102,7 +102,8 @@ def test_entry_points():
     e = engine()
     assert set(e.stats()) == {"njobs", "time", "queued", "running",
                               "shm_used", "shm_size", "objs_sent",
-                              "obj_bytes_sent", "objs_dropped", "template_pid"}
+                              "obj_bytes_sent", "objs_dropped", "template_pid",
+                              "handoffs"}
     e.shutdown()
 
 

@@ -1,0 +1,202 @@
+"""Direct hand-off: one job at a time on an idle local worker is written by
+the submitting thread itself (pp_engine_submit), not by the engine thread.
+The round trips W2 measures must stay exactly as correct as dispatched
+jobs: results, exceptions, job control (timeouts, abort, memory limits,
+crash retries) on handed-off jobs, output capture, shared-memory
+arguments, statistics and per-worker counts."""
+import os
+import threading
+import time
+
+import pytest
+
+import pp
+from helpers import wait_for
+
+
+def inc(x):
+    return x + 1
+
+
+def spin():
+    while True:
+        pass
+
+
+def nap(t):
+    import time
+    time.sleep(t)
+    return t
+
+
+def boom(x):
+    raise ValueError("boom %d" % x)
+
+
+def say(x):
+    print("out %d" % x)
+    return x
+
+
+def size(b):
+    return len(b), bytes(b[:4])
+
+
+def hog(n):
+    return len(bytearray(n))
+
+
+def crash_once(path):
+    import os
+    if not os.path.exists(path):
+        open(path, "w").write(str(os.getpid()))
+        os._exit(3)
+    return os.getpid()
+
+
+@pytest.fixture
+def server():
+    s = pp.Server(2)
+    try:
+        assert s.submit(inc, (0,))() == 1
+        # both workers started (HELLO): both can be handed jobs
+        wait_for(lambda: len(s._engine.pids()) == 2, 10, "2 workers")
+        yield s
+    finally:
+        s.destroy()
+
+
+def handoffs(s):
+    return s._engine.stats()["handoffs"]
+
+
+def test_sequential_round_trips_are_handed_off(server):
+    h0 = handoffs(server)
+    n0 = server.get_stats()["local"].njobs
+    for x in range(500):
+        assert server.submit(inc, (x,))() == x + 1
+    assert handoffs(server) - h0 >= 450  # (a worker may still be busy)
+    assert server.get_stats()["local"].njobs == n0 + 500
+    per_worker = server._engine.pids()
+    assert sum(per_worker.values()) == n0 + 500
+
+
+def test_exceptions_and_output_on_handed_off_jobs(server):
+    for x in range(50):
+        with pytest.raises(ValueError, match="boom %d" % x):
+            server.submit(boom, (x,))()
+        j = server.submit(say, (x,))
+        assert j() == x
+        assert j.stdout == "out %d\n" % x
+
+
+def test_timeouts_and_abort_between_round_trips(server):
+    h0 = handoffs(server)
+    for x in range(20):
+        assert server.submit(inc, (x,), timeout=5)() == x + 1
+    with pytest.raises(pp.JobTimeoutError):
+        server.submit(spin, timeout=0.3)()
+    for x in range(20):
+        assert server.submit(inc, (x,), timeout=5)() == x + 1
+    j = server.submit(nap, (60,), (), ("time",))
+    wait_for(j.running, 10, "job running")
+    assert j.abort(grace=0.2)
+    with pytest.raises(pp.JobAbortedError):
+        j()
+    assert j.attempts == 1
+    for x in range(20):
+        assert server.submit(inc, (x,))() == x + 1
+    assert handoffs(server) - h0 >= 40
+
+
+def test_memory_limit_on_handed_off_job(server):
+    with pytest.raises(MemoryError):
+        server.submit(hog, (400 << 20,), memory_limit=40 << 20)()
+    assert server.submit(hog, (1 << 20,))() == 1 << 20
+
+
+def test_crash_of_a_handed_off_job_is_retried_once(server, tmp_path):
+    marker = tmp_path / "crashed"
+    h0 = handoffs(server)
+    j = server.submit(crash_once, (str(marker),))
+    pid = j()
+    assert marker.exists() and int(marker.read_text()) != pid
+    assert j.attempts == 2
+    assert handoffs(server) > h0
+    assert server.submit(inc, (1,))() == 2
+
+
+def test_shared_memory_arguments_round_trip(server):
+    blob = os.urandom(256 << 10)  # large: goes through the arena
+    for x in range(30):
+        b = bytes([x]) + blob[1:]
+        assert server.submit(size, (b,))() == (len(b), b[:4])
+
+
+def test_threads_submitting_at_once(server):
+    errors = []
+
+    def run(t):
+        try:
+            for x in range(200):
+                if x % 10 == 9:
+                    js = [server.submit(inc, (t * 1000 + x + k,))
+                          for k in range(5)]
+                    assert [j() for j in js] == [t * 1000 + x + k + 1
+                                                 for k in range(5)]
+                else:
+                    assert server.submit(inc, (t * 1000 + x,))() == \
+                        t * 1000 + x + 1
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    n0 = server.get_stats()["local"].njobs
+    ths = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join(120)
+    assert not any(t.is_alive() for t in ths)
+    assert errors == []
+    total = 4 * (180 + 20 * 5)
+    assert server.get_stats()["local"].njobs == n0 + total
+
+
+def test_object_releases_while_round_trips_are_handed_off(server):
+    """Releasing objects makes the engine thread write OBJ DROP frames to
+    workers that may be idle, i.e. writable by a submitting thread at the
+    same moment: the two writers must never interleave (a torn frame kills
+    the worker, which would show as a new pid or a wrong result)."""
+    pids = set(server._engine.pids())
+    errors = []
+    stop = threading.Event()
+
+    def put_and_release():
+        try:
+            for i in range(300):
+                if stop.is_set():
+                    break
+                r = server.put(bytes([i % 256]) * (1000 + i))
+                assert server.submit(size, (r,))() == \
+                    (1000 + i, bytes([i % 256]) * 4)
+                r.release()  # its DROP goes out while inc jobs are handed off
+                time.sleep(0.002)  # let the engine go idle between them
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    h0 = handoffs(server)
+    d0 = server._engine.stats()["objs_dropped"]
+    t = threading.Thread(target=put_and_release)
+    t.start()
+    try:
+        for x in range(3000):
+            assert server.submit(inc, (x,))() == x + 1
+            if not t.is_alive():
+                break
+    finally:
+        stop.set()
+        t.join(120)
+    assert not t.is_alive() and errors == []
+    assert server._engine.stats()["objs_dropped"] > d0
+    assert handoffs(server) > h0
+    assert set(server._engine.pids()) == pids
