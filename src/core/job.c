@@ -161,7 +161,8 @@ void pp_job_unref(pp_job *j) {
     pp_shm_free(j->shm, j->shm_off, j->args_len);
   else
     free(j->args);
-  pp_job_free_result(j->result, j->result_len, j->rshm, j->rshm_off);
+  pp_job_free_result(j->result, j->rshm ? j->rshm_len : j->result_len,
+                     j->rshm, j->rshm_off);
   free(j->errmsg);
   free(j->out);
   free(j->err);

@@ -101,6 +101,8 @@ typedef struct pp_job {
   uint32_t result_flags; /* PP_RESF_BUFS: result is a buffer section */
   pp_shm *rshm;          /* result is a block of this arena, or NULL */
   uint64_t rshm_off;
+  size_t rshm_len;       /* the block's length as allocated (the result
+                            may start after a prefix of it) */
   char *errmsg;          /* owned, for LOST / DESTROYED / FAILED */
   int exitstatus;        /* LOST: last exit status, or -1 */
   int termsignal;        /* LOST: last signal, or 0 */

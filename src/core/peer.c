@@ -423,6 +423,13 @@ static pp_job *find_inflight(pp__peer *p, uint64_t id, uint32_t attempt) {
 
 int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
                     const uint8_t *payload, const pp__credit *c) {
+  return pp__peer_result_in(peer, h, (uint8_t *)payload, c, NULL, 0);
+}
+
+/* (payload is only written to, or kept, when in_shm is not NULL) */
+int pp__peer_result_in(pp__peer *peer, const pp_frame_hdr *h,
+                       uint8_t *payload, const pp__credit *c, pp_shm *in_shm,
+                       uint64_t in_off) {
   pp_engine *e = peer->e;
   unsigned status = PP_RES_STATUS(h->flags);
   if (h->length < 8 || status > PP_RES_MAX ||
@@ -473,6 +480,7 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
   uint8_t *copy = NULL;
   pp_shm *rshm = NULL;
   uint64_t rshm_off = 0;
+  size_t rshm_len = 0; /* the block's length as allocated */
   char *msg = NULL;
   int exitstatus = -1, termsignal = 0;
   if (status == PP_RES_LOST || status == PP_RES_FAILED ||
@@ -527,21 +535,33 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
         return brc;
       }
     }
-    /* a large value goes to the arena, whose pages stay warm: no page
-     * faults on a fresh allocation for every result */
-    if (len >= PP_SHM_MIN && e->shm != NULL &&
-        (copy = pp_shm_alloc(e->shm, len, &rshm_off)) != NULL)
-      rshm = e->shm;
-    else
-      copy = malloc(len ? len : 1);
-    if (copy == NULL) {
-      free(out);
-      free(err);
-      return PP_ENOMEM;
+    if (in_shm != NULL) {
+      /* read into the arena already (pool.c): the value stays there */
+      copy = payload + (data - payload);
+      rshm = in_shm;
+      rshm_off = in_off;
+      rshm_len = h->length;
+    } else {
+      /* a large value goes to the arena, whose pages stay warm: no page
+       * faults on a fresh allocation for every result */
+      if (len >= PP_SHM_MIN && e->shm != NULL &&
+          (copy = pp_shm_alloc(e->shm, len, &rshm_off)) != NULL) {
+        rshm = e->shm;
+        rshm_len = len;
+      } else {
+        copy = malloc(len ? len : 1);
+      }
+      if (copy == NULL) {
+        free(out);
+        free(err);
+        return PP_ENOMEM;
+      }
+      memcpy(copy, data, len);
     }
-    memcpy(copy, data, len);
   }
   j->runtime_ns = pp_get_u64(payload);
+  if (in_shm != NULL && rshm == NULL) /* a message: the block is not kept */
+    pp_shm_free(in_shm, in_off, h->length);
   uv_mutex_lock(&e->mu);
   if (jstatus <= PP_JOB_SERIAL) /* estimates are read under mu (dispatch) */
     pp__observe(j->func, j->runtime_ns);
@@ -561,7 +581,7 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
   j->err_len = err_len;
   if (j->stop_reason != 0) {
     /* stopped: it ends so, whatever it managed to return */
-    pp_job_free_result(copy, len, rshm, rshm_off);
+    pp_job_free_result(copy, rshm_len, rshm, rshm_off);
     copy = NULL;
     rshm = NULL;
     free(msg);
@@ -571,7 +591,7 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
     /* its function raised: run it again (retries=) */
     j->retries--;
     j->avoid = peer; /* run it again elsewhere when there is room */
-    pp_job_free_result(copy, len, rshm, rshm_off);
+    pp_job_free_result(copy, rshm_len, rshm, rshm_off);
     atomic_store(&j->state, PP_JOB_QUEUED);
     if (e->running > 0)
       e->running--;
@@ -592,6 +612,7 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
   j->result_flags = copy ? (h->flags & PP_RESF_BUFS) : 0;
   j->rshm = rshm; /* where the result below lives (pp_job_unref frees it) */
   j->rshm_off = rshm_off;
+  j->rshm_len = rshm_len;
   pp__complete(e, j, jstatus, copy, copy ? len : 0, msg);
   uv_mutex_unlock(&e->mu);
   return 1;

@@ -197,6 +197,15 @@ typedef struct pp__credit {
 int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
                     const uint8_t *payload, const pp__credit *c);
 
+/* pp__peer_result_in: pp__peer_result for a payload that was read straight
+ * into a block of arena shm at off (h->length bytes, as allocated there):
+ * a value's bytes stay where they are and the job owns the block. On a
+ * return of 1 the block is the job's (or freed); on an error the caller
+ * still owns it. Engine thread. */
+int pp__peer_result_in(pp__peer *peer, const pp_frame_hdr *h,
+                       uint8_t *payload, const pp__credit *c, pp_shm *shm,
+                       uint64_t off);
+
 /* pp__peer_requeue: the peer is lost. Every in-flight job goes back to the
  * front of the engine's queue, in order, uncharged — except the job
  * `running_id` (0 = none known), which is charged one crash (status and

@@ -35,6 +35,8 @@
 #endif
 
 #define INLINE_MAX 8192 /* payloads up to this size are copied, larger ones referenced */
+/* A RESULT frame this large is read straight into an arena block. */
+#define BIG_MIN (1u << 20)
 /* A hand-off writes at most this many bytes from the submitting thread
  * (with the engine mutex held): larger jobs go through the engine. */
 #define HANDOFF_MAX (1u << 20)
@@ -90,6 +92,12 @@ struct pp__worker {
                         (RESULT with KEPT, until its RELEASE): a reference
                         each keeps the arena block alive */
   size_t nheld, capheld;
+  /* a large RESULT being read straight into an arena block (big_start):
+   * its header, the block (NULL: none), and how much of it has come */
+  pp_frame_hdr big_hdr;
+  uint8_t *big;
+  uint64_t big_off;
+  size_t big_have;
   pp__worker *next;
 };
 
@@ -152,6 +160,8 @@ static void worker_free(pp__worker *w) {
     munmap(w->status, PP_WSTATUS_SIZE);
   if (w->pidfd >= 0)
     close(w->pidfd);
+  if (w->big) /* it died in the middle of a large result */
+    pp_shm_free(w->peer.e->shm, w->big_off, w->big_hdr.length);
   pp__peer_clear(&w->peer);
   free(w);
 }
@@ -745,16 +755,52 @@ static int release_held(pp__worker *w, uint64_t id, uint32_t attempt) {
   return -1;
 }
 
-/* process_frames: act on every complete frame in the read buffer. Returns
+/* on_result: a RESULT frame (its payload p in the read buffer). 1, or a
+ * negative error. */
+static int on_result(pp__worker *w, const pp_frame_hdr *h, const uint8_t *p,
+                     const pp__credit *credit) {
+  int rc;
+  if ((h->flags & PP_RESF_KEPT) && (rc = keep_held(w, h)) < 0)
+    return rc;
+  return pp__peer_result(&w->peer, h, p, credit);
+}
+
+/* big_done: the large RESULT read into w->big is complete: the job gets
+ * the block (or it is freed). 1, or a negative error. */
+static int big_done(pp__worker *w, const pp__credit *credit) {
+  pp_engine *e = w->peer.e;
+  pp_frame_hdr h = w->big_hdr;
+  uint8_t *blk = w->big;
+  int rc = 1;
+  w->big = NULL;
+  if ((h.flags & PP_RESF_KEPT) && (rc = keep_held(w, &h)) < 0) {
+    pp_shm_free(e->shm, w->big_off, h.length);
+    return rc;
+  }
+  rc = pp__peer_result_in(&w->peer, &h, blk, credit, e->shm, w->big_off);
+  if (rc < 0)
+    pp_shm_free(e->shm, w->big_off, h.length);
+  return rc;
+}
+
+/* process_frames: act on every complete frame in the read buffer (first
+ * on a large result read into the arena, once all of it came). Returns
  * 0, or a negative error after which the worker must be killed. */
 static int process_frames(pp__worker *w) {
   pp_engine *e = w->peer.e;
   pp_frame_hdr h;
   const uint8_t *p;
-  int rc;
+  int rc = 1;
   uint64_t nresults = 0;
   pp__credit credit = {&e->njobs, &e->time_ns, pid_counter(e, w->pid)};
-  while ((rc = pp_frame_next(&w->peer.rbuf, e->max_frame, &h, &p)) == 1) {
+  if (w->big != NULL) {
+    if (w->big_have < w->big_hdr.length)
+      return PP_OK; /* more of it to come (nothing else is read meanwhile) */
+    if ((rc = big_done(w, &credit)) > 0)
+      nresults++;
+  }
+  while (rc >= 0 &&
+         (rc = pp_frame_next(&w->peer.rbuf, e->max_frame, &h, &p)) == 1) {
     if (h.type == PP_MSG_HELLO) {
       if (w->forked && w->pid == 0 && h.length == 4 && pp_get_u32(p) > 0) {
         worker_named(w, (int)pp_get_u32(p)); /* before FORKED: credit it */
@@ -794,10 +840,7 @@ static int process_frames(pp__worker *w) {
         break;
       }
     } else if (h.type == PP_MSG_RESULT) {
-      if ((h.flags & PP_RESF_KEPT) && (rc = keep_held(w, &h)) < 0)
-        break;
-      rc = pp__peer_result(&w->peer, &h, p, &credit);
-      if (rc < 0)
+      if ((rc = on_result(w, &h, p, &credit)) < 0)
         break;
       nresults++;
     } else {
@@ -824,11 +867,48 @@ static int process_frames(pp__worker *w) {
   return PP_OK;
 }
 
-static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
-  pp__worker *w = h->data;
+/* big_start: the read buffer begins a RESULT frame of BIG_MIN bytes or
+ * more whose value the client will read from the arena: take an arena
+ * block for its payload and move what came of it there, so the rest is
+ * read straight into the block (no fresh buffer to fault in, no copy).
+ * Nothing happens when the arena has no room (the frame is read into the
+ * buffer as any other). */
+static void big_start(pp__worker *w) {
+  pp_engine *e = w->peer.e;
+  pp_buf *b = &w->peer.rbuf;
+  pp_frame_hdr h;
+  size_t avail = pp_buf_avail(b);
+  if (e->shm == NULL || avail < PP_FRAME_HDR ||
+      pp_frame_decode_hdr(b->data + b->off, e->max_frame, &h) != PP_OK ||
+      h.type != PP_MSG_RESULT || h.length < BIG_MIN ||
+      PP_RES_STATUS(h.flags) > PP_RES_SERIAL)
+    return;
+  size_t have = avail - PP_FRAME_HDR;
+  if (have >= h.length) /* all here already: process_frames takes it */
+    return;
+  uint64_t off;
+  uint8_t *blk = pp_shm_alloc(e->shm, h.length, &off);
+  if (blk == NULL)
+    return;
+  memcpy(blk, b->data + b->off + PP_FRAME_HDR, have);
+  pp_buf_consume(b, avail);
+  w->big_hdr = h;
+  w->big = blk;
+  w->big_off = off;
+  w->big_have = have;
+}
+
+/* read_room: where the next bytes from the worker go: the rest of a large
+ * result's block, or the read buffer (room for a whole large frame at
+ * once). NULL length 0 when out of memory. */
+static uv_buf_t read_room(pp__worker *w) {
+  if (w->big == NULL)
+    big_start(w);
+  if (w->big != NULL)
+    return uv_buf_init((char *)w->big + w->big_have,
+                       (unsigned)(w->big_hdr.length - w->big_have));
   pp_buf *b = &w->peer.rbuf;
   size_t want = 65536;
-  PP_UNUSED(hint);
   if (pp_buf_avail(b) >= PP_FRAME_HDR) {
     /* a large frame: room for all of it at once, instead of doubling (the
      * length is validated when the frame is cut, not trusted here beyond
@@ -838,12 +918,22 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
         flen > pp_buf_avail(b) + want)
       want = (size_t)(flen - pp_buf_avail(b));
   }
-  if (pp_buf_reserve(&w->peer.rbuf, want) != PP_OK) {
-    *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
-    return;
-  }
-  *buf = uv_buf_init((char *)w->peer.rbuf.data + w->peer.rbuf.len,
-                     (unsigned)(w->peer.rbuf.cap - w->peer.rbuf.len));
+  if (pp_buf_reserve(b, want) != PP_OK)
+    return uv_buf_init(NULL, 0);
+  return uv_buf_init((char *)b->data + b->len, (unsigned)(b->cap - b->len));
+}
+
+/* took: n bytes arrived where read_room said. */
+static void took(pp__worker *w, size_t n) {
+  if (w->big != NULL)
+    w->big_have += n;
+  else
+    w->peer.rbuf.len += n;
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  PP_UNUSED(hint);
+  *buf = read_room(h->data); /* length 0: libuv reports UV_ENOBUFS */
 }
 
 /* on_read: bytes from the worker's pipe. A malformed frame, EOF or a read
@@ -852,7 +942,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   pp__worker *w = s->data;
   PP_UNUSED(buf);
   if (nread > 0) {
-    w->peer.rbuf.len += (size_t)nread;
+    took(w, (size_t)nread);
     if (process_frames(w) != PP_OK) {
       uv_read_stop(s);
       worker_kill(w);
@@ -871,15 +961,15 @@ static void drain_pipe(pp__worker *w) {
   if (uv_fileno((uv_handle_t *)&w->pipe, &fd) != 0)
     return;
   for (int rounds = 0; rounds < 100000; rounds++) {
-    pp_buf *b = &w->peer.rbuf;
-    if (pp_buf_reserve(b, 65536) != PP_OK)
+    uv_buf_t room = read_room(w);
+    if (room.len == 0)
       return;
-    ssize_t n = read(fd, b->data + b->len, b->cap - b->len);
+    ssize_t n = read(fd, room.base, room.len);
     if (n < 0 && errno == EINTR)
       continue;
     if (n <= 0)
       break;
-    b->len += (size_t)n;
+    took(w, (size_t)n);
     if (process_frames(w) != PP_OK)
       break;
   }

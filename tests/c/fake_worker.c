@@ -15,6 +15,8 @@
  *            cwd            RESULT ok with the working directory
  *            exit:<n>       _exit(n) at once
  *            segv           die of SIGSEGV
+ *            bigcut:<n>     start a RESULT of n bytes, write half of it,
+ *                           exit 3 (a worker dying inside a large result)
  *            garbage        write 32 bytes that are no frame; go on
  *            badid          RESULT with the wrong job id; go on
  *            badstatus      RESULT with status 7 (undefined); go on
@@ -218,6 +220,21 @@ static void run_job(const pp_frame_hdr *h, const uint8_t *p) {
     int code = atoi(a);
     free(a);
     _exit(code);
+  } else if (starts(cmd, n, "bigcut:")) {
+    char *a = arg_str(cmd, n, 7);
+    size_t len = (size_t)strtoul(a, NULL, 10);
+    free(a);
+    uint8_t hdr[PP_FRAME_HDR], rt[8] = {0};
+    pp_frame_hdr rh = {PP_PROTO_VERSION, PP_MSG_RESULT, PP_RES_OK,
+                       (uint32_t)(8 + len), h->attempt, h->id};
+    pp_frame_encode_hdr(hdr, &rh);
+    uint8_t *half = calloc(1, len / 2 + 1);
+    if (half == NULL)
+      cleanup_exit(4);
+    write_full(hdr, sizeof hdr);
+    write_full(rt, 8);
+    write_full(half, len / 2);
+    cleanup_exit(3);
   } else if (n == 4 && memcmp(cmd, "segv", 4) == 0) {
     struct rlimit rl = {0, 0};
     setrlimit(RLIMIT_CORE, &rl); /* no core file */

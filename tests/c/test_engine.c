@@ -1298,6 +1298,58 @@ out:
   pp_func_unref(g);
 }
 
+/* Large results (1 MiB and more) are read from the worker's socket straight
+ * into an arena block, which the job then owns: the bytes arrive exactly,
+ * the block goes back when the job is freed, and a worker that dies in the
+ * middle of one leaks none of the arena (its job is charged, a replacement
+ * runs the next job). */
+static void test_big_results_into_arena(void) {
+  pp_engine *e = start((cfg){.nworkers = 1, .max_retries = 0});
+  pp_func *f = pp_func_new("big-results", 11);
+  pp_engine_stats st;
+  if (e == NULL || !CHECK(f != NULL))
+    goto out;
+  pp_job *w = submit(e, f, "echo:w", 0);
+  wait_ok(e, w, "w");
+  pp_job_unref(w);
+  pp_engine_get_stats(e, &st);
+  uint64_t base = st.shm_used;
+  CHECK(st.shm_size > 0);
+  for (int round = 0; round < 3; round++) {
+    size_t n = (size_t)(3 << 20) + (size_t)round * 4099;
+    char cmd[32];
+    snprintf(cmd, sizeof cmd, "big:%zu", n);
+    pp_job *j = submit(e, f, cmd, 0);
+    if (j == NULL || !CHECK(pp_engine_wait_job(e, j, T_WAIT) == PP_OK))
+      break;
+    int ok = j->status == PP_JOB_OK && j->result_len == n && j->rshm != NULL;
+    for (size_t i = 0; ok && i < n; i++)
+      ok = j->result[i] == (uint8_t)(i * 7);
+    CHECKF(ok, "round %d: status %s, %zu bytes, in the arena %d", round,
+           status_name(j->status), j->result_len, j->rshm != NULL);
+    pp_engine_get_stats(e, &st);
+    CHECK(st.shm_used >= base + n);
+    pp_job_unref(j);
+    pp_engine_get_stats(e, &st);
+    CHECKF(st.shm_used == base, "round %d: %llu arena bytes used, %llu before",
+           round, (unsigned long long)st.shm_used, (unsigned long long)base);
+  }
+  pp_job *cut = submit(e, f, "bigcut:8000000", 0);
+  if (cut && CHECK(pp_engine_wait_job(e, cut, T_WAIT) == PP_OK))
+    CHECKF(cut->status == PP_JOB_LOST, "status %s", status_name(cut->status));
+  pp_job_unref(cut);
+  pp_job *after = submit(e, f, "echo:after", 0);
+  wait_ok(e, after, "after");
+  pp_job_unref(after);
+  pp_engine_get_stats(e, &st);
+  CHECKF(st.shm_used == base, "after a cut result: %llu arena bytes used, "
+         "%llu before", (unsigned long long)st.shm_used,
+         (unsigned long long)base);
+out:
+  pp_engine_free(e);
+  pp_func_unref(f);
+}
+
 /* the one worker's pid (0 when there is not exactly one). */
 static int only_pid(pp_engine *e) {
   int pids[4];
@@ -1769,6 +1821,7 @@ int main(int argc, char **argv) {
       {"killed_while_starting", test_killed_while_starting},
       {"sigpipe_default", test_sigpipe_default},
       {"template_killed", test_template_killed},
+      {"big_results_into_arena", test_big_results_into_arena},
       {"handoff_sequential", test_handoff_sequential},
       {"handoff_worker_killed", test_handoff_worker_killed},
       {"handoff_abort", test_handoff_abort},
