@@ -26,7 +26,7 @@ MODE_STAMP = bin/.mode-$(STAMP)
 # systemd (systemd-analyze verify of deploy/ppserver.service), slurm-wlm and
 # munge (the single-node Slurm the sbatch recipe is tested on) are for tests
 DEBS      = libuv1-dev libssl-dev python3-dev python3-pytest pkg-config iproute2 \
-            systemd slurm-wlm munge
+            systemd slurm-wlm munge python3-numpy
 
 ifeq ($(SANITIZER),address)
   SANFLAGS   = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
