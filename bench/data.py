@@ -105,8 +105,8 @@ def put100(s, njobs=1000):
 
     def transfer():
         t = time.perf_counter()
-        assert all(j() == 100 * MiB for j in
-                   [s.submit(length, (a,)) for _ in range(2)])
+        assert all(j() == 100 * MiB for j in  # (nbytes: numpy or memoryview)
+                   [s.submit(nbytes, (a,)) for _ in range(2)])
         return time.perf_counter() - t
 
     def work():
