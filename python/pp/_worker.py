@@ -133,6 +133,16 @@ def lazy_package():
     pkg.__getattr__ = __getattr__
 
 
+def _submodule(name):
+    """pp.<name>, imported without touching the package's attributes: in a
+    worker `from . import x` asks the bare package for x first, and its
+    lazy __getattr__ (lazy_package) would run the whole pp/__init__ (as
+    long as the interpreter's own start) before the first job."""
+    full = __package__ + "." + name
+    __import__(full)
+    return sys.modules[full]
+
+
 def _prepare():
     """What every worker sets up first (a spawned one, or the fork server
     for all it forks): returns (parent pid, restart)."""
@@ -153,7 +163,7 @@ def _prepare():
 
 def _serve(parent, restart):
     """The worker loop on fd 3 until the engine is done; never returns."""
-    from . import _core
+    _core = _submodule("_core")
     try:
         _core.worker_main(3, load, excfmt, _proto, restart, parent)
     finally:
@@ -176,7 +186,8 @@ def template():
     control socket (fd 3). A forked child returns from template_serve and
     is a worker at once; the template exits when the engine is gone."""
     parent, restart = _prepare()
-    from . import _core, _oob  # noqa: F401  (workers need both)
+    _core = _submodule("_core")
+    _submodule("_oob")  # workers need it too
     import io  # noqa: F401  (output capture)
     import gc
     gc.freeze()  # never scanned, so its pages stay shared with the children
