@@ -180,6 +180,17 @@ def main():
     _serve(*_prepare())
 
 
+def _warm():
+    """The fork server, once its first workers are forked and no request
+    waits: load the whole pp package (the lazy one of lazy_package) and what
+    it imports, which jobs often need, so workers forked from now on
+    (respawns, set_ncpus growth, restart=True) start with it. The first
+    workers start without it: it costs as much as the interpreter's start."""
+    import gc
+    getattr(sys.modules[__package__], "__version__", None)
+    gc.freeze()
+
+
 def template():
     """The fork server (start_method="fork", docs/protocol.md 4.3): import
     what every worker needs, then fork a worker for every request on the
@@ -191,6 +202,6 @@ def template():
     import io  # noqa: F401  (output capture)
     import gc
     gc.freeze()  # never scanned, so its pages stay shared with the children
-    if _core.template_serve(3, parent):
+    if _core.template_serve(3, parent, _warm):
         _serve(os.getppid(), restart)
     os._exit(0)

@@ -254,15 +254,21 @@ int pp_tpl_serve(int ctl, const pp_tpl_hooks *h) {
     sigprocmask(SIG_SETMASK, &old, NULL);
     return PP_EIO;
   }
-  int rc = 1;
+  int rc = 1, forks = 0;
+  int idled = h == NULL || h->idle == NULL; /* the idle hook ran (or none) */
   for (;;) {
     struct pollfd p[2] = {{ctl, POLLIN, 0}, {sfd, POLLIN, 0}};
-    int k = poll(p, 2, -1);
+    int k = poll(p, 2, !idled && forks > 0 ? PP_TPL_IDLE_MS : -1);
     if (k < 0 && errno == EINTR)
       continue;
     if (k < 0) {
       rc = PP_EIO;
       break;
+    }
+    if (k == 0) { /* no request for a while after the first forks */
+      idled = 1;
+      h->idle(h->ctx);
+      continue;
     }
     if (p[1].revents) {
       struct signalfd_siginfo si;
@@ -276,6 +282,7 @@ int pp_tpl_serve(int ctl, const pp_tpl_hooks *h) {
       int t = take_fork(ctl, sfd, h, &old);
       if (t == 0)
         return 0; /* the child: a worker now */
+      forks += t == 1;
       if (t == 2)
         break;
       if (t < 0) {

@@ -54,12 +54,20 @@ size_t pp_tpl_encode(uint8_t *out, const pp_tpl_msg *m);
  * PP_EPROTO. Pure. */
 int pp_tpl_decode(const uint8_t *in, size_t len, pp_tpl_msg *m);
 
-/* Hooks around each fork (CPython's PyOS_BeforeFork and friends); any
- * may be NULL. */
+/* How long the template waits, after its first fork, for another request
+ * before it calls the idle hook. */
+#define PP_TPL_IDLE_MS 20
+
+/* Hooks around each fork (CPython's PyOS_BeforeFork and friends), and
+ * `idle`: called once, the first time no request came for PP_TPL_IDLE_MS
+ * after at least one fork, so the template can load more for the workers
+ * it forks later (their first jobs then find it loaded) without delaying
+ * the first ones. Any may be NULL. */
 typedef struct pp_tpl_hooks {
   void (*before)(void *ctx);
   void (*parent)(void *ctx);
   void (*child)(void *ctx);
+  void (*idle)(void *ctx);
   void *ctx;
 } pp_tpl_hooks;
 

@@ -30,24 +30,42 @@ static void child(void *ctx) {
   PyOS_AfterFork_Child();
 }
 
-/* template_serve(ctl, parent_pid) -> bool: die with the engine thread that
- * started this process (PR_SET_PDEATHSIG; at once if parent_pid is already
- * gone), then serve fork requests on ctl. Returns True in a forked child
+/* idle: call the template's warm-up callable (ctx, borrowed: the caller's
+ * argument outlives the loop); an exception in it is reported and
+ * forgotten (the workers load what they need themselves). */
+static void idle(void *ctx) {
+  PyObject *r = PyObject_CallNoArgs((PyObject *)ctx);
+  if (r == NULL)
+    PyErr_WriteUnraisable((PyObject *)ctx);
+  Py_XDECREF(r);
+}
+
+/* template_serve(ctl, parent_pid, warm=None) -> bool: die with the engine
+ * thread that started this process (PR_SET_PDEATHSIG; at once if
+ * parent_pid is already gone), then serve fork requests on ctl, calling
+ * warm() once when the first forks are done and no request waits (see
+ * pp_tpl_hooks.idle). Returns True in a forked child
  * (a worker now: fd 3 its socket, fd 4 its status page), False in the
  * template once the engine closed the control socket; OSError when it
  * cannot serve. */
 PyObject *ppx_template_serve(PyObject *self, PyObject *a) {
   int ctl;
   long parent_pid;
+  PyObject *warm = Py_None;
   PP_UNUSED(self);
-  if (!PyArg_ParseTuple(a, "il", &ctl, &parent_pid))
+  if (!PyArg_ParseTuple(a, "il|O", &ctl, &parent_pid, &warm))
     return NULL;
+  if (warm != Py_None && !PyCallable_Check(warm)) {
+    PyErr_SetString(PyExc_TypeError, "template_serve: warm must be callable");
+    return NULL;
+  }
 #ifdef __linux__
   prctl(PR_SET_PDEATHSIG, SIGKILL);
 #endif
   if (parent_pid > 0 && getppid() != (pid_t)parent_pid)
     Py_RETURN_FALSE; /* the engine is already gone */
-  pp_tpl_hooks h = {before, parent, child, NULL};
+  pp_tpl_hooks h = {before, parent, child, warm == Py_None ? NULL : idle,
+                    warm};
   int rc = pp_tpl_serve(ctl, &h);
   if (rc == 0)
     Py_RETURN_TRUE;

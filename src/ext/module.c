@@ -187,8 +187,9 @@ static PyMethodDef module_methods[] = {
      "oob_filter(slow, obj): None unless obj is a bytes, bytearray or "
      "memoryview of at least OOB_MIN bytes, else slow(obj) (pp._oob)"},
     {"template_serve", ppx_template_serve, METH_VARARGS,
-     "template_serve(ctl, parent_pid) -> bool: serve fork requests on ctl; "
-     "True in a forked worker, False once the engine closed ctl"},
+     "template_serve(ctl, parent_pid, warm=None) -> bool: serve fork "
+     "requests on ctl, warm() once when idle after the first forks; True in "
+     "a forked worker, False once the engine closed ctl"},
     {"parse_ppserver", parse_ppserver, METH_O,
      "parse_ppserver(entry) -> ('node', host, port) | ('discover', port) | "
      "('subnet', port, network, bits); "

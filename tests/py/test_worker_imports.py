@@ -6,7 +6,13 @@ its first job, doubling the start of every worker and of the fork server
 The worker bootstrap registers a bare `pp` package whose __getattr__ runs
 the real __init__ on first use (_worker.lazy_package); `from . import
 _core` inside the worker asked that package for `_core` and so ran it.
-Before the fix every job saw pp._server in sys.modules."""
+Before the fix every job saw pp._server in sys.modules.
+
+The fork server loads the whole package once its first workers are
+forked and it is idle (_worker._warm), so workers forked later (a respawn)
+start with it: their first job does not pay for it either."""
+import time
+
 import pytest
 
 import pp
@@ -32,4 +38,20 @@ def test_worker_starts_without_the_client_side_of_pp(start_method):
         assert "pp._worker" in mods and "pp._core" in mods
         assert not set(CLIENT_SIDE) & set(mods), mods
         # the package is still whole for a job that uses it
+        assert s.submit(uses_the_package)() == ("Template", True)
+
+
+def die():
+    import os
+    os._exit(3)
+
+
+def test_workers_forked_after_the_first_start_with_the_whole_package():
+    with pp.Server(1, start_method="fork", max_retries=0) as s:
+        assert not set(CLIENT_SIDE) & set(s.submit(loaded_pp_modules)())
+        time.sleep(0.3)  # the fork server is idle: it loads the rest
+        with pytest.raises(pp.WorkerLostError):
+            s.submit(die)()
+        mods = s.submit(loaded_pp_modules)()  # a worker forked just now
+        assert set(CLIENT_SIDE) <= set(mods), mods
         assert s.submit(uses_the_package)() == ("Template", True)
