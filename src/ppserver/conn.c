@@ -985,6 +985,18 @@ void ppsrv__on_connection(uv_stream_t *server, int status) {
                    "cannot accept a connection: %s", uv_strerror(status));
     return;
   }
+  if (s->accepts_this_turn >= PPSRV_ACCEPT_BATCH) {
+    /* libuv accepts for as long as connections come: a flood reopening
+     * every connection shed would keep this loop turn going forever, the
+     * shed ones never reaching their close callbacks (the list of
+     * connections growing without end, each new one scanning it) and the
+     * real clients waiting in the kernel's queue. Not accepting now makes
+     * libuv stop watching the listener; on_accept_turn (server.c) accepts
+     * this one in the next turn, after the closes. */
+    s->accept_deferred = 1;
+    return;
+  }
+  s->accepts_this_turn++;
   conn *c = calloc(1, sizeof *c);
   if (c == NULL) {
     pp_log(PP_LOG_ERROR, "out of memory accepting a connection");

@@ -165,6 +165,10 @@ struct srv {
   uv_tcp_t listener;
   uv_timer_t sweep;
   uv_timer_t idle_exit;
+  uv_check_t accept_turn;  /* after each poll phase: accepting resumes */
+  unsigned accepts_this_turn; /* connections accepted in this loop turn */
+  int accept_deferred;     /* one waits in libuv (not accepted: libuv
+                              stopped watching the listener) */
   uv_signal_t sig_term, sig_int, sig_usr1;
   uv_async_t done_async;
   int listener_init;

@@ -18,11 +18,30 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+/* The listen backlog: deep, so a flood of connections that the node sheds
+ * and that are opened again at once cannot fill the accept queue (the
+ * kernel drops a real client's SYN on a full queue: a retransmit after 1 s,
+ * then 3 s, while the shed ones are accepted in order). The kernel caps it
+ * at net.core.somaxconn (4096 on current kernels). */
+#define PPSRV_LISTEN_BACKLOG 4096
+
 /* ---- timers, signals, stop -------------------------------------------- */
 
 /* on_sweep: the sweep timer's callback, every 250 ms: connection
  * deadlines (conn.c). Main thread. */
 static void on_sweep(uv_timer_t *t) { ppsrv__conn_sweep(t->data); }
+
+/* on_accept_turn: after each poll phase: a new loop turn may accept
+ * PPSRV_ACCEPT_BATCH connections again, starting with the one held back
+ * (accepting it makes libuv watch the listener again). Main thread. */
+static void on_accept_turn(uv_check_t *h) {
+  srv *s = h->data;
+  s->accepts_this_turn = 0;
+  if (s->accept_deferred && !s->stopping) {
+    s->accept_deferred = 0;
+    ppsrv__on_connection((uv_stream_t *)&s->listener, 0);
+  }
+}
 
 /* close_handle: close one of the server's own handles (not a conn). */
 static void close_handle(srv *s, uv_handle_t *h) {
@@ -38,6 +57,7 @@ void ppsrv__maybe_finish(srv *s) {
   if (!s->stopping || s->conns != NULL)
     return;
   close_handle(s, (uv_handle_t *)&s->sweep);
+  close_handle(s, (uv_handle_t *)&s->accept_turn);
   close_handle(s, (uv_handle_t *)&s->idle_exit);
   close_handle(s, (uv_handle_t *)&s->sig_term);
   close_handle(s, (uv_handle_t *)&s->sig_int);
@@ -208,7 +228,8 @@ static int start_listening(srv *s) {
   s->listener_init = 1;
   rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, 0);
   if (rc == 0)
-    rc = uv_listen((uv_stream_t *)&s->listener, 511, ppsrv__on_connection);
+    rc = uv_listen((uv_stream_t *)&s->listener, PPSRV_LISTEN_BACKLOG,
+                   ppsrv__on_connection);
   if (rc != 0) {
     pp_log(PP_LOG_ERROR, "cannot listen on %s port %d: %s", s->cfg->interface,
            s->cfg->port, uv_strerror(rc));
@@ -313,6 +334,9 @@ int ppsrv_run(const ppsrv_config *cfg) {
   ppsrv__feed_init(s);
   uv_timer_init(&s->loop, &s->sweep);
   s->sweep.data = s;
+  uv_check_init(&s->loop, &s->accept_turn);
+  s->accept_turn.data = s;
+  uv_check_start(&s->accept_turn, on_accept_turn);
   uv_timer_init(&s->loop, &s->idle_exit);
   s->idle_exit.data = s;
   uv_signal_init(&s->loop, &s->sig_term);

@@ -26,6 +26,9 @@
  * (at most half of --max-clients) and per client address; the back-off
  * after failed handshakes from one address. */
 #define PPSRV_PREAUTH_MAX 128u
+/* Connections accepted in one turn of the loop at most; the rest wait in
+ * the kernel's queue for the next turn (conn.c, ppsrv__on_connection). */
+#define PPSRV_ACCEPT_BATCH 64u
 #define PPSRV_PREAUTH_PER_ADDR 16u
 #define PPSRV_AUTH_DELAY_BASE_MS 100u   /* after the first failure */
 #define PPSRV_AUTH_DELAY_MAX_MS 10000u  /* doubling up to this */

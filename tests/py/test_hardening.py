@@ -262,6 +262,13 @@ class Flood:
 
 @pytest.mark.watchdog(90)
 def test_flood_that_never_authenticates_keeps_no_client_out(ppserver, tls):
+    """Also a regression: libuv accepts for as long as connections come,
+    and a flood reopening every shed connection kept one loop turn going:
+    the shed ones never reached their close callbacks (tens of thousands
+    listed, each accept scanning them all), the node stopped draining the
+    kernel's queue (300 and more waiting) and a real client timed out in it
+    about every other run (TLS: each pending one costs more). Now a turn
+    accepts PPSRV_ACCEPT_BATCH at most."""
     n = ppserver(nofile=256)
     flood = Flood(n.port, ["127.0.0.%d" % i for i in range(2, 6)], 100, tls)
     try:
