@@ -59,7 +59,10 @@ struct pp__node {
   struct pp_tls *tls;    /* TLS state (engine in TLS mode), from connect */
   int tls_auth;          /* pp's HELLO sent inside TLS */
   pp_buf net;            /* TLS: ciphertext as read, before pp_tls_feed */
-  pp_buf out;            /* sealed frames emitted, not yet flushed */
+  pp_buf out;            /* sealed frames emitted, not yet flushed (with
+                            TLS: records, already encrypted) */
+  pp_buf plain;          /* TLS: small frame pieces emitted, not yet
+                            encrypted (kept allocated across flushes) */
   uint64_t state_since_ns, last_rx_ns, last_tx_ns, last_ping_ns;
   uint64_t next_attempt_ns;
   uint64_t acked;        /* bytes of ours the node acknowledged (TCP_INFO) */
@@ -104,6 +107,7 @@ static pp__node *node_new(pp_engine *e, char *host, char *port) {
   snprintf(n->peer.name, sizeof n->peer.name, "node %.270s", n->st.name);
   snprintf(n->peer.where, sizeof n->peer.where, "%.63s", n->st.name);
   pp_buf_init(&n->out);
+  pp_buf_init(&n->plain);
   n->backoff_ms = BACKOFF_MIN_MS;
   pp__peer_link(&n->peer);
   return n;
@@ -140,6 +144,7 @@ void pp__nodes_free(pp_engine *e) {
     pp_tls_free(n->tls);
     pp_buf_free(&n->net);
     pp_buf_free(&n->out);
+    pp_buf_free(&n->plain);
     pp__peer_clear(&n->peer);
     free(n->host);
     free(n->port);
@@ -244,17 +249,61 @@ static int n_ready(const pp__peer *p) {
   return ((const pp__node *)p)->state == NODE_READY;
 }
 
+/* tls_stage_out: encrypt the staged plaintext (n->plain) onto the records
+ * in n->out. 0 or a pp code. */
+static int tls_stage_out(pp__node *n) {
+  if (pp_buf_avail(&n->plain) == 0)
+    return PP_OK;
+  int rc = pp_tls_write(n->tls, n->plain.data + n->plain.off,
+                        pp_buf_avail(&n->plain), &n->out);
+  n->plain.off = n->plain.len = 0; /* its storage stays for the next */
+  return rc;
+}
+
+/* tls_emit: one frame inside TLS, encrypted from where its parts are: the
+ * header and small parts are staged (so a batch of small frames is one
+ * record), a part of TLS_DIRECT_MIN bytes or more is encrypted straight
+ * from the caller's memory (no copy into a frame buffer first: the cipher
+ * reads it once). Order is kept: what is staged is encrypted before it.
+ * 0 or a pp code. */
+#define TLS_DIRECT_MIN 16384u
+static int tls_emit(pp__node *n, uint8_t type, uint32_t flags, uint64_t id,
+                    uint32_t attempt, const pp_part *parts, size_t nparts) {
+  size_t len = pp_frame_parts_len(parts, nparts);
+  if (len > UINT32_MAX)
+    return PP_ETOOBIG;
+  uint8_t hdr[PP_FRAME_HDR];
+  pp_frame_hdr h = {PP_PROTO_VERSION, type, flags, (uint32_t)len, attempt, id};
+  pp_frame_encode_hdr(hdr, &h);
+  int rc = pp_buf_append(&n->plain, hdr, sizeof hdr);
+  for (size_t i = 0; rc == PP_OK && i < nparts; i++) {
+    if (parts[i].len < TLS_DIRECT_MIN) {
+      rc = pp_buf_append(&n->plain, parts[i].p, parts[i].len);
+    } else if ((rc = tls_stage_out(n)) == PP_OK) {
+      rc = pp_tls_write(n->tls, parts[i].p, parts[i].len, &n->out);
+    }
+  }
+  return rc;
+}
+
 static int n_emit(pp__peer *p, uint8_t type, uint32_t flags, uint64_t id,
                   uint32_t attempt, const pp_part *parts, size_t nparts,
                   pp_job *job) {
   PP_UNUSED(job); /* sealed frames are copied: the MAC covers them */
   pp__node *n = (pp__node *)p;
+  if (n->tls != NULL && n->sess != NULL)
+    return tls_emit(n, type, flags, id, attempt, parts, nparts);
   return seal_frame(n, &n->out, type, flags, id, attempt, parts, nparts);
 }
 
+/* n_flush: write what was emitted. With TLS the records are encrypted
+ * already (emit order is record order; nothing else writes in between:
+ * emits and their flush happen in one call of the peer layer). */
 static int n_flush(pp__peer *p) {
   pp__node *n = (pp__node *)p;
-  int rc = node_write(n, &n->out);
+  int rc = n->tls == NULL ? node_write(n, &n->out) : tls_stage_out(n);
+  if (rc == PP_OK && n->tls != NULL)
+    rc = node_write_raw(n, &n->out);
   pp_buf_free(&n->out);
   return rc;
 }
@@ -262,6 +311,7 @@ static int n_flush(pp__peer *p) {
 static void n_drop(pp__peer *p, const char *why) {
   pp__node *n = (pp__node *)p;
   pp_buf_free(&n->out);
+  pp_buf_free(&n->plain);
   node_down(n, why);
 }
 
@@ -343,6 +393,7 @@ static void node_down(pp__node *n, const char *why) {
   n->state = NODE_CLOSING; /* not ready: the peer layer sends it nothing */
   pp__peer_requeue(&n->peer, 0, 0, 0, NULL);
   pp_buf_free(&n->out);
+  pp_buf_free(&n->plain);
   if (n->auth) {
     pp_auth_clear(n->auth);
     free(n->auth);
