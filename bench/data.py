@@ -36,6 +36,11 @@ except ImportError:
 
 MiB = 1 << 20
 REPEAT = int(os.environ.get("PP_BENCH_REPEAT", "5"))
+# issue 11's targets for the figures above
+TARGETS = {"W4 pp MiB/s": (">=", 3000), "W4 pp/Pool": (">=", 3),
+           "NP128 GiB/s": (">=", 5), "RES100 GiB/s": (">=", 3),
+           "PEAK64 extra copies": ("<=", 1), "PUT100 ratio": ("<=", 1.2),
+           "RW4 MiB/s": (">=", 1000)}
 
 
 def length(b):
@@ -197,7 +202,10 @@ def main():
             node.terminate()
             node.wait(10)
     for k, v in out.items():
-        print("%-22s %10.2f" % (k, v))
+        t = TARGETS.get(k)
+        print("%-22s %10.2f%s" % (k, v, "" if t is None else "   target %s %s: %s"
+                                  % (t[0], t[1], "met" if (v >= t[1] if t[0] == ">="
+                                                            else v <= t[1]) else "NOT met")))
     if np is None:
         print("(numpy is not importable: NP128 and RES100 not measured)")
 
