@@ -55,3 +55,19 @@ def test_workers_forked_after_the_first_start_with_the_whole_package():
         mods = s.submit(loaded_pp_modules)()  # a worker forked just now
         assert set(CLIENT_SIDE) <= set(mods), mods
         assert s.submit(uses_the_package)() == ("Template", True)
+
+
+def test_the_build_leaves_pp_compiled():
+    """`make` compiles pp's modules ahead: workers are often started with
+    PYTHONDONTWRITEBYTECODE=1 and would compile each module they import on
+    every start. Every module has current bytecode next to it."""
+    import glob
+    import importlib.util
+    import os
+    pkg = os.path.dirname(pp.__file__)
+    stale = []
+    for src in glob.glob(os.path.join(pkg, "*.py")):
+        pyc = importlib.util.cache_from_source(src)
+        if not os.path.exists(pyc) or os.path.getmtime(pyc) < os.path.getmtime(src):
+            stale.append(os.path.basename(src))
+    assert stale == [], stale
