@@ -6,6 +6,7 @@
  * e->tpl_ops; this file only moves messages. A template that ends is
  * replaced by the next FORK request. Engine thread only. */
 #include "engine_int.h"
+#include "fdpass.h"
 #include "template.h"
 
 #include <errno.h>
@@ -101,32 +102,14 @@ static int handle_msg(pp__tpl *t, const uint8_t *buf, size_t n, int fd) {
 static int tpl_read(pp__tpl *t) {
   for (int rounds = 0; rounds < 100000 && t->fd >= 0; rounds++) {
     uint8_t buf[PP_TPL_MSG_MAX];
-    union {
-      struct cmsghdr h;
-      char b[CMSG_SPACE(4 * sizeof(int))];
-    } cbuf;
-    struct iovec iov = {buf, sizeof buf};
-    struct msghdr mh;
-    memset(&mh, 0, sizeof mh);
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf.b;
-    mh.msg_controllen = sizeof cbuf.b;
-    ssize_t n = recvmsg(t->fd, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-    if (n < 0 && errno == EINTR)
-      continue;
+    int fds[PP_FDPASS_MAX], nfds, trunc;
+    ssize_t n = pp_fd_recv(t->fd, buf, sizeof buf, MSG_DONTWAIT, fds, &nfds,
+                           &trunc);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
       return 0;
     if (n <= 0)
       return -1;
-    int fds[4], nfds = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-        size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < k && nfds < 4; i++)
-          memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      }
-    int bad = nfds > 1 || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC));
+    int bad = nfds > 1 || trunc;
     if (bad) {
       for (int i = 0; i < nfds; i++)
         close(fds[i]);

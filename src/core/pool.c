@@ -18,6 +18,7 @@
  * for jobs it put in flight itself (so never at the same time). Everything
  * else here is engine thread only. */
 #include "engine_int.h"
+#include "fdpass.h"
 #include "wstatus.h"
 
 #include <errno.h>
@@ -1091,26 +1092,7 @@ static void send_shm(pp__worker *w) {
   pp_frame_hdr h = {PP_PROTO_VERSION, PP_MSG_SHM, 0, 8, 0, 0};
   pp_frame_encode_hdr(msg, &h);
   pp_put_u64(msg + PP_FRAME_HDR, pp_shm_size(s));
-  struct iovec iov = {msg, sizeof msg};
-  union {
-    struct cmsghdr h;
-    char buf[CMSG_SPACE(sizeof(int))];
-  } ctl;
-  memset(&ctl, 0, sizeof ctl);
-  struct msghdr mh = {0};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  mh.msg_control = ctl.buf;
-  mh.msg_controllen = sizeof ctl.buf;
-  struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  ssize_t n;
-  do
-    n = sendmsg(sock, &mh, MSG_NOSIGNAL);
-  while (n < 0 && errno == EINTR);
+  ssize_t n = pp_fd_send(sock, msg, sizeof msg, fd);
   if (ro >= 0)
     close(ro);
   if (n != (ssize_t)sizeof msg) {

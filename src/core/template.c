@@ -6,6 +6,7 @@
  * the engine starts its workers as fresh processes. */
 #include "template.h"
 
+#include "fdpass.h"
 #include "frame.h"
 #include "pp_common.h"
 
@@ -90,30 +91,8 @@ int pp_tpl_decode(const uint8_t *in, size_t len, pp_tpl_msg *m) {
  * engine always reads), EINTR retried. 0 or -1 (the engine is gone). */
 static int send_msg(int ctl, const pp_tpl_msg *m, int fd) {
   uint8_t buf[PP_TPL_MSG_MAX];
-  struct iovec iov = {buf, pp_tpl_encode(buf, m)};
-  union {
-    struct cmsghdr h;
-    char b[CMSG_SPACE(sizeof(int))];
-  } ctl_buf;
-  struct msghdr mh;
-  memset(&mh, 0, sizeof mh);
-  memset(&ctl_buf, 0, sizeof ctl_buf);
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  if (fd >= 0) {
-    mh.msg_control = ctl_buf.b;
-    mh.msg_controllen = sizeof ctl_buf.b;
-    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  }
-  ssize_t n;
-  do
-    n = sendmsg(ctl, &mh, MSG_NOSIGNAL);
-  while (n < 0 && errno == EINTR);
-  return n == (ssize_t)iov.iov_len ? 0 : -1;
+  size_t len = pp_tpl_encode(buf, m);
+  return pp_fd_send(ctl, buf, len, fd) == (ssize_t)len ? 0 : -1;
 }
 
 /* reap: report every child that has ended. 0 or -1 (the engine is gone). */
@@ -175,33 +154,16 @@ static void child_setup(int ctl, int sfd, int sock, int status,
 static int take_fork(int ctl, int sfd, const pp_tpl_hooks *h,
                      const sigset_t *mask) {
   uint8_t buf[PP_TPL_MSG_MAX];
-  union {
-    struct cmsghdr h;
-    char b[CMSG_SPACE(4 * sizeof(int))];
-  } cbuf;
-  struct iovec iov = {buf, sizeof buf};
-  struct msghdr mh;
-  memset(&mh, 0, sizeof mh);
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  mh.msg_control = cbuf.b;
-  mh.msg_controllen = sizeof cbuf.b;
-  ssize_t n = recvmsg(ctl, &mh, MSG_CMSG_CLOEXEC);
-  if (n < 0 && (errno == EINTR || errno == EAGAIN))
+  int fds[PP_FDPASS_MAX], nfds, trunc;
+  ssize_t n = pp_fd_recv(ctl, buf, sizeof buf, 0, fds, &nfds, &trunc);
+  if (n < 0 && errno == EAGAIN)
     return 1;
   if (n <= 0)
     return 2;
-  int fds[4], nfds = 0;
-  for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-      size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < k && nfds < 4; i++)
-        memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-    }
   pp_tpl_msg m;
   int want = -1;
   if (pp_tpl_decode(buf, (size_t)n, &m) == PP_OK && m.type == PP_TPL_FORK &&
-      !(mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
+      !trunc)
     want = (m.flags & PP_TPL_FORKF_STATUS) ? 2 : 1;
   if (want != nfds) {
     /* not a FORK we can serve: the engine broke the protocol */
