@@ -17,7 +17,9 @@ out of band in its own order, and persistent_load turns it back into the
 original type."""
 import functools
 import io
-import pickle
+# pickle.py's classes and functions are these (it re-exports them); the
+# module itself, imported in every worker, would cost milliseconds more.
+import _pickle as pickle
 
 from . import _core
 

@@ -10,12 +10,16 @@ started the same way with w.template() (_boot.TEMPLATE_BOOT)."""
 import builtins
 import importlib
 import os
-import pickle
-import signal
 import sys
 import types
 
-_proto = pickle.HIGHEST_PROTOCOL
+# The C modules behind pickle and signal: pickle.py imports re, struct and
+# more, signal.py enum; together about 6 ms of a worker's start before its
+# first job (test_worker_imports). _pickle's functions are pickle's own.
+import _pickle as pickle
+import _signal as signal
+
+_proto = 5  # pickle.HIGHEST_PROTOCOL; the engine's own comes in argv
 
 
 def _resolve(module, qualname):

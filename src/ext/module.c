@@ -241,7 +241,9 @@ static int add_error_table(PyObject *m) {
  * then fails and m_clear releases what was filled). */
 static int module_exec(PyObject *m) {
   ppx_state *st = PyModule_GetState(m);
-  PyObject *pickle = PyImport_ImportModule("pickle");
+  /* _pickle, not pickle: the same loads/dumps without pickle.py's imports
+   * (re, struct, ...), milliseconds of every worker's start. */
+  PyObject *pickle = PyImport_ImportModule("_pickle");
   if (pickle == NULL)
     return -1;
   st->loads = PyObject_GetAttrString(pickle, "loads");

@@ -10,7 +10,10 @@ Before the fix every job saw pp._server in sys.modules.
 
 The fork server loads the whole package once its first workers are
 forked and it is idle (_worker._warm), so workers forked later (a respawn)
-start with it: their first job does not pay for it either."""
+start with it: their first job does not pay for it either.
+
+Likewise a worker used pickle.py, signal.py and threading.py where their C
+modules do, about 9 ms of each worker's start in W5 (see SLOW_STDLIB)."""
 import time
 
 import pytest
@@ -39,6 +42,35 @@ def test_worker_starts_without_the_client_side_of_pp(start_method):
         assert not set(CLIENT_SIDE) & set(mods), mods
         # the package is still whole for a job that uses it
         assert s.submit(uses_the_package)() == ("Template", True)
+
+
+# What a worker needs of pickle and signal is their C modules (_pickle,
+# _signal, whose functions pickle.py and signal.py re-export); the Python
+# modules import re, struct, enum and more, and threading.py (for
+# pp._objects) more again: about 6-9 ms of W5 together.
+SLOW_STDLIB = ("pickle", "re", "enum", "signal", "threading", "struct")
+
+
+def loaded_modules():
+    import sys
+    return sorted(sys.modules)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_worker_starts_without_the_slow_stdlib_modules(start_method):
+    with pp.Server(1, start_method=start_method) as s:
+        # shipped as source (modules= makes it so): importing this test
+        # module by reference would import pytest and all it needs
+        mods = s.submit(loaded_modules, (), modules=("sys",))()
+        assert "_pickle" in mods and "pp._objects" in mods
+        assert not set(SLOW_STDLIB) & set(mods), set(SLOW_STDLIB) & set(mods)
+        # and pickling still works whole: an exception crosses back
+        with pytest.raises(ZeroDivisionError):
+            s.submit(divide, (1, 0))()
+
+
+def divide(a, b):
+    return a / b
 
 
 def die():
