@@ -19,10 +19,12 @@
 #include <signal.h>
 #include <string.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sched.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #ifdef __linux__
@@ -31,6 +33,10 @@
 
 #define FLUSH_AFTER_NS 1000000ull
 #define FLUSH_BYTES (256u * 1024u)
+/* After answering, a worker polls its pipe this long before it blocks
+ * (read_in), as long as the next job came within it last time;
+ * PP_WORKER_POLL_US in the worker's environment changes it (0: never). */
+#define READ_SPIN_US_DEFAULT 50
 
 /* write_all: write the whole buffer to fd, GIL released. 0 or -1. */
 static int write_all(int fd, pp_buf *out) {
@@ -113,6 +119,9 @@ typedef struct wstate {
   int cur_done;          /* ... and it has ended already */
   pp_buf rel;            /* RELEASE frames to send with the next write */
   PyObject *objects;     /* pp._objects: the object store (Server.put) */
+  int spin;              /* read_in polls before blocking (see there) */
+  int spin_ok;           /* polling may pay: more than one CPU, spin_ns > 0 */
+  uint64_t spin_ns;      /* how long read_in polls */
 } wstate;
 
 /* One job's use of its arguments in the arena: the context of their lease.
@@ -203,7 +212,16 @@ static int map_arena(wstate *w, const pp_frame_hdr *h, const uint8_t *p) {
 
 /* read_in: read from the engine into in (GIL released), keeping a
  * descriptor passed with the bytes (SCM_RIGHTS) in w->passed_fd. Returns
- * what recvmsg returned. */
+ * what recvmsg returned.
+ *
+ * Polling before blocking: a worker that has just answered often gets its
+ * next job within microseconds (a caller waiting on each result, W2), and
+ * waking a process blocked in recvmsg costs several microseconds on each
+ * round trip. So while w->spin is set the worker first polls the pipe for
+ * up to w->spin_ns (PP_WORKER_POLL_US), yielding the CPU between polls (to the engine thread
+ * or the caller when they share it); when nothing comes in that time it
+ * blocks, and polls again only once a job comes within the window after
+ * all: an idle or sparsely fed worker sleeps at once and costs no CPU. */
 static ssize_t read_in(wstate *w, pp_buf *in) {
   ssize_t n;
   union {
@@ -212,16 +230,30 @@ static ssize_t read_in(wstate *w, pp_buf *in) {
   } ctl;
   struct iovec iov = {in->data + in->len, in->cap - in->len};
   struct msghdr mh;
+  uint64_t t0 = pp_now_ns();
+  int flags = w->spin ? MSG_DONTWAIT : 0;
   Py_BEGIN_ALLOW_THREADS
-  do {
+  for (;;) {
     memset(&mh, 0, sizeof mh);
     mh.msg_iov = &iov;
     mh.msg_iovlen = 1;
     mh.msg_control = ctl.buf;
     mh.msg_controllen = sizeof ctl.buf;
-    n = recvmsg(w->fd, &mh, MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
+    n = recvmsg(w->fd, &mh, MSG_CMSG_CLOEXEC | flags);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && flags && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (pp_now_ns() - t0 >= w->spin_ns)
+        flags = 0; /* nothing came soon: block */
+      else
+        sched_yield(); /* let another thread of this CPU run meanwhile */
+      continue;
+    }
+    break;
+  }
   Py_END_ALLOW_THREADS
+  if (w->spin_ok)
+    w->spin = pp_now_ns() - t0 < w->spin_ns;
   if (n > 0)
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
       if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
@@ -236,6 +268,26 @@ static ssize_t read_in(wstate *w, pp_buf *in) {
       }
     }
   return n;
+}
+
+/* setup_spin: read_in's polling: PP_WORKER_POLL_US (default
+ * READ_SPIN_US_DEFAULT, at most one second), and only with more than one
+ * CPU to run on (on one, the poller would only delay the engine thread). */
+static void setup_spin(wstate *w) {
+  const char *v = getenv("PP_WORKER_POLL_US");
+  long us = READ_SPIN_US_DEFAULT;
+  if (v != NULL && *v != '\0') {
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*end == '\0' && n >= 0)
+      us = n > 1000000 ? 1000000 : n;
+  }
+  cpu_set_t cpus;
+  int ncpu = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus)
+                                                           : 1;
+  w->spin_ns = (uint64_t)us * 1000u;
+  w->spin_ok = us > 0 && ncpu > 1;
+  w->spin = 0; /* from the first answer on */
 }
 
 /* map_status: map the engine's status page (fd 4) if there is one. */
@@ -925,6 +977,7 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
     return NULL;
   watch_parent(parent);
   map_status(&w);
+  setup_spin(&w);
   install_abort(&w);
   if (setup_capture(&w) < 0)
     PyErr_Clear(); /* the jobs run without capture */

@@ -200,3 +200,31 @@ def test_object_releases_while_round_trips_are_handed_off(server):
     assert server._engine.stats()["objs_dropped"] > d0
     assert handoffs(server) > h0
     assert set(server._engine.pids()) == pids
+
+
+def cpu_seconds(pid):
+    """user + system CPU time of a process so far (from /proc)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("poll_us,idle_cpu_max", [(200000, 0.5), (0, 0.1)])
+def test_a_polling_worker_goes_to_sleep_when_idle(monkeypatch, poll_us,
+                                                   idle_cpu_max):
+    """A worker polls its pipe for a while after answering (the next job of
+    a caller waiting on each result comes within microseconds), then
+    blocks: idle, it costs no CPU. PP_WORKER_POLL_US sets the window (0:
+    never poll). With a 200 ms window, 1.5 s idle may cost the worker at
+    most about one window of CPU, not the whole time."""
+    monkeypatch.setenv("PP_WORKER_POLL_US", str(poll_us))
+    with pp.Server(1) as s:
+        pid = s.submit(os.getpid)()
+        for x in range(200):  # round trips: polling stays on between them
+            assert s.submit(inc, (x,))() == x + 1
+        c0 = cpu_seconds(pid)
+        time.sleep(1.5)
+        idle = cpu_seconds(pid) - c0
+        assert idle < idle_cpu_max, "idle worker used %.2f s of CPU" % idle
+        assert s.submit(inc, (1,))() == 2  # and wakes for the next job
+        assert s.submit(os.getpid)() == pid
