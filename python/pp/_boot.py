@@ -20,7 +20,7 @@ beyond os and sys: ppserver's question imports it on every start."""
 import os
 import sys
 
-WORKER_BOOT = ("import sys, types; p = types.ModuleType('pp'); "
+WORKER_BOOT = ("import sys; p = type(sys)('pp'); "
                "p.__path__ = [%r]; p.__package__ = 'pp'; sys.modules['pp'] = p; "
                "import pp._worker as w; w.main()")
 

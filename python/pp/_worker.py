@@ -8,10 +8,8 @@ Started by the engine as (see _boot.WORKER_BOOT):
 with its frame pipe on file descriptor 3, or forked by the fork server,
 started the same way with w.template() (_boot.TEMPLATE_BOOT)."""
 import builtins
-import importlib
 import os
 import sys
-import types
 
 # The C modules behind pickle and signal: pickle.py imports re, struct and
 # more, signal.py enum; together about 6 ms of a worker's start before its
@@ -20,10 +18,12 @@ import _pickle as pickle
 import _signal as signal
 
 _proto = 5  # pickle.HIGHEST_PROTOCOL; the engine's own comes in argv
+_ModuleType = type(sys)  # types.ModuleType, without importing types
 
 
 def _resolve(module, qualname):
-    obj = importlib.import_module(module)
+    __import__(module)  # (importlib's package imports warnings: slower)
+    obj = sys.modules[module]
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
@@ -48,7 +48,7 @@ def load(blob):
     if kind != "src":
         raise ValueError("unknown function descriptor kind %r" % (kind,))
     _, name, imports, refs, sources, method = desc
-    mod = types.ModuleType("__main__")
+    mod = _ModuleType("__main__")
     ns = mod.__dict__
     ns["__builtins__"] = builtins
     for spec in imports:
