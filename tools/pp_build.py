@@ -5,7 +5,9 @@ without setuptools or the `wheel` package. pyproject.toml names it
 
 It builds, from src/ and python/pp:
   * the extension pp._core (src/core + src/ext, linked with libuv and
-    libcrypto), compiled with the interpreter's headers;
+    OpenSSL), compiled with the interpreter's headers, and pp._wcore (the
+    worker's part of those sources only, WCORE_SOURCES, without OpenSSL:
+    what workers and the fork server import);
   * the ppserver daemon (src/core + src/ppserver), shipped as pp/bin/ppserver
     and run by the `ppserver` console script and `python -m pp.server`;
   * a wheel holding those, the package's Python files, the man page
@@ -14,7 +16,7 @@ It builds, from src/ and python/pp:
 The version is python/pp/_version.py's, the only definition.
 
 As a tool (the Makefile uses it):
-    python3 tools/pp_build.py ext        build pp/_core*.so in python/pp
+    python3 tools/pp_build.py ext        build pp/_core*.so, pp/_wcore*.so in python/pp
     python3 tools/pp_build.py sdist DIR  write DIR/pp-VERSION.tar.gz
     python3 tools/pp_build.py wheel DIR  write DIR/pp-VERSION-TAG.whl
 PP_SANITIZE=address,undefined builds the extension under those sanitizers;
@@ -47,6 +49,13 @@ SDIST_GLOBS = [
 
 CFLAGS = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror"]
 LIBS = ["-luv", "-lssl", "-lcrypto", "-lpthread"]
+# pp._wcore: the worker loop, the fork server and the buffer helpers, with
+# the core files they use; no OpenSSL (src/ext/wmodule.c says why)
+WCORE_SOURCES = ["src/ext/wmodule.c", "src/ext/worker.c", "src/ext/lease.c",
+                 "src/ext/forkserver.c", "src/core/frame.c", "src/core/buf.c",
+                 "src/core/shm.c", "src/core/template.c", "src/core/fdpass.c",
+                 "src/core/log.c"]
+WCORE_LIBS = ["-luv", "-lpthread"]
 
 
 # ---- facts about the project ----------------------------------------------
@@ -125,9 +134,10 @@ def _run_all(cmds):
                                                    out.decode(errors="replace")))
 
 
-def _compile_link(sources, out, flags, link_flags, tmp):
+def _compile_link(sources, out, flags, link_flags, tmp, libs=None):
     """Compile sources (paths relative to ROOT) into objects under tmp, then
-    link them into out. flags and link_flags are extra compiler options."""
+    link them into out with libs (default LIBS). flags and link_flags are
+    extra compiler options."""
     cc = shlex.split(os.environ.get("CC", "cc"))
     objs, cmds = [], []
     for i, src in enumerate(sources):
@@ -135,7 +145,7 @@ def _compile_link(sources, out, flags, link_flags, tmp):
         objs.append(obj)
         cmds.append(cc + CFLAGS + flags + ["-c", os.path.join(ROOT, src), "-o", obj])
     _run_all(cmds)
-    _run_all([cc + link_flags + objs + ["-o", out] + LIBS])
+    _run_all([cc + link_flags + objs + ["-o", out] + (LIBS if libs is None else libs)])
 
 
 def _sources(*dirs):
@@ -144,7 +154,8 @@ def _sources(*dirs):
 
 
 def build_ext(outdir):
-    """Build the extension pp._core into outdir; returns its path."""
+    """Build the extensions pp._core and pp._wcore into outdir; returns
+    their paths."""
     san = os.environ.get("PP_SANITIZE")
     flags = ["-O2", "-g", sysconfig.get_config_var("CCSHARED") or "-fPIC",
              "-I" + os.path.join(ROOT, "src", "core"),
@@ -153,11 +164,17 @@ def build_ext(outdir):
     if san:
         flags += ["-fsanitize=" + san, "-fno-omit-frame-pointer", "-O1"]
         link += ["-fsanitize=" + san]
-    out = os.path.join(outdir, "_core" + sysconfig.get_config_var("EXT_SUFFIX"))
-    with tempfile.TemporaryDirectory(prefix="pp-build-") as tmp:
-        _compile_link(_sources("src/core", "src/ext"), out + ".tmp", flags, link, tmp)
-    os.replace(out + ".tmp", out)
-    return out
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    core = [s for s in _sources("src/core", "src/ext") if s != WCORE_SOURCES[0]]
+    outs = []
+    for name, sources, libs in (("_core", core, LIBS),
+                                ("_wcore", WCORE_SOURCES, WCORE_LIBS)):
+        out = os.path.join(outdir, name + suffix)
+        with tempfile.TemporaryDirectory(prefix="pp-build-") as tmp:
+            _compile_link(sources, out + ".tmp", flags, link, tmp, libs)
+        os.replace(out + ".tmp", out)
+        outs.append(out)
+    return outs
 
 
 def build_ppserver(out):
@@ -216,8 +233,8 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
         # ppft: the drop-in for ppft programs and pathos
         for py in sorted(glob.glob(os.path.join(ROOT, "python", "ppft", "*.py"))):
             files.append(("ppft/" + os.path.basename(py), py, 0o644))
-        ext = build_ext(tmp)
-        files.append(("pp/" + os.path.basename(ext), ext, 0o755))
+        for ext in build_ext(tmp):
+            files.append(("pp/" + os.path.basename(ext), ext, 0o755))
         server = build_ppserver(os.path.join(tmp, "ppserver"))
         files.append(("pp/bin/ppserver", server, 0o755))
         files.append((data_dir + "/data/share/man/man1/ppserver.1",
@@ -295,7 +312,7 @@ def get_requires_for_build_sdist(config_settings=None):
 def main(argv):
     """The command line (see the module's docstring). Returns an exit status."""
     if argv[:1] == ["ext"]:
-        print(build_ext(os.path.join(ROOT, "python", "pp")))
+        print("\n".join(build_ext(os.path.join(ROOT, "python", "pp"))))
     elif len(argv) == 2 and argv[0] == "sdist":
         print(os.path.join(argv[1], build_sdist(argv[1])))
     elif len(argv) == 2 and argv[0] == "wheel":

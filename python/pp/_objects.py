@@ -18,7 +18,7 @@ sees that same object: treat it as read-only."""
 # job, and threading.py costs about half a millisecond more.
 import _thread
 
-from . import _core
+from . import _wcore  # (not _core: workers import this module)
 
 _tls = _thread._local()  # .refs: the list a job's pickling collects into
 
@@ -154,7 +154,7 @@ def get(key):
         raw = ent[0]
         try:
             if type(raw) is tuple:
-                obj = _core.bufs_loads(*raw)
+                obj = _wcore.bufs_loads(*raw)
             else:
                 from . import _oob
                 obj = _oob.loads(raw, None)

@@ -21,10 +21,10 @@ import io
 # module itself, imported in every worker, would cost milliseconds more.
 import _pickle as pickle
 
-from . import _core
+from . import _wcore  # (not _core: workers import this module)
 
-OOB_MIN = _core.OOB_MIN      # smaller buffers stay inside the pickle stream
-_MAX = _core.BUFS_MAX        # at most this many buffers per section
+OOB_MIN = _wcore.OOB_MIN      # smaller buffers stay inside the pickle stream
+_MAX = _wcore.BUFS_MAX        # at most this many buffers per section
 _PLAIN = frozenset((int, float, str, bool, type(None), complex))
 
 
@@ -51,7 +51,7 @@ def _taker(bufs):
 
 def _pid_taker(bufs, pids):
     """persistent_id's slow path, for a bytes, bytearray or memoryview
-    object of at least OOB_MIN bytes (pp._core.oob_filter answers None for
+    object of at least OOB_MIN bytes (pp._wcore.oob_filter answers None for
     everything else in C, so pickling many small objects pays no Python
     call per object): a persistent id holding a PickleBuffer of it, the
     same one for the same object. A closure over bufs and pids, not a
@@ -78,14 +78,14 @@ def _pid_taker(bufs, pids):
 class _Pickler(pickle.Pickler):
     """A protocol-5 pickler collecting large buffers in self.bufs. Its
     persistent_id is an instance attribute set before the C pickler reads
-    it: pp._core.oob_filter bound (functools.partial, also C) to the slow
+    it: pp._wcore.oob_filter bound (functools.partial, also C) to the slow
     path _pid_taker."""
 
     def __init__(self, f, proto):
         self.bufs = []
         self._pids = {}
         self.persistent_id = functools.partial(
-            _core.oob_filter, _pid_taker(self.bufs, self._pids))
+            _wcore.oob_filter, _pid_taker(self.bufs, self._pids))
         super().__init__(f, proto, buffer_callback=_taker(self.bufs))
 
 

@@ -1,6 +1,8 @@
 """The worker process's Python side: turning a function descriptor back into
 a callable (load) and an exception into bytes (excfmt). The loop itself is C
-(pp._core.worker_main); it calls these only for new functions and errors.
+(pp._wcore.worker_main); it calls these only for new functions and errors.
+A worker never imports pp._core (the engine, linked with OpenSSL): loading
+it is about 2 ms of every start.
 
 Started by the engine as (see _boot.WORKER_BOOT):
     python -S -c "<register a bare pp package>; import pp._worker as w; w.main()" \
@@ -167,9 +169,9 @@ def _prepare():
 
 def _serve(parent, restart):
     """The worker loop on fd 3 until the engine is done; never returns."""
-    _core = _submodule("_core")
+    _wcore = _submodule("_wcore")
     try:
-        _core.worker_main(3, load, excfmt, _proto, restart, parent)
+        _wcore.worker_main(3, load, excfmt, _proto, restart, parent)
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -201,11 +203,11 @@ def template():
     control socket (fd 3). A forked child returns from template_serve and
     is a worker at once; the template exits when the engine is gone."""
     parent, restart = _prepare()
-    _core = _submodule("_core")
+    _wcore = _submodule("_wcore")
     _submodule("_oob")  # workers need it too
     import io  # noqa: F401  (output capture)
     import gc
     gc.freeze()  # never scanned, so its pages stay shared with the children
-    if _core.template_serve(3, parent, _warm):
+    if _wcore.template_serve(3, parent, _warm):
         _serve(os.getppid(), restart)
     os._exit(0)

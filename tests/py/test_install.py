@@ -42,6 +42,7 @@ def test_make_install_into_a_target_dir(tmp_path):
     run(["make", "-s", "install", "PYTHON=" + sys.executable,
          "PIPFLAGS=-q --target %s" % target], cwd=ROOT, timeout=600)
     assert list((target / "pp").glob("_core*.so"))
+    assert list((target / "pp").glob("_wcore*.so"))  # what workers load
     assert (target / "pp" / "py.typed").is_file()
     assert (target / "ppft" / "__init__.py").is_file()
     assert (target / "ppft" / "common.py").is_file()

@@ -38,7 +38,7 @@ def uses_the_package():
 def test_worker_starts_without_the_client_side_of_pp(start_method):
     with pp.Server(1, start_method=start_method) as s:
         mods = s.submit(loaded_pp_modules)()
-        assert "pp._worker" in mods and "pp._core" in mods
+        assert "pp._worker" in mods and "pp._wcore" in mods
         assert not set(CLIENT_SIDE) & set(mods), mods
         # the package is still whole for a job that uses it
         assert s.submit(uses_the_package)() == ("Template", True)
@@ -71,6 +71,28 @@ def test_worker_starts_without_the_slow_stdlib_modules(start_method):
 
 def divide(a, b):
     return a / b
+
+
+def loaded_libraries():
+    import sys
+    with open("/proc/self/maps") as f:
+        libs = {line.split()[-1].rsplit("/", 1)[-1] for line in f
+                if ".so" in line}
+    return "pp._core" in sys.modules, sorted(libs)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_worker_starts_without_the_engine_and_openssl(start_method):
+    """A worker's loop is pp._wcore, built without the engine and without
+    OpenSSL: loading pp._core maps libssl and libcrypto, about 2 ms of each
+    start before the first job (W5). A job that needs the engine (the whole
+    package) still gets it."""
+    with pp.Server(1, start_method=start_method) as s:
+        core, libs = s.submit(loaded_libraries, (), modules=("sys",))()
+        assert not core
+        assert not [lib for lib in libs if lib.startswith(("libssl", "libcrypto"))], libs
+        assert [lib for lib in libs if lib.startswith("_wcore")], libs
+        assert s.submit(uses_the_package)() == ("Template", True)
 
 
 def die():
