@@ -8,6 +8,10 @@
  *                  function descriptor)
  *   worker.c       pp._core.worker_main: the worker process's loop
  *   forkserver.c   pp._core.template_serve: the fork server's loop
+ *   wmodule.c      pp._wcore: worker.c, forkserver.c and lease.c again as a
+ *                  module of their own, without the engine or OpenSSL (what
+ *                  workers import); its state is a ppx_state with loads,
+ *                  dumps and lease_type only
  * Every object lives in the calling thread's world with the GIL held; the
  * engine thread never sees a PyObject, only bytes (see engine.h). */
 #ifndef PP_EXT_H
