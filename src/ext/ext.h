@@ -173,4 +173,27 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *args);
  * engine's end of file. */
 PyObject *ppx_template_serve(PyObject *self, PyObject *args);
 
+/* ppx_bufs_loads_py: bufs_loads(lease, off, len): unpickle the buffer
+ * section lease[off..off+len) with its buffers read in place
+ * (ppx_bufs_loads): how a worker builds an object put once (pp._objects)
+ * on its first use (lease.c). GIL held. */
+PyObject *ppx_bufs_loads_py(PyObject *self, PyObject *args);
+
+/* The methods pp._core and pp._wcore both have (module.c, wmodule.c): the
+ * worker's loop, the fork server's, and the buffer helpers. */
+#define PPX_WORKER_METHODS                                                     \
+  {"bufs_loads", ppx_bufs_loads_py, METH_VARARGS,                              \
+   "bufs_loads(lease, off, len): unpickle a buffer section in place"},         \
+      {"worker_main", ppx_worker_main, METH_VARARGS,                           \
+       "worker_main(fd, loader, excfmt, proto, restart, parent_pid): run the " \
+       "worker loop until the engine says BYE or closes the pipe"},            \
+      {"oob_filter", (PyCFunction)(void (*)(void))ppx_oob_filter,              \
+       METH_FASTCALL,                                                          \
+       "oob_filter(slow, obj): None unless obj is a bytes, bytearray or "      \
+       "memoryview of at least OOB_MIN bytes, else slow(obj) (pp._oob)"},      \
+      {"template_serve", ppx_template_serve, METH_VARARGS,                     \
+       "template_serve(ctl, parent_pid, warm=None) -> bool: serve fork "       \
+       "requests on ctl, warm() once when idle after the first forks; True "   \
+       "in a forked worker, False once the engine closed ctl"},
+
 #endif

@@ -232,3 +232,16 @@ void ppx_bufs_copy(const ppx_bufs *b, uint8_t *out) {
     end = (size_t)(b->offs[i] + b->lens[i]);
   }
 }
+
+PyObject *ppx_bufs_loads_py(PyObject *self, PyObject *args) {
+  PyObject *lease;
+  Py_ssize_t off, len;
+  PP_UNUSED(self);
+  if (!PyArg_ParseTuple(args, "Onn", &lease, &off, &len))
+    return NULL;
+  if (off < 0 || len < 0) {
+    PyErr_SetString(PyExc_ValueError, "bad section bounds");
+    return NULL;
+  }
+  return ppx_bufs_loads(lease, (size_t)off, (size_t)len);
+}

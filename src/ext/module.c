@@ -161,35 +161,8 @@ static PyObject *parse_ppserver(PyObject *m, PyObject *arg) {
   return ppx_raise(rc, "parse_ppserver");
 }
 
-/* bufs_loads(lease, off, len): unpickle the buffer section lease[off..
- * off+len) with its buffers read in place (ppx_bufs_loads): how a worker
- * builds an object put once (pp._objects), on its first use. */
-static PyObject *bufs_loads(PyObject *self, PyObject *args) {
-  PyObject *lease;
-  Py_ssize_t off, len;
-  PP_UNUSED(self);
-  if (!PyArg_ParseTuple(args, "Onn", &lease, &off, &len))
-    return NULL;
-  if (off < 0 || len < 0) {
-    PyErr_SetString(PyExc_ValueError, "bad section bounds");
-    return NULL;
-  }
-  return ppx_bufs_loads(lease, (size_t)off, (size_t)len);
-}
-
 static PyMethodDef module_methods[] = {
-    {"bufs_loads", bufs_loads, METH_VARARGS,
-     "bufs_loads(lease, off, len): unpickle a buffer section in place"},
-    {"worker_main", ppx_worker_main, METH_VARARGS,
-     "worker_main(fd, loader, excfmt, proto, restart, parent_pid): run the "
-     "worker loop until the engine says BYE or closes the pipe"},
-    {"oob_filter", (PyCFunction)(void (*)(void))ppx_oob_filter, METH_FASTCALL,
-     "oob_filter(slow, obj): None unless obj is a bytes, bytearray or "
-     "memoryview of at least OOB_MIN bytes, else slow(obj) (pp._oob)"},
-    {"template_serve", ppx_template_serve, METH_VARARGS,
-     "template_serve(ctl, parent_pid, warm=None) -> bool: serve fork "
-     "requests on ctl, warm() once when idle after the first forks; True in "
-     "a forked worker, False once the engine closed ctl"},
+    PPX_WORKER_METHODS
     {"parse_ppserver", parse_ppserver, METH_O,
      "parse_ppserver(entry) -> ('node', host, port) | ('discover', port) | "
      "('subnet', port, network, bits); "

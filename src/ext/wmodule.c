@@ -11,36 +11,8 @@
 
 #include "../core/frame.h"
 
-/* bufs_loads(lease, off, len): unpickle the buffer section lease[off..
- * off+len) with its buffers read in place: how a worker builds an object
- * put once (pp._objects) on its first use. GIL held. */
-static PyObject *bufs_loads(PyObject *self, PyObject *args) {
-  PyObject *lease;
-  Py_ssize_t off, len;
-  PP_UNUSED(self);
-  if (!PyArg_ParseTuple(args, "Onn", &lease, &off, &len))
-    return NULL;
-  if (off < 0 || len < 0) {
-    PyErr_SetString(PyExc_ValueError, "bad section bounds");
-    return NULL;
-  }
-  return ppx_bufs_loads(lease, (size_t)off, (size_t)len);
-}
-
-static PyMethodDef wmodule_methods[] = {
-    {"bufs_loads", bufs_loads, METH_VARARGS,
-     "bufs_loads(lease, off, len): unpickle a buffer section in place"},
-    {"worker_main", ppx_worker_main, METH_VARARGS,
-     "worker_main(fd, loader, excfmt, proto, restart, parent_pid): run the "
-     "worker loop until the engine says BYE or closes the pipe"},
-    {"oob_filter", (PyCFunction)(void (*)(void))ppx_oob_filter, METH_FASTCALL,
-     "oob_filter(slow, obj): None unless obj is a bytes, bytearray or "
-     "memoryview of at least OOB_MIN bytes, else slow(obj) (pp._oob)"},
-    {"template_serve", ppx_template_serve, METH_VARARGS,
-     "template_serve(ctl, parent_pid, warm=None) -> bool: serve fork "
-     "requests on ctl, warm() once when idle after the first forks; True in "
-     "a forked worker, False once the engine closed ctl"},
-    {NULL, NULL, 0, NULL}};
+static PyMethodDef wmodule_methods[] = {PPX_WORKER_METHODS
+                                        {NULL, NULL, 0, NULL}};
 
 /* wmodule_exec: the Py_mod_exec slot: _pickle's loads/dumps, the Lease
  * type, the constants pp._oob reads. 0 or -1 with an exception. */
