@@ -120,8 +120,7 @@ typedef struct wstate {
   pp_buf rel;            /* RELEASE frames to send with the next write */
   PyObject *objects;     /* pp._objects: the object store (Server.put) */
   int spin;              /* read_in polls before blocking (see there) */
-  int spin_ok;           /* polling may pay: more than one CPU, spin_ns > 0 */
-  uint64_t spin_ns;      /* how long read_in polls */
+  uint64_t spin_ns;      /* how long read_in polls; 0: never */
 } wstate;
 
 /* One job's use of its arguments in the arena: the context of their lease.
@@ -218,10 +217,11 @@ static int map_arena(wstate *w, const pp_frame_hdr *h, const uint8_t *p) {
  * next job within microseconds (a caller waiting on each result, W2), and
  * waking a process blocked in recvmsg costs several microseconds on each
  * round trip. So while w->spin is set the worker first polls the pipe for
- * up to w->spin_ns (PP_WORKER_POLL_US), yielding the CPU between polls (to the engine thread
- * or the caller when they share it); when nothing comes in that time it
- * blocks, and polls again only once a job comes within the window after
- * all: an idle or sparsely fed worker sleeps at once and costs no CPU. */
+ * up to w->spin_ns (PP_WORKER_POLL_US), yielding the CPU between polls (to
+ * the engine thread or the caller when they share it); when nothing comes
+ * in that time it blocks, and polls again only once a job comes within the
+ * window after all: an idle or sparsely fed worker sleeps at once and
+ * costs no CPU. */
 static ssize_t read_in(wstate *w, pp_buf *in) {
   ssize_t n;
   union {
@@ -230,7 +230,7 @@ static ssize_t read_in(wstate *w, pp_buf *in) {
   } ctl;
   struct iovec iov = {in->data + in->len, in->cap - in->len};
   struct msghdr mh;
-  uint64_t t0 = pp_now_ns();
+  uint64_t t0 = w->spin_ns ? pp_now_ns() : 0;
   int flags = w->spin ? MSG_DONTWAIT : 0;
   Py_BEGIN_ALLOW_THREADS
   for (;;) {
@@ -252,7 +252,7 @@ static ssize_t read_in(wstate *w, pp_buf *in) {
     break;
   }
   Py_END_ALLOW_THREADS
-  if (w->spin_ok)
+  if (w->spin_ns)
     w->spin = pp_now_ns() - t0 < w->spin_ns;
   if (n > 0)
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
@@ -285,8 +285,7 @@ static void setup_spin(wstate *w) {
   cpu_set_t cpus;
   int ncpu = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus)
                                                            : 1;
-  w->spin_ns = (uint64_t)us * 1000u;
-  w->spin_ok = us > 0 && ncpu > 1;
+  w->spin_ns = ncpu > 1 ? (uint64_t)us * 1000u : 0;
   w->spin = 0; /* from the first answer on */
 }
 
