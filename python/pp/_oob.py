@@ -15,8 +15,10 @@ never offers them to buffer_callback, so persistent_id replaces each by a
 persistent id holding a PickleBuffer of it; pickle then sends that buffer
 out of band in its own order, and persistent_load turns it back into the
 original type."""
-import functools
 import io
+# functools.partial is this C type; functools itself imports collections
+# and more, which a worker does not need (pp._worker._import_pickle).
+from _functools import partial
 # pickle.py's classes and functions are these (it re-exports them); the
 # module itself, imported in every worker, would cost milliseconds more.
 import _pickle as pickle
@@ -78,13 +80,13 @@ def _pid_taker(bufs, pids):
 class _Pickler(pickle.Pickler):
     """A protocol-5 pickler collecting large buffers in self.bufs. Its
     persistent_id is an instance attribute set before the C pickler reads
-    it: pp._wcore.oob_filter bound (functools.partial, also C) to the slow
+    it: pp._wcore.oob_filter bound (_functools.partial, also C) to the slow
     path _pid_taker."""
 
     def __init__(self, f, proto):
         self.bufs = []
         self._pids = {}
-        self.persistent_id = functools.partial(
+        self.persistent_id = partial(
             _wcore.oob_filter, _pid_taker(self.bufs, self._pids))
         super().__init__(f, proto, buffer_callback=_taker(self.bufs))
 

@@ -10,17 +10,44 @@ Started by the engine as (see _boot.WORKER_BOOT):
 with its frame pipe on file descriptor 3, or forked by the fork server,
 started the same way with w.template() (_boot.TEMPLATE_BOOT)."""
 import builtins
-import os
 import sys
 
-# The C modules behind pickle and signal: pickle.py imports re, struct and
-# more, signal.py enum; together about 6 ms of a worker's start before its
-# first job (test_worker_imports). _pickle's functions are pickle's own.
-import _pickle as pickle
+# posix is os's C module (os itself imports _collections_abc, stat,
+# posixpath: about 1 ms of every start); a job that wants os imports it.
+import posix
 import _signal as signal
 
-_proto = 5  # pickle.HIGHEST_PROTOCOL; the engine's own comes in argv
 _ModuleType = type(sys)  # types.ModuleType, without importing types
+
+
+def _import_pickle():
+    """_pickle, the C module behind pickle (pickle.py imports re, struct and
+    more; its functions are _pickle's), imported without functools: the one
+    thing _pickle takes from functools at import is `partial` (for
+    __newobj_ex__ below protocol 4), which is _functools.partial, while
+    functools itself imports collections, operator, reprlib, keyword and
+    types, about 3 ms of a worker's start. A stand-in `functools` holding
+    only _functools.partial is in sys.modules while _pickle initialises and
+    is gone right after, so a job that imports functools gets the real one
+    (test_worker_imports). Returns the _pickle module. Called once, at this
+    module's import."""
+    if "_pickle" in sys.modules or "functools" in sys.modules:
+        import _pickle
+        return _pickle
+    import _functools
+    stand_in = _ModuleType("functools")
+    stand_in.partial = _functools.partial
+    sys.modules["functools"] = stand_in
+    try:
+        import _pickle
+    finally:
+        if sys.modules.get("functools") is stand_in:
+            del sys.modules["functools"]
+    return _pickle
+
+
+pickle = _import_pickle()
+_proto = 5  # pickle.HIGHEST_PROTOCOL; the engine's own comes in argv
 
 
 def _resolve(module, qualname):
@@ -126,7 +153,7 @@ def lazy_package():
 
     def __getattr__(name):
         del pkg.__getattr__
-        init = os.path.join(pkg.__path__[0], "__init__.py")
+        init = pkg.__path__[0] + "/__init__.py"
         with open(init) as f:
             code = compile(f.read(), init, "exec")
         pkg.__file__ = init
@@ -178,7 +205,7 @@ def _serve(parent, restart):
                 stream.flush()
             except Exception:
                 pass
-    os._exit(0)
+    posix._exit(0)
 
 
 def main():
@@ -209,5 +236,5 @@ def template():
     import gc
     gc.freeze()  # never scanned, so its pages stay shared with the children
     if _wcore.template_serve(3, parent, _warm):
-        _serve(os.getppid(), restart)
-    os._exit(0)
+        _serve(posix.getppid(), restart)
+    posix._exit(0)

@@ -13,7 +13,8 @@ forked and it is idle (_worker._warm), so workers forked later (a respawn)
 start with it: their first job does not pay for it either.
 
 Likewise a worker used pickle.py, signal.py and threading.py where their C
-modules do, about 9 ms of each worker's start in W5 (see SLOW_STDLIB)."""
+modules do, about 9 ms of each worker's start in W5 (see SLOW_STDLIB),
+and os and functools (through _pickle) another 3 ms."""
 import time
 
 import pytest
@@ -47,8 +48,11 @@ def test_worker_starts_without_the_client_side_of_pp(start_method):
 # What a worker needs of pickle and signal is their C modules (_pickle,
 # _signal, whose functions pickle.py and signal.py re-export); the Python
 # modules import re, struct, enum and more, and threading.py (for
-# pp._objects) more again: about 6-9 ms of W5 together.
-SLOW_STDLIB = ("pickle", "re", "enum", "signal", "threading", "struct")
+# pp._objects) more again: about 6-9 ms of W5 together. os (posix is its C
+# module) and functools (which _pickle asks for partial: _functools's)
+# import collections, operator, stat, posixpath and more: 3 ms.
+SLOW_STDLIB = ("pickle", "re", "enum", "signal", "threading", "struct",
+               "os", "functools", "collections")
 
 
 def loaded_modules():
@@ -71,6 +75,47 @@ def test_worker_starts_without_the_slow_stdlib_modules(start_method):
 
 def divide(a, b):
     return a / b
+
+
+def pickle_needing_partial():
+    """Below protocol 4 _pickle saves a __newobj_ex__ reduction through
+    functools.partial: the one it took at import, while the worker had no
+    functools. Returns what the job saw."""
+    import sys
+    import builtins
+    import _pickle
+
+    class KwOnly:
+        def __new__(cls, *, a):
+            obj = object.__new__(cls)
+            obj.a = a
+            return obj
+
+        def __getnewargs_ex__(self):
+            return (), {"a": self.a}
+
+    # picklable by reference from this job's worker: builtins._pp_test_KwOnly
+    KwOnly.__module__, KwOnly.__qualname__ = "builtins", "_pp_test_KwOnly"
+    KwOnly.__new__.__module__ = "builtins"
+    KwOnly.__new__.__qualname__ = "_pp_test_KwOnly.__new__"
+    builtins._pp_test_KwOnly = KwOnly
+    before = "functools" in sys.modules
+    # saving the partial by reference imports the real functools
+    back = _pickle.loads(_pickle.dumps(KwOnly(a=41), 2))
+    import functools
+    return (before, back.a, type(back).__name__,
+            callable(getattr(functools, "lru_cache", None)),
+            functools.reduce(lambda x, y: x + y, [1, 2, 3]))
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_pickle_is_whole_without_functools_at_start(start_method):
+    """The worker imports _pickle without functools (pp._worker.
+    _import_pickle): pickling that needs partial still works, and a job that
+    imports functools gets the real module, not the stand-in."""
+    with pp.Server(1, start_method=start_method) as s:
+        got = s.submit(pickle_needing_partial, (), modules=("sys",))()
+        assert got == (False, 41, "KwOnly", True, 6), got
 
 
 def loaded_libraries():
