@@ -21,6 +21,7 @@ _lock = threading.Lock()   # guards _handler, _saved_level and the targets
 _handler = None            # the one handler pp added, or None
 _saved_level = None        # the "pp" logger's level before pp changed it
 _FORMAT = "%(asctime)s pp %(levelname)s %(message)s"
+_formatter = None          # made once: Formatter() validates _FORMAT, ~1 ms
 
 
 class _Handler(logging.Handler):
@@ -31,8 +32,11 @@ class _Handler(logging.Handler):
 
     def __init__(self):
         super().__init__(logging.NOTSET)
+        global _formatter
         self.targets = {}
-        self.setFormatter(logging.Formatter(_FORMAT))
+        if _formatter is None:  # (under _lock: attach makes the handler)
+            _formatter = logging.Formatter(_FORMAT)
+        self.setFormatter(_formatter)
 
     def emit(self, record):
         """Write record to its Server's stream (or the newest Server's),
