@@ -164,6 +164,8 @@ static void on_dispatcher(uv_prepare_t *h) {
   int releases = e->nreleased > 0;
   uv_mutex_unlock(&e->mu);
   pp__pool_flush_rests(e); /* ends of hand-offs go before anything else */
+  if (atomic_exchange(&e->direct_wake, 0))
+    pp__pool_direct_done(e); /* what waiting callers left in read buffers */
   if (releases)
     drop_released(e);
   if (stops) /* stop requests from other threads: tell the transports */
@@ -729,6 +731,10 @@ int pp_engine_wait_job(pp_engine *e, pp_job *j, int64_t timeout_ns) {
   if (timeout_ns < 0 || timeout_ns >= (int64_t)WAIT_SPIN_NS) {
     uint64_t t0 = pp_now_ns();
     do {
+      /* read its result from the worker's pipe ourselves when we may:
+       * no wake-up of the engine thread on the way back (pool.c) */
+      if (pp__pool_direct_read(e, j) > 0 && pp_job_done(j))
+        return PP_OK;
       for (int i = 0; i < 32; i++) {
         if (pp_job_done(j))
           return PP_OK;
@@ -848,6 +854,7 @@ void pp_engine_get_stats(pp_engine *e, pp_engine_stats *out) {
   out->running = e->running;
   out->template_pid = e->tpl_pid;
   out->handoffs = e->handoffs;
+  out->direct_results = e->direct_results;
   uv_mutex_unlock(&e->mu);
   out->shm_used = e->shm ? pp_shm_used(e->shm) : 0;
   out->shm_size = e->shm ? pp_shm_size(e->shm) : 0;

@@ -15,8 +15,22 @@
  * decided under the mutex (docs/architecture.md, "Threads"): the submitting
  * thread only while the worker is on the hand-off list, has nothing in
  * flight and libuv has none of its bytes queued; the engine thread only
- * for jobs it put in flight itself (so never at the same time). Everything
- * else here is engine thread only. */
+ * for jobs it put in flight itself (so never at the same time).
+ *
+ * Results read by the waiting caller: a thread waiting for a job in
+ * flight on a worker of the hand-off list reads the worker's pipe itself
+ * (pp__pool_direct_read), so the result reaches it without the engine
+ * thread's wake-up on the way back. What reading touches (the read buffer,
+ * a large result being read, process_frames) is under the worker's read
+ * lock rd_mu: the engine thread holds it from each on_alloc to its on_read
+ * (libuv pairs them), the caller while it reads. Lock order: rd_mu, then
+ * mu; a thread holding mu only tries rd_mu (trylock). The caller completes
+ * RESULT frames of jobs the worker holds and leaves everything else (other
+ * frames, a partial or large result, a result with KEPT) in the buffer for
+ * the engine thread, which it then wakes (direct_wake). Before a worker's
+ * pipe is drained or closed, the engine takes it off the hand-off list and
+ * waits for rd_mu once, so no caller still uses it. Everything else here
+ * is engine thread only. */
 #include "engine_int.h"
 #include "fdpass.h"
 #include "wstatus.h"
@@ -41,6 +55,8 @@
 /* A hand-off writes at most this many bytes from the submitting thread
  * (with the engine mutex held): larger jobs go through the engine. */
 #define HANDOFF_MAX (1u << 20)
+/* A waiting caller reads at most this much of a worker's pipe at once. */
+#define DIRECT_ROOM 65536u
 #define BACKOFF_FIRST_MS 100u
 #define BACKOFF_MAX_SHIFT 4 /* 100 ms .. 1.6 s between start attempts */
 #define MAX_TPL_FAILS 3 /* templates lost in a row before none is used */
@@ -99,6 +115,12 @@ struct pp__worker {
   uint8_t *big;
   uint64_t big_off;
   size_t big_have;
+  /* the read lock (see the top of this file) over peer.rbuf, big* and
+   * process_frames; rd_engine: the engine thread holds it (on_alloc ..
+   * on_read), read by the engine thread only */
+  uv_mutex_t rd_mu;
+  int rd_engine;
+  int rd_yielded; /* on_alloc found rd_mu taken (engine thread only) */
   pp__worker *next;
 };
 
@@ -134,18 +156,9 @@ static void pids_remove(pp_engine *e, int pid) {
   uv_mutex_unlock(&e->mu);
 }
 
-/* pid_counter: where pid's result count lives. The table only changes on
- * the engine thread, so the pointer stays valid for the rest of the
- * current callback. NULL when the pid is not listed. */
-static uint64_t *pid_counter(pp_engine *e, int pid) {
-  for (int i = 0; i < e->npids; i++)
-    if (e->pids[i] == pid)
-      return &e->pid_jobs[i];
-  return NULL;
-}
-
 static void wreq_free(wreq *r);
 static void worker_named(pp__worker *w, int pid);
+static void handoff_off_locked(pp__worker *w);
 
 /* worker_free: release everything w owns (its handles are closed). */
 static void worker_free(pp__worker *w) {
@@ -164,6 +177,7 @@ static void worker_free(pp__worker *w) {
   if (w->big) /* it died in the middle of a large result */
     pp_shm_free(w->peer.e->shm, w->big_off, w->big_hdr.length);
   pp__peer_clear(&w->peer);
+  uv_mutex_destroy(&w->rd_mu);
   free(w);
 }
 
@@ -185,7 +199,21 @@ static void on_handle_closed(uv_handle_t *h) {
     worker_unlink_free(w);
 }
 
+/* rd_barrier: no caller reads w's pipe from now on: off the hand-off list
+ * (under mu), then the read lock taken and released once, so a caller that
+ * found w before is done with it. Engine thread, holding neither lock. */
+static void rd_barrier(pp__worker *w) {
+  uv_mutex_lock(&w->peer.e->mu);
+  handoff_off_locked(w);
+  uv_mutex_unlock(&w->peer.e->mu);
+  if (!w->rd_engine) {
+    uv_mutex_lock(&w->rd_mu);
+    uv_mutex_unlock(&w->rd_mu);
+  }
+}
+
 static void worker_close(pp__worker *w) {
+  rd_barrier(w); /* the pipe's descriptor closes below */
   if (!uv_is_closing((uv_handle_t *)&w->pipe))
     uv_close((uv_handle_t *)&w->pipe, on_handle_closed);
   if (!w->forked && !uv_is_closing((uv_handle_t *)&w->proc))
@@ -793,7 +821,7 @@ static int process_frames(pp__worker *w) {
   const uint8_t *p;
   int rc = 1;
   uint64_t nresults = 0;
-  pp__credit credit = {&e->njobs, &e->time_ns, pid_counter(e, w->pid)};
+  pp__credit credit = {&e->njobs, &e->time_ns, w->pid};
   if (w->big != NULL) {
     if (w->big_have < w->big_hdr.length)
       return PP_OK; /* more of it to come (nothing else is read meanwhile) */
@@ -805,7 +833,7 @@ static int process_frames(pp__worker *w) {
     if (h.type == PP_MSG_HELLO) {
       if (w->forked && w->pid == 0 && h.length == 4 && pp_get_u32(p) > 0) {
         worker_named(w, (int)pp_get_u32(p)); /* before FORKED: credit it */
-        credit.njobs2 = pid_counter(e, w->pid);
+        credit.pid = w->pid;
       }
       w->hello = 1;
       e->spawn_fails = 0;
@@ -932,9 +960,22 @@ static void took(pp__worker *w, size_t n) {
     w->peer.rbuf.len += n;
 }
 
+/* on_alloc: libuv is about to read w's pipe: take the read lock (on_read,
+ * which libuv calls after every on_alloc, releases it) and say where the
+ * bytes go. When a waiting caller holds the lock, it is reading this pipe:
+ * no room (libuv reports UV_ENOBUFS, which on_read ignores then; the poll
+ * reports the pipe again while bytes are left), so the caller's unlock
+ * never has a sleeping engine thread to wake. */
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  pp__worker *w = h->data;
   PP_UNUSED(hint);
-  *buf = read_room(h->data); /* length 0: libuv reports UV_ENOBUFS */
+  if (uv_mutex_trylock(&w->rd_mu) != 0) {
+    w->rd_yielded = 1;
+    *buf = uv_buf_init(NULL, 0);
+    return;
+  }
+  w->rd_engine = 1;
+  *buf = read_room(w); /* length 0: libuv reports UV_ENOBUFS */
 }
 
 /* on_read: bytes from the worker's pipe. A malformed frame, EOF or a read
@@ -942,6 +983,11 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   pp__worker *w = s->data;
   PP_UNUSED(buf);
+  if (w->rd_yielded) { /* on_alloc left the pipe to a waiting caller */
+    w->rd_yielded = 0;
+    if (nread == UV_ENOBUFS)
+      return;
+  }
   if (nread > 0) {
     took(w, (size_t)nread);
     if (process_frames(w) != PP_OK) {
@@ -953,7 +999,13 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     uv_read_stop(s);
     worker_kill(w);
   }
+  if (w->rd_engine) {
+    w->rd_engine = 0;
+    uv_mutex_unlock(&w->rd_mu);
+  }
 }
+
+static void drain_locked(pp__worker *w, uv_os_fd_t fd);
 
 /* drain_pipe: read whatever the exited process left in the pipe, so a
  * result written just before exit is not mistaken for a crash. */
@@ -961,6 +1013,15 @@ static void drain_pipe(pp__worker *w) {
   uv_os_fd_t fd;
   if (uv_fileno((uv_handle_t *)&w->pipe, &fd) != 0)
     return;
+  /* (it is off the hand-off list already: taking the lock waits for a
+   * caller still reading it) */
+  uv_mutex_lock(&w->rd_mu);
+  drain_locked(w, fd);
+  uv_mutex_unlock(&w->rd_mu);
+}
+
+/* drain_locked: drain_pipe's reading, with the read lock held. */
+static void drain_locked(pp__worker *w, uv_os_fd_t fd) {
   for (int rounds = 0; rounds < 100000; rounds++) {
     uv_buf_t room = read_room(w);
     if (room.len == 0)
@@ -973,6 +1034,99 @@ static void drain_pipe(pp__worker *w) {
     took(w, (size_t)n);
     if (process_frames(w) != PP_OK)
       break;
+  }
+}
+
+/* ---- results read by the waiting caller --------------------------------- */
+
+/* holds: whether (h->id, h->attempt) is in flight on w. Takes mu. */
+static int holds(pp__worker *w, const pp_frame_hdr *h) {
+  int found = 0;
+  uv_mutex_lock(&w->peer.e->mu);
+  for (const pp_job *j = w->peer.inflight.head; j && !found; j = j->next)
+    found = j->id == h->id && j->attempt == h->attempt;
+  uv_mutex_unlock(&w->peer.e->mu);
+  return found;
+}
+
+/* direct_frames: complete the RESULT frames at the front of w's read
+ * buffer that a caller may complete (a job w holds, no KEPT, all of it in
+ * the buffer); stop at anything else, which stays for the engine thread.
+ * Returns how many completed; *wake: the engine thread has work now (a
+ * frame left, jobs queued for the freed worker, a retry, a worker leaving
+ * the hand-off list meanwhile). Read lock held; takes mu. */
+static int direct_frames(pp__worker *w, int *wake) {
+  pp_engine *e = w->peer.e;
+  pp__credit credit = {&e->njobs, &e->time_ns, w->pid};
+  pp_frame_hdr h;
+  const uint8_t *p;
+  int n = 0;
+  while (pp_frame_next(&w->peer.rbuf, e->max_frame, &h, &p) == 1 &&
+         h.type == PP_MSG_RESULT && !(h.flags & PP_RESF_KEPT) &&
+         holds(w, &h) && pp__peer_result(&w->peer, &h, p, &credit) > 0) {
+    pp_buf_consume(&w->peer.rbuf, PP_FRAME_HDR + h.length);
+    n++;
+  }
+  if (n > 0)
+    clear_aborts(w);
+  uv_mutex_lock(&e->mu);
+  e->direct_results += (uint64_t)n;
+  *wake = pp_buf_avail(&w->peer.rbuf) > 0 || e->pending.len > 0 ||
+          !w->on_handoff || atomic_load(&e->dispatch_wanted);
+  uv_mutex_unlock(&e->mu);
+  return n;
+}
+
+int pp__pool_direct_read(pp_engine *e, pp_job *j) {
+  pp__worker *w;
+  uv_mutex_lock(&e->mu);
+  for (w = e->handoff; w != NULL; w = w->hnext)
+    if (w->peer.inflight.head == j)
+      break;
+  /* on the list (under mu) it is alive and open; holding its read lock,
+   * it stays so (rd_barrier) */
+  if (w == NULL || w->fd < 0 || uv_mutex_trylock(&w->rd_mu) != 0) {
+    uv_mutex_unlock(&e->mu);
+    return 0;
+  }
+  int fd = w->fd;
+  uv_mutex_unlock(&e->mu);
+  int n = 0, wake = 0;
+  pp_buf *b = &w->peer.rbuf;
+  /* only at a frame boundary, never into a large result (the engine reads
+   * that into the arena): one read of what is there */
+  if (w->big == NULL && pp_buf_avail(b) == 0 &&
+      pp_buf_reserve(b, DIRECT_ROOM) == PP_OK) {
+    ssize_t got;
+    do
+      got = recv(fd, b->data + b->len, b->cap - b->len, MSG_DONTWAIT);
+    while (got < 0 && errno == EINTR);
+    if (got > 0) { /* (EOF and errors are the engine thread's to see) */
+      b->len += (size_t)got;
+      n = direct_frames(w, &wake);
+    }
+  }
+  uv_mutex_unlock(&w->rd_mu);
+  if (wake) {
+    atomic_store(&e->direct_wake, 1);
+    uv_async_send(&e->async);
+  }
+  return n;
+}
+
+void pp__pool_direct_done(pp_engine *e) {
+  for (pp__worker *w = e->workers; w; w = w->next) {
+    if (!w->alive || uv_is_closing((uv_handle_t *)&w->pipe))
+      continue;
+    uv_mutex_lock(&w->rd_mu);
+    w->rd_engine = 1;
+    int rc = process_frames(w);
+    w->rd_engine = 0;
+    uv_mutex_unlock(&w->rd_mu);
+    if (rc != PP_OK) {
+      uv_read_stop((uv_stream_t *)&w->pipe);
+      worker_kill(w);
+    }
   }
 }
 
@@ -1140,6 +1294,10 @@ static pp__worker *worker_new(pp_engine *e, int *sfd) {
   *sfd = -1;
   if (w == NULL)
     return NULL;
+  if (uv_mutex_init(&w->rd_mu) != 0) {
+    free(w);
+    return NULL;
+  }
   pp__peer_init(&w->peer, e, &worker_ops, PP__PEER_LOCAL, 1);
   w->fd = -1;
   w->peer.strict = 1;

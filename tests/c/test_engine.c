@@ -1209,6 +1209,13 @@ static uint64_t handoffs(pp_engine *e) {
   return st.handoffs;
 }
 
+/* directs: results a waiting caller read from a worker's pipe itself. */
+static uint64_t directs(pp_engine *e) {
+  pp_engine_stats st;
+  pp_engine_get_stats(e, &st);
+  return st.direct_results;
+}
+
 /* One job at a time on idle workers: each is written by the submitting
  * thread (the function before its first job), and completes with the same
  * counts and statistics as a dispatched one. Then a batch (queued, the
@@ -1228,7 +1235,7 @@ static void test_handoff_sequential(void) {
   pp_job_unref(warm);
   CHECK(wait_nlive(e, 2, T_WAIT));
   sleep_ms(50); /* both HELLOs in: both workers on the hand-off list */
-  uint64_t h0 = handoffs(e);
+  uint64_t h0 = handoffs(e), d0 = directs(e);
   int bad = 0;
   char cmd[64], want[64];
   for (int i = 0; i < N; i++) {
@@ -1245,6 +1252,10 @@ static void test_handoff_sequential(void) {
   /* sequential jobs on idle workers all go straight to them */
   CHECKF(h1 - h0 == N, "%llu of %d jobs handed off",
          (unsigned long long)(h1 - h0), N);
+  /* and the waiting caller read most results itself (the engine thread
+   * may get to one first: then it completes it, as before) */
+  CHECKF(directs(e) - d0 >= N / 5, "%llu of %d results read by the caller",
+         (unsigned long long)(directs(e) - d0), N);
   /* the burst starts with a job that keeps one worker busy throughout it,
    * so the engine is never idle again before its last submit (however the
    * threads are scheduled) */
