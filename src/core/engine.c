@@ -730,18 +730,30 @@ int pp_engine_wait_job(pp_engine *e, pp_job *j, int64_t timeout_ns) {
     return PP_OK;
   if (timeout_ns < 0 || timeout_ns >= (int64_t)WAIT_SPIN_NS) {
     uint64_t t0 = pp_now_ns();
+    /* the result comes to us, not to the engine thread, when we may: in
+     * the worker's mailbox (no system call on either side), else read
+     * from its pipe ourselves (pool.c) */
+    pp__worker *mb = pp__pool_mb_arm(e, j);
+    int done = 0;
     do {
-      /* read its result from the worker's pipe ourselves when we may:
-       * no wake-up of the engine thread on the way back (pool.c) */
-      if (pp__pool_direct_read(e, j) > 0 && pp_job_done(j))
-        return PP_OK;
-      for (int i = 0; i < 32; i++) {
-        if (pp_job_done(j))
-          return PP_OK;
+      if (mb != NULL)
+        pp__pool_mb_poll(e, mb, j);
+      if (pp_job_done(j) ||
+          (pp__pool_direct_read(e, j) > 0 && pp_job_done(j))) {
+        done = 1;
+        break;
+      }
+      for (int i = 0; i < 32 && !done; i++) {
+        done = pp_job_done(j);
         cpu_relax();
       }
-      sched_yield(); /* let a thread sharing this CPU (the engine) run */
-    } while (pp_now_ns() - t0 < WAIT_SPIN_NS);
+      if (!done)
+        sched_yield(); /* let a thread sharing this CPU (the engine) run */
+    } while (!done && pp_now_ns() - t0 < WAIT_SPIN_NS);
+    if (mb != NULL)
+      pp__pool_mb_disarm(e, mb);
+    if (done || pp_job_done(j))
+      return PP_OK;
   }
   uv_mutex_lock(&e->mu);
   while (!pp_job_done(j) && rc == PP_OK)

@@ -243,6 +243,18 @@ void pp__pool_flush_rests(pp_engine *e);
  * (0: nothing read, or the lock or the worker was not free). Any thread
  * but the engine's, holding no engine lock. */
 int pp__pool_direct_read(pp_engine *e, pp_job *j);
+/* The result mailbox (wstatus.h, protocol 4.1), from pp_engine_wait_job:
+ * pp__pool_mb_arm asks the worker j is in flight first on (on the hand-off
+ * list, with a status page) to put j's result in its mailbox instead of
+ * its pipe; it returns that worker (its mailbox now held by this thread)
+ * or NULL. pp__pool_mb_poll completes what the mailbox holds (and arms it
+ * again when that was another job's); returns the jobs completed. Every
+ * armed mailbox is given back with pp__pool_mb_disarm, which completes a
+ * result the worker was already putting there. Any thread but the
+ * engine's, holding no engine lock. */
+pp__worker *pp__pool_mb_arm(pp_engine *e, pp_job *j);
+int pp__pool_mb_poll(pp_engine *e, pp__worker *w, pp_job *j);
+void pp__pool_mb_disarm(pp_engine *e, pp__worker *w);
 /* pp__pool_direct_done: what waiting callers left in the workers' read
  * buffers (frames they do not complete, the dispatch and BYE that follow
  * results) is done now. Engine thread (on_dispatcher, after direct_wake). */

@@ -121,6 +121,10 @@ struct pp__worker {
   uv_mutex_t rd_mu;
   int rd_engine;
   int rd_yielded; /* on_alloc found rd_mu taken (engine thread only) */
+  /* the status page's result mailbox (wstatus.h): held by the one thread
+   * that armed it or empties it; rd_barrier waits for it too */
+  uv_mutex_t mb_mu;
+  atomic_int mb_broke; /* a malformed frame came in it: kill the worker */
   pp__worker *next;
 };
 
@@ -159,6 +163,8 @@ static void pids_remove(pp_engine *e, int pid) {
 static void wreq_free(wreq *r);
 static void worker_named(pp__worker *w, int pid);
 static void handoff_off_locked(pp__worker *w);
+static void mb_collect(pp__worker *w);
+static int mb_take(pp__worker *w);
 
 /* worker_free: release everything w owns (its handles are closed). */
 static void worker_free(pp__worker *w) {
@@ -178,6 +184,7 @@ static void worker_free(pp__worker *w) {
     pp_shm_free(w->peer.e->shm, w->big_off, w->big_hdr.length);
   pp__peer_clear(&w->peer);
   uv_mutex_destroy(&w->rd_mu);
+  uv_mutex_destroy(&w->mb_mu);
   free(w);
 }
 
@@ -199,9 +206,10 @@ static void on_handle_closed(uv_handle_t *h) {
     worker_unlink_free(w);
 }
 
-/* rd_barrier: no caller reads w's pipe from now on: off the hand-off list
- * (under mu), then the read lock taken and released once, so a caller that
- * found w before is done with it. Engine thread, holding neither lock. */
+/* rd_barrier: no caller reads w's pipe or waits on its mailbox from now
+ * on: off the hand-off list (under mu), then the read lock and the mailbox
+ * lock taken and released once, so a caller that found w before is done
+ * with it. Engine thread, holding neither lock. */
 static void rd_barrier(pp__worker *w) {
   uv_mutex_lock(&w->peer.e->mu);
   handoff_off_locked(w);
@@ -210,6 +218,8 @@ static void rd_barrier(pp__worker *w) {
     uv_mutex_lock(&w->rd_mu);
     uv_mutex_unlock(&w->rd_mu);
   }
+  uv_mutex_lock(&w->mb_mu);
+  uv_mutex_unlock(&w->mb_mu);
 }
 
 static void worker_close(pp__worker *w) {
@@ -681,6 +691,8 @@ static const pp__peer_ops worker_ops = {w_ready, w_emit, w_flush, w_drop,
 
 void pp__pool_tick(pp_engine *e, uint64_t now) {
   for (pp__worker *w = e->workers; w; w = w->next) {
+    if (w->alive)
+      mb_collect(w); /* a result no caller took (the backstop) */
     uint64_t id = running_now(w);
     if (!w->alive || id == 0)
       continue;
@@ -1049,6 +1061,31 @@ static int holds(pp__worker *w, const pp_frame_hdr *h) {
   return found;
 }
 
+/* after_direct: n results were completed outside the engine thread's
+ * reading (a waiting caller, the mailbox): count them, free the abort
+ * slots of finished jobs, and say whether the engine thread has work now
+ * (left: frames are left in the read buffer; jobs queued for the freed
+ * worker; a retry; a worker leaving the hand-off list meanwhile). Takes
+ * mu. */
+static int after_direct(pp__worker *w, int n, int left) {
+  pp_engine *e = w->peer.e;
+  if (n > 0)
+    clear_aborts(w);
+  uv_mutex_lock(&e->mu);
+  e->direct_results += (uint64_t)n;
+  int wake = left || e->pending.len > 0 || !w->on_handoff ||
+             atomic_load(&e->dispatch_wanted);
+  uv_mutex_unlock(&e->mu);
+  return wake;
+}
+
+/* wake_engine: after_direct said so: the engine thread runs
+ * pp__pool_direct_done on its next turn. Any thread. */
+static void wake_engine(pp_engine *e) {
+  atomic_store(&e->direct_wake, 1);
+  uv_async_send(&e->async);
+}
+
 /* direct_frames: complete the RESULT frames at the front of w's read
  * buffer that a caller may complete (a job w holds, no KEPT, all of it in
  * the buffer); stop at anything else, which stays for the engine thread.
@@ -1067,13 +1104,7 @@ static int direct_frames(pp__worker *w, int *wake) {
     pp_buf_consume(&w->peer.rbuf, PP_FRAME_HDR + h.length);
     n++;
   }
-  if (n > 0)
-    clear_aborts(w);
-  uv_mutex_lock(&e->mu);
-  e->direct_results += (uint64_t)n;
-  *wake = pp_buf_avail(&w->peer.rbuf) > 0 || e->pending.len > 0 ||
-          !w->on_handoff || atomic_load(&e->dispatch_wanted);
-  uv_mutex_unlock(&e->mu);
+  *wake = after_direct(w, n, pp_buf_avail(&w->peer.rbuf) > 0);
   return n;
 }
 
@@ -1107,17 +1138,137 @@ int pp__pool_direct_read(pp_engine *e, pp_job *j) {
     }
   }
   uv_mutex_unlock(&w->rd_mu);
-  if (wake) {
-    atomic_store(&e->direct_wake, 1);
-    uv_async_send(&e->async);
+  if (wake)
+    wake_engine(e);
+  return n;
+}
+
+/* ---- the result mailbox (wstatus.h, protocol 4.1) ---- */
+
+/* mb_take: the mailbox of w is FULL: copy the frame out, empty it, and
+ * complete the result as the engine thread would. A frame that is not a
+ * whole RESULT (without KEPT) marks the worker broken (the engine thread
+ * kills it); a result of a job w no longer holds (requeued meanwhile) is
+ * dropped. Returns 1 when a job completed. mb_mu held; any thread. */
+static int mb_take(pp__worker *w) {
+  pp_engine *e = w->peer.e;
+  pp_wstatus *s = w->status;
+  uint8_t frame[PP_WSTATUS_MB_MAX];
+  uint32_t len = s->mb_len;
+  if (len <= PP_WSTATUS_MB_MAX)
+    memcpy(frame, s->mb_frame, len);
+  atomic_store_explicit(&s->mb_state, PP_MB_EMPTY, memory_order_release);
+  pp_frame_hdr h;
+  int rc = 0;
+  if (len < PP_FRAME_HDR || len > PP_WSTATUS_MB_MAX ||
+      pp_frame_decode_hdr(frame, e->max_frame, &h) != PP_OK ||
+      h.type != PP_MSG_RESULT || (h.flags & PP_RESF_KEPT) ||
+      PP_FRAME_HDR + (size_t)h.length != len) {
+    rc = -1;
+  } else if (holds(w, &h)) {
+    pp__credit credit = {&e->njobs, &e->time_ns, w->pid};
+    rc = pp__peer_result(&w->peer, &h, frame + PP_FRAME_HDR, &credit);
+  }
+  if (rc < 0) {
+    atomic_store(&w->mb_broke, 1);
+    wake_engine(e);
+    return 0;
+  }
+  if (after_direct(w, rc > 0, 0))
+    wake_engine(e);
+  return rc > 0;
+}
+
+/* mb_set: arm w's mailbox (EMPTY) for j. Caller holds mu and mb_mu. */
+static void mb_set(pp__worker *w, const pp_job *j) {
+  pp_wstatus *s = w->status;
+  atomic_store_explicit(&s->mb_id, j->id, memory_order_relaxed);
+  atomic_store_explicit(&s->mb_attempt, j->attempt, memory_order_relaxed);
+  atomic_store_explicit(&s->mb_state, PP_MB_WAITING, memory_order_release);
+}
+
+pp__worker *pp__pool_mb_arm(pp_engine *e, pp_job *j) {
+  pp__worker *w;
+  uv_mutex_lock(&e->mu);
+  for (w = e->handoff; w != NULL; w = w->hnext)
+    if (w->peer.inflight.head == j)
+      break;
+  if (w == NULL || w->status == NULL || uv_mutex_trylock(&w->mb_mu) != 0) {
+    uv_mutex_unlock(&e->mu);
+    return NULL;
+  }
+  if (atomic_load(&w->status->mb_state) != PP_MB_EMPTY) {
+    uv_mutex_unlock(&w->mb_mu); /* (left by a worker that stopped mid-way) */
+    uv_mutex_unlock(&e->mu);
+    return NULL;
+  }
+  mb_set(w, j);
+  uv_mutex_unlock(&e->mu);
+  return w;
+}
+
+int pp__pool_mb_poll(pp_engine *e, pp__worker *w, pp_job *j) {
+  pp_wstatus *s = w->status;
+  if (atomic_load_explicit(&s->mb_state, memory_order_acquire) != PP_MB_FULL)
+    return 0;
+  int n = mb_take(w);
+  if (!pp_job_done(j)) { /* another job's result: wait on for j's */
+    uv_mutex_lock(&e->mu);
+    if (w->on_handoff && w->peer.inflight.head == j)
+      mb_set(w, j);
+    uv_mutex_unlock(&e->mu);
   }
   return n;
+}
+
+/* (how long a withdrawing caller waits for a mailbox the worker is
+ * writing; after that the engine thread's tick empties it) */
+#define MB_FINISH_NS 1000000u
+
+void pp__pool_mb_disarm(pp_engine *e, pp__worker *w) {
+  pp_wstatus *s = w->status;
+  uint32_t st = PP_MB_WAITING;
+  PP_UNUSED(e);
+  if (!atomic_compare_exchange_strong(&s->mb_state, &st, PP_MB_EMPTY) &&
+      st != PP_MB_EMPTY) {
+    /* the worker took it: its frame is (about to be) there */
+    uint64_t t0 = pp_now_ns();
+    while ((st = atomic_load_explicit(&s->mb_state, memory_order_acquire)) ==
+               PP_MB_WRITING &&
+           pp_now_ns() - t0 < MB_FINISH_NS)
+      sched_yield();
+    if (st == PP_MB_FULL)
+      mb_take(w);
+  }
+  uv_mutex_unlock(&w->mb_mu);
+}
+
+/* mb_collect: empty w's mailbox when it is FULL and no caller holds it (a
+ * caller that gave up waiting while the worker was still writing, or the
+ * worker's last result before it ended). Engine thread. */
+static void mb_collect(pp__worker *w) {
+  if (w->status == NULL ||
+      atomic_load_explicit(&w->status->mb_state, memory_order_acquire) !=
+          PP_MB_FULL ||
+      uv_mutex_trylock(&w->mb_mu) != 0)
+    return;
+  if (atomic_load_explicit(&w->status->mb_state, memory_order_acquire) ==
+      PP_MB_FULL)
+    mb_take(w);
+  uv_mutex_unlock(&w->mb_mu);
 }
 
 void pp__pool_direct_done(pp_engine *e) {
   for (pp__worker *w = e->workers; w; w = w->next) {
     if (!w->alive || uv_is_closing((uv_handle_t *)&w->pipe))
       continue;
+    if (atomic_exchange(&w->mb_broke, 0)) {
+      pp__log(e, PP_LOG_ERROR, "worker pid %d put a malformed result in its "
+              "mailbox; killing it", w->pid);
+      w->broke = 1;
+      worker_kill(w);
+      continue;
+    }
     uv_mutex_lock(&w->rd_mu);
     w->rd_engine = 1;
     int rc = process_frames(w);
@@ -1170,6 +1321,13 @@ static void worker_ended(pp__worker *w, int64_t status, int sig,
   handoff_update(w);
   if (!e->stopping) /* when stopping, its jobs were already failed */
     drain_pipe(w);
+  if (!e->stopping && w->status != NULL) {
+    /* and its mailbox: a result put there just before the end counts */
+    uv_mutex_lock(&w->mb_mu);
+    if (atomic_load(&w->status->mb_state) == PP_MB_FULL)
+      mb_take(w);
+    uv_mutex_unlock(&w->mb_mu);
+  }
   w->alive = 0;
   if (w->listed)
     pids_remove(e, w->pid);
@@ -1295,6 +1453,11 @@ static pp__worker *worker_new(pp_engine *e, int *sfd) {
   if (w == NULL)
     return NULL;
   if (uv_mutex_init(&w->rd_mu) != 0) {
+    free(w);
+    return NULL;
+  }
+  if (uv_mutex_init(&w->mb_mu) != 0) {
+    uv_mutex_destroy(&w->rd_mu);
     free(w);
     return NULL;
   }

@@ -258,12 +258,14 @@ def blob_of(n, seed):
 
 
 def test_results_of_every_size_are_exact_when_the_caller_reads_first(server):
-    """A caller reads at most 64 KiB at a frame boundary: a longer result
-    is finished by the engine thread (1 MiB and up into the arena), with
-    the caller's part kept in front of it."""
+    """A result frame of up to 3 KiB comes through the worker's status page
+    (the mailbox), a longer one through the pipe: a caller reads at most
+    64 KiB at a frame boundary, the engine thread finishes a longer result
+    (1 MiB and up into the arena), with the caller's part kept in front."""
     d0 = directs(server)
     for rnd in range(3):
-        for n in (0, 1, 65000, 65536 + 17, 300000, (1 << 20) + 3, 3 << 20):
+        for n in (0, 1, 2900, 3000, 3030, 3040, 3050, 3100, 4000, 65000,
+                  65536 + 17, 300000, (1 << 20) + 3, 3 << 20):
             got = server.submit(blob_of, (n, rnd + n % 13))()
             assert len(got) == n and got == blob_of(n, rnd + n % 13), n
         for x in range(20):  # small ones are the caller's again
