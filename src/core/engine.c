@@ -164,6 +164,8 @@ static void on_dispatcher(uv_prepare_t *h) {
   int releases = e->nreleased > 0;
   uv_mutex_unlock(&e->mu);
   pp__pool_flush_rests(e); /* ends of hand-offs go before anything else */
+  if (atomic_exchange(&e->direct_wake, 0))
+    pp__pool_direct_done(e); /* what waiting callers left in read buffers */
   if (releases)
     drop_released(e);
   if (stops) /* stop requests from other threads: tell the transports */
@@ -728,14 +730,30 @@ int pp_engine_wait_job(pp_engine *e, pp_job *j, int64_t timeout_ns) {
     return PP_OK;
   if (timeout_ns < 0 || timeout_ns >= (int64_t)WAIT_SPIN_NS) {
     uint64_t t0 = pp_now_ns();
+    /* the result comes to us, not to the engine thread, when we may: in
+     * the worker's mailbox (no system call on either side), else read
+     * from its pipe ourselves (pool.c) */
+    pp__worker *mb = pp__pool_mb_arm(e, j);
+    int done = 0;
     do {
-      for (int i = 0; i < 32; i++) {
-        if (pp_job_done(j))
-          return PP_OK;
+      if (mb != NULL)
+        pp__pool_mb_poll(e, mb, j);
+      if (pp_job_done(j) ||
+          (pp__pool_direct_read(e, j) > 0 && pp_job_done(j))) {
+        done = 1;
+        break;
+      }
+      for (int i = 0; i < 32 && !done; i++) {
+        done = pp_job_done(j);
         cpu_relax();
       }
-      sched_yield(); /* let a thread sharing this CPU (the engine) run */
-    } while (pp_now_ns() - t0 < WAIT_SPIN_NS);
+      if (!done)
+        sched_yield(); /* let a thread sharing this CPU (the engine) run */
+    } while (!done && pp_now_ns() - t0 < WAIT_SPIN_NS);
+    if (mb != NULL)
+      pp__pool_mb_disarm(e, mb);
+    if (done || pp_job_done(j))
+      return PP_OK;
   }
   uv_mutex_lock(&e->mu);
   while (!pp_job_done(j) && rc == PP_OK)
@@ -848,6 +866,7 @@ void pp_engine_get_stats(pp_engine *e, pp_engine_stats *out) {
   out->running = e->running;
   out->template_pid = e->tpl_pid;
   out->handoffs = e->handoffs;
+  out->direct_results = e->direct_results;
   uv_mutex_unlock(&e->mu);
   out->shm_used = e->shm ? pp_shm_used(e->shm) : 0;
   out->shm_size = e->shm ? pp_shm_size(e->shm) : 0;

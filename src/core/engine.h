@@ -35,7 +35,8 @@ typedef struct pp_engine_opts {
   uint64_t shm_size;
   /* Optional completion hook, for embedders without Python (ppserver).
    * Called once per job when it becomes DONE, with the engine mutex held,
-   * from the engine thread or from the thread calling cancel/shutdown. The
+   * from the engine thread, the thread calling cancel/shutdown, or a thread
+   * in pp_engine_wait_job that read the job's result itself. The
    * job pointer is borrowed (pp_job_ref it to keep it). The hook must be
    * quick and must not call any pp_engine_* function. */
   void (*on_complete)(void *ctx, pp_job *j);
@@ -114,6 +115,8 @@ typedef struct pp_engine_stats {
   uint64_t running;   /* handed to a worker, no result yet */
   uint64_t handoffs;  /* jobs the submitting thread wrote to an idle local
                          worker itself (direct hand-off) */
+  uint64_t direct_results; /* results the waiting caller read from a local
+                              worker's pipe itself */
   uint64_t shm_used;  /* bytes of the shared-memory arena in use */
   uint64_t shm_size;  /* its size (0: no arena) */
   uint64_t objs_sent;      /* OBJ frames sent to workers and nodes */

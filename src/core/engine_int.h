@@ -131,9 +131,15 @@ struct pp_engine {
   int pool_settled;
   int rests_wanted;
   uint64_t handoffs;
+  uint64_t direct_results; /* [mu] completed by a waiting caller (pool.c) */
 
   /* [loop] */
-  int dispatch_wanted; /* something may have freed capacity or added work */
+  /* something may have freed capacity or added work (atomic: a caller
+   * completing a result it read itself may ask too, pool.c) */
+  atomic_int dispatch_wanted;
+  /* a caller read a worker's pipe and left work for the engine thread
+   * (pp__pool_direct_read): on_dispatcher runs pp__pool_direct_done */
+  atomic_int direct_wake;
   int stops_wanted;    /* [mu] a running job was asked to stop */
   int64_t abort_group; /* [mu] with abort_wanted: the group (-1 = all) */
   uint64_t abort_grace_ns; /* [mu] */
@@ -228,6 +234,31 @@ int pp__pool_handoff(pp_engine *e, pp_job *j);
  * thread could not write whole (before anything else goes to those
  * workers). Engine thread, once per loop turn. */
 void pp__pool_flush_rests(pp_engine *e);
+/* pp__pool_direct_read: the caller waiting for j reads the result itself
+ * when j is in flight first on a worker of the hand-off list and the
+ * worker's read lock is free: one non-blocking read of its pipe, and the
+ * RESULT frames there completed as the engine thread would (pool.c,
+ * "Results read by the waiting caller"); anything else is left for the
+ * engine thread, which is woken for it. Returns how many jobs it completed
+ * (0: nothing read, or the lock or the worker was not free). Any thread
+ * but the engine's, holding no engine lock. */
+int pp__pool_direct_read(pp_engine *e, pp_job *j);
+/* The result mailbox (wstatus.h, protocol 4.1), from pp_engine_wait_job:
+ * pp__pool_mb_arm asks the worker j is in flight first on (on the hand-off
+ * list, with a status page) to put j's result in its mailbox instead of
+ * its pipe; it returns that worker (its mailbox now held by this thread)
+ * or NULL. pp__pool_mb_poll completes what the mailbox holds (and arms it
+ * again when that was another job's); returns the jobs completed. Every
+ * armed mailbox is given back with pp__pool_mb_disarm, which completes a
+ * result the worker was already putting there. Any thread but the
+ * engine's, holding no engine lock. */
+pp__worker *pp__pool_mb_arm(pp_engine *e, pp_job *j);
+int pp__pool_mb_poll(pp_engine *e, pp__worker *w, pp_job *j);
+void pp__pool_mb_disarm(pp_engine *e, pp__worker *w);
+/* pp__pool_direct_done: what waiting callers left in the workers' read
+ * buffers (frames they do not complete, the dispatch and BYE that follow
+ * results) is done now. Engine thread (on_dispatcher, after direct_wake). */
+void pp__pool_direct_done(pp_engine *e);
 
 /* ---- node.c: remote ppserver nodes (engine thread) ------------------- */
 

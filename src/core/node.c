@@ -485,7 +485,7 @@ static int session_frames(pp__node *n) {
     case PP_MSG_RESULT:
       if (n->state != NODE_READY)
         return PP_EPROTO;
-      pp__credit c = {&n->st.njobs, &n->st.time_ns, NULL};
+      pp__credit c = {&n->st.njobs, &n->st.time_ns, 0};
       rc = pp__peer_result(&n->peer, &h, p, &c);
       if (rc < 0)
         return rc;

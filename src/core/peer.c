@@ -606,8 +606,12 @@ int pp__peer_result_in(pp__peer *peer, const pp_frame_hdr *h,
       (*c->njobs)++;
     if (c && c->time_ns)
       *c->time_ns += j->runtime_ns;
-    if (c && c->njobs2)
-      (*c->njobs2)++;
+    if (c && c->pid > 0)
+      for (int i = 0; i < e->npids; i++)
+        if (e->pids[i] == c->pid) {
+          e->pid_jobs[i]++;
+          break;
+        }
   }
   j->result_flags = copy ? (h->flags & PP_RESF_BUFS) : 0;
   j->rshm = rshm; /* where the result below lives (pp_job_unref frees it) */

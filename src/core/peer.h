@@ -185,7 +185,9 @@ int pp__peer_forget(pp__peer *p, pp_obj *o);
 typedef struct pp__credit {
   uint64_t *njobs;   /* +1 per job that ran to a result */
   uint64_t *time_ns; /* + its run time */
-  uint64_t *njobs2;  /* +1 as well (e.g. the worker's own count) */
+  int pid;           /* > 0: +1 to this local worker's count in the
+                        engine's pid table (looked up under the mutex: the
+                        table may grow meanwhile) */
 } pp__credit;
 
 /* pp__peer_result: a RESULT frame (header h, payload of h->length bytes)
@@ -201,7 +203,9 @@ int pp__peer_result(pp__peer *peer, const pp_frame_hdr *h,
  * into a block of arena shm at off (h->length bytes, as allocated there):
  * a value's bytes stay where they are and the job owns the block. On a
  * return of 1 the block is the job's (or freed); on an error the caller
- * still owns it. Engine thread. */
+ * still owns it. The engine thread, or (pp__peer_result, local workers)
+ * a thread waiting for the job that holds the worker's read lock
+ * (pool.c, "Results read by the waiting caller"). */
 int pp__peer_result_in(pp__peer *peer, const pp_frame_hdr *h,
                        uint8_t *payload, const pp__credit *c, pp_shm *shm,
                        uint64_t off);

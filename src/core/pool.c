@@ -15,8 +15,22 @@
  * decided under the mutex (docs/architecture.md, "Threads"): the submitting
  * thread only while the worker is on the hand-off list, has nothing in
  * flight and libuv has none of its bytes queued; the engine thread only
- * for jobs it put in flight itself (so never at the same time). Everything
- * else here is engine thread only. */
+ * for jobs it put in flight itself (so never at the same time).
+ *
+ * Results read by the waiting caller: a thread waiting for a job in
+ * flight on a worker of the hand-off list reads the worker's pipe itself
+ * (pp__pool_direct_read), so the result reaches it without the engine
+ * thread's wake-up on the way back. What reading touches (the read buffer,
+ * a large result being read, process_frames) is under the worker's read
+ * lock rd_mu: the engine thread holds it from each on_alloc to its on_read
+ * (libuv pairs them), the caller while it reads. Lock order: rd_mu, then
+ * mu; a thread holding mu only tries rd_mu (trylock). The caller completes
+ * RESULT frames of jobs the worker holds and leaves everything else (other
+ * frames, a partial or large result, a result with KEPT) in the buffer for
+ * the engine thread, which it then wakes (direct_wake). Before a worker's
+ * pipe is drained or closed, the engine takes it off the hand-off list and
+ * waits for rd_mu once, so no caller still uses it. Everything else here
+ * is engine thread only. */
 #include "engine_int.h"
 #include "fdpass.h"
 #include "wstatus.h"
@@ -41,6 +55,8 @@
 /* A hand-off writes at most this many bytes from the submitting thread
  * (with the engine mutex held): larger jobs go through the engine. */
 #define HANDOFF_MAX (1u << 20)
+/* A waiting caller reads at most this much of a worker's pipe at once. */
+#define DIRECT_ROOM 65536u
 #define BACKOFF_FIRST_MS 100u
 #define BACKOFF_MAX_SHIFT 4 /* 100 ms .. 1.6 s between start attempts */
 #define MAX_TPL_FAILS 3 /* templates lost in a row before none is used */
@@ -99,6 +115,16 @@ struct pp__worker {
   uint8_t *big;
   uint64_t big_off;
   size_t big_have;
+  /* the read lock (see the top of this file) over peer.rbuf, big* and
+   * process_frames; rd_engine: the engine thread holds it (on_alloc ..
+   * on_read), read by the engine thread only */
+  uv_mutex_t rd_mu;
+  int rd_engine;
+  int rd_yielded; /* on_alloc found rd_mu taken (engine thread only) */
+  /* the status page's result mailbox (wstatus.h): held by the one thread
+   * that armed it or empties it; rd_barrier waits for it too */
+  uv_mutex_t mb_mu;
+  atomic_int mb_broke; /* a malformed frame came in it: kill the worker */
   pp__worker *next;
 };
 
@@ -134,18 +160,11 @@ static void pids_remove(pp_engine *e, int pid) {
   uv_mutex_unlock(&e->mu);
 }
 
-/* pid_counter: where pid's result count lives. The table only changes on
- * the engine thread, so the pointer stays valid for the rest of the
- * current callback. NULL when the pid is not listed. */
-static uint64_t *pid_counter(pp_engine *e, int pid) {
-  for (int i = 0; i < e->npids; i++)
-    if (e->pids[i] == pid)
-      return &e->pid_jobs[i];
-  return NULL;
-}
-
 static void wreq_free(wreq *r);
 static void worker_named(pp__worker *w, int pid);
+static void handoff_off_locked(pp__worker *w);
+static void mb_collect(pp__worker *w);
+static int mb_take(pp__worker *w);
 
 /* worker_free: release everything w owns (its handles are closed). */
 static void worker_free(pp__worker *w) {
@@ -164,6 +183,8 @@ static void worker_free(pp__worker *w) {
   if (w->big) /* it died in the middle of a large result */
     pp_shm_free(w->peer.e->shm, w->big_off, w->big_hdr.length);
   pp__peer_clear(&w->peer);
+  uv_mutex_destroy(&w->rd_mu);
+  uv_mutex_destroy(&w->mb_mu);
   free(w);
 }
 
@@ -185,7 +206,24 @@ static void on_handle_closed(uv_handle_t *h) {
     worker_unlink_free(w);
 }
 
+/* rd_barrier: no caller reads w's pipe or waits on its mailbox from now
+ * on: off the hand-off list (under mu), then the read lock and the mailbox
+ * lock taken and released once, so a caller that found w before is done
+ * with it. Engine thread, holding neither lock. */
+static void rd_barrier(pp__worker *w) {
+  uv_mutex_lock(&w->peer.e->mu);
+  handoff_off_locked(w);
+  uv_mutex_unlock(&w->peer.e->mu);
+  if (!w->rd_engine) {
+    uv_mutex_lock(&w->rd_mu);
+    uv_mutex_unlock(&w->rd_mu);
+  }
+  uv_mutex_lock(&w->mb_mu);
+  uv_mutex_unlock(&w->mb_mu);
+}
+
 static void worker_close(pp__worker *w) {
+  rd_barrier(w); /* the pipe's descriptor closes below */
   if (!uv_is_closing((uv_handle_t *)&w->pipe))
     uv_close((uv_handle_t *)&w->pipe, on_handle_closed);
   if (!w->forked && !uv_is_closing((uv_handle_t *)&w->proc))
@@ -653,6 +691,8 @@ static const pp__peer_ops worker_ops = {w_ready, w_emit, w_flush, w_drop,
 
 void pp__pool_tick(pp_engine *e, uint64_t now) {
   for (pp__worker *w = e->workers; w; w = w->next) {
+    if (w->alive)
+      mb_collect(w); /* a result no caller took (the backstop) */
     uint64_t id = running_now(w);
     if (!w->alive || id == 0)
       continue;
@@ -793,7 +833,7 @@ static int process_frames(pp__worker *w) {
   const uint8_t *p;
   int rc = 1;
   uint64_t nresults = 0;
-  pp__credit credit = {&e->njobs, &e->time_ns, pid_counter(e, w->pid)};
+  pp__credit credit = {&e->njobs, &e->time_ns, w->pid};
   if (w->big != NULL) {
     if (w->big_have < w->big_hdr.length)
       return PP_OK; /* more of it to come (nothing else is read meanwhile) */
@@ -805,7 +845,7 @@ static int process_frames(pp__worker *w) {
     if (h.type == PP_MSG_HELLO) {
       if (w->forked && w->pid == 0 && h.length == 4 && pp_get_u32(p) > 0) {
         worker_named(w, (int)pp_get_u32(p)); /* before FORKED: credit it */
-        credit.njobs2 = pid_counter(e, w->pid);
+        credit.pid = w->pid;
       }
       w->hello = 1;
       e->spawn_fails = 0;
@@ -932,9 +972,22 @@ static void took(pp__worker *w, size_t n) {
     w->peer.rbuf.len += n;
 }
 
+/* on_alloc: libuv is about to read w's pipe: take the read lock (on_read,
+ * which libuv calls after every on_alloc, releases it) and say where the
+ * bytes go. When a waiting caller holds the lock, it is reading this pipe:
+ * no room (libuv reports UV_ENOBUFS, which on_read ignores then; the poll
+ * reports the pipe again while bytes are left), so the caller's unlock
+ * never has a sleeping engine thread to wake. */
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  pp__worker *w = h->data;
   PP_UNUSED(hint);
-  *buf = read_room(h->data); /* length 0: libuv reports UV_ENOBUFS */
+  if (uv_mutex_trylock(&w->rd_mu) != 0) {
+    w->rd_yielded = 1;
+    *buf = uv_buf_init(NULL, 0);
+    return;
+  }
+  w->rd_engine = 1;
+  *buf = read_room(w); /* length 0: libuv reports UV_ENOBUFS */
 }
 
 /* on_read: bytes from the worker's pipe. A malformed frame, EOF or a read
@@ -942,6 +995,11 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   pp__worker *w = s->data;
   PP_UNUSED(buf);
+  if (w->rd_yielded) { /* on_alloc left the pipe to a waiting caller */
+    w->rd_yielded = 0;
+    if (nread == UV_ENOBUFS)
+      return;
+  }
   if (nread > 0) {
     took(w, (size_t)nread);
     if (process_frames(w) != PP_OK) {
@@ -953,7 +1011,13 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     uv_read_stop(s);
     worker_kill(w);
   }
+  if (w->rd_engine) {
+    w->rd_engine = 0;
+    uv_mutex_unlock(&w->rd_mu);
+  }
 }
+
+static void drain_locked(pp__worker *w, uv_os_fd_t fd);
 
 /* drain_pipe: read whatever the exited process left in the pipe, so a
  * result written just before exit is not mistaken for a crash. */
@@ -961,6 +1025,15 @@ static void drain_pipe(pp__worker *w) {
   uv_os_fd_t fd;
   if (uv_fileno((uv_handle_t *)&w->pipe, &fd) != 0)
     return;
+  /* (it is off the hand-off list already: taking the lock waits for a
+   * caller still reading it) */
+  uv_mutex_lock(&w->rd_mu);
+  drain_locked(w, fd);
+  uv_mutex_unlock(&w->rd_mu);
+}
+
+/* drain_locked: drain_pipe's reading, with the read lock held. */
+static void drain_locked(pp__worker *w, uv_os_fd_t fd) {
   for (int rounds = 0; rounds < 100000; rounds++) {
     uv_buf_t room = read_room(w);
     if (room.len == 0)
@@ -973,6 +1046,238 @@ static void drain_pipe(pp__worker *w) {
     took(w, (size_t)n);
     if (process_frames(w) != PP_OK)
       break;
+  }
+}
+
+/* ---- results read by the waiting caller --------------------------------- */
+
+/* holds: whether (h->id, h->attempt) is in flight on w. Takes mu. */
+static int holds(pp__worker *w, const pp_frame_hdr *h) {
+  int found = 0;
+  uv_mutex_lock(&w->peer.e->mu);
+  for (const pp_job *j = w->peer.inflight.head; j && !found; j = j->next)
+    found = j->id == h->id && j->attempt == h->attempt;
+  uv_mutex_unlock(&w->peer.e->mu);
+  return found;
+}
+
+/* after_direct: n results were completed outside the engine thread's
+ * reading (a waiting caller, the mailbox): count them, free the abort
+ * slots of finished jobs, and say whether the engine thread has work now
+ * (left: frames are left in the read buffer; jobs queued for the freed
+ * worker; a retry; a worker leaving the hand-off list meanwhile). Takes
+ * mu. */
+static int after_direct(pp__worker *w, int n, int left) {
+  pp_engine *e = w->peer.e;
+  if (n > 0)
+    clear_aborts(w);
+  uv_mutex_lock(&e->mu);
+  e->direct_results += (uint64_t)n;
+  int wake = left || e->pending.len > 0 || !w->on_handoff ||
+             atomic_load(&e->dispatch_wanted);
+  uv_mutex_unlock(&e->mu);
+  return wake;
+}
+
+/* wake_engine: after_direct said so: the engine thread runs
+ * pp__pool_direct_done on its next turn. Any thread. */
+static void wake_engine(pp_engine *e) {
+  atomic_store(&e->direct_wake, 1);
+  uv_async_send(&e->async);
+}
+
+/* direct_frames: complete the RESULT frames at the front of w's read
+ * buffer that a caller may complete (a job w holds, no KEPT, all of it in
+ * the buffer); stop at anything else, which stays for the engine thread.
+ * Returns how many completed; *wake: the engine thread has work now (a
+ * frame left, jobs queued for the freed worker, a retry, a worker leaving
+ * the hand-off list meanwhile). Read lock held; takes mu. */
+static int direct_frames(pp__worker *w, int *wake) {
+  pp_engine *e = w->peer.e;
+  pp__credit credit = {&e->njobs, &e->time_ns, w->pid};
+  pp_frame_hdr h;
+  const uint8_t *p;
+  int n = 0;
+  while (pp_frame_next(&w->peer.rbuf, e->max_frame, &h, &p) == 1 &&
+         h.type == PP_MSG_RESULT && !(h.flags & PP_RESF_KEPT) &&
+         holds(w, &h) && pp__peer_result(&w->peer, &h, p, &credit) > 0) {
+    pp_buf_consume(&w->peer.rbuf, PP_FRAME_HDR + h.length);
+    n++;
+  }
+  *wake = after_direct(w, n, pp_buf_avail(&w->peer.rbuf) > 0);
+  return n;
+}
+
+int pp__pool_direct_read(pp_engine *e, pp_job *j) {
+  pp__worker *w;
+  uv_mutex_lock(&e->mu);
+  for (w = e->handoff; w != NULL; w = w->hnext)
+    if (w->peer.inflight.head == j)
+      break;
+  /* on the list (under mu) it is alive and open; holding its read lock,
+   * it stays so (rd_barrier) */
+  if (w == NULL || w->fd < 0 || uv_mutex_trylock(&w->rd_mu) != 0) {
+    uv_mutex_unlock(&e->mu);
+    return 0;
+  }
+  int fd = w->fd;
+  uv_mutex_unlock(&e->mu);
+  int n = 0, wake = 0;
+  pp_buf *b = &w->peer.rbuf;
+  /* only at a frame boundary, never into a large result (the engine reads
+   * that into the arena): one read of what is there */
+  if (w->big == NULL && pp_buf_avail(b) == 0 &&
+      pp_buf_reserve(b, DIRECT_ROOM) == PP_OK) {
+    ssize_t got;
+    do
+      got = recv(fd, b->data + b->len, b->cap - b->len, MSG_DONTWAIT);
+    while (got < 0 && errno == EINTR);
+    if (got > 0) { /* (EOF and errors are the engine thread's to see) */
+      b->len += (size_t)got;
+      n = direct_frames(w, &wake);
+    }
+  }
+  uv_mutex_unlock(&w->rd_mu);
+  if (wake)
+    wake_engine(e);
+  return n;
+}
+
+/* ---- the result mailbox (wstatus.h, protocol 4.1) ---- */
+
+/* mb_take: the mailbox of w is FULL: copy the frame out, empty it, and
+ * complete the result as the engine thread would. A frame that is not a
+ * whole RESULT (without KEPT) marks the worker broken (the engine thread
+ * kills it); a result of a job w no longer holds (requeued meanwhile) is
+ * dropped. Returns 1 when a job completed. mb_mu held; any thread. */
+static int mb_take(pp__worker *w) {
+  pp_engine *e = w->peer.e;
+  pp_wstatus *s = w->status;
+  uint8_t frame[PP_WSTATUS_MB_MAX];
+  uint32_t len = s->mb_len;
+  if (len <= PP_WSTATUS_MB_MAX)
+    memcpy(frame, s->mb_frame, len);
+  atomic_store_explicit(&s->mb_state, PP_MB_EMPTY, memory_order_release);
+  pp_frame_hdr h;
+  int rc = 0;
+  if (len < PP_FRAME_HDR || len > PP_WSTATUS_MB_MAX ||
+      pp_frame_decode_hdr(frame, e->max_frame, &h) != PP_OK ||
+      h.type != PP_MSG_RESULT || (h.flags & PP_RESF_KEPT) ||
+      PP_FRAME_HDR + (size_t)h.length != len) {
+    rc = -1;
+  } else if (holds(w, &h)) {
+    pp__credit credit = {&e->njobs, &e->time_ns, w->pid};
+    rc = pp__peer_result(&w->peer, &h, frame + PP_FRAME_HDR, &credit);
+  }
+  if (rc < 0) {
+    atomic_store(&w->mb_broke, 1);
+    wake_engine(e);
+    return 0;
+  }
+  if (after_direct(w, rc > 0, 0))
+    wake_engine(e);
+  return rc > 0;
+}
+
+/* mb_set: arm w's mailbox (EMPTY) for j. Caller holds mu and mb_mu. */
+static void mb_set(pp__worker *w, const pp_job *j) {
+  pp_wstatus *s = w->status;
+  atomic_store_explicit(&s->mb_id, j->id, memory_order_relaxed);
+  atomic_store_explicit(&s->mb_attempt, j->attempt, memory_order_relaxed);
+  atomic_store_explicit(&s->mb_state, PP_MB_WAITING, memory_order_release);
+}
+
+pp__worker *pp__pool_mb_arm(pp_engine *e, pp_job *j) {
+  pp__worker *w;
+  uv_mutex_lock(&e->mu);
+  for (w = e->handoff; w != NULL; w = w->hnext)
+    if (w->peer.inflight.head == j)
+      break;
+  if (w == NULL || w->status == NULL || uv_mutex_trylock(&w->mb_mu) != 0) {
+    uv_mutex_unlock(&e->mu);
+    return NULL;
+  }
+  if (atomic_load(&w->status->mb_state) != PP_MB_EMPTY) {
+    uv_mutex_unlock(&w->mb_mu); /* (left by a worker that stopped mid-way) */
+    uv_mutex_unlock(&e->mu);
+    return NULL;
+  }
+  mb_set(w, j);
+  uv_mutex_unlock(&e->mu);
+  return w;
+}
+
+int pp__pool_mb_poll(pp_engine *e, pp__worker *w, pp_job *j) {
+  pp_wstatus *s = w->status;
+  if (atomic_load_explicit(&s->mb_state, memory_order_acquire) != PP_MB_FULL)
+    return 0;
+  int n = mb_take(w);
+  if (!pp_job_done(j)) { /* another job's result: wait on for j's */
+    uv_mutex_lock(&e->mu);
+    if (w->on_handoff && w->peer.inflight.head == j)
+      mb_set(w, j);
+    uv_mutex_unlock(&e->mu);
+  }
+  return n;
+}
+
+/* (how long a withdrawing caller waits for a mailbox the worker is
+ * writing; after that the engine thread's tick empties it) */
+#define MB_FINISH_NS 1000000u
+
+void pp__pool_mb_disarm(pp_engine *e, pp__worker *w) {
+  pp_wstatus *s = w->status;
+  uint32_t st = PP_MB_WAITING;
+  PP_UNUSED(e);
+  if (!atomic_compare_exchange_strong(&s->mb_state, &st, PP_MB_EMPTY) &&
+      st != PP_MB_EMPTY) {
+    /* the worker took it: its frame is (about to be) there */
+    uint64_t t0 = pp_now_ns();
+    while ((st = atomic_load_explicit(&s->mb_state, memory_order_acquire)) ==
+               PP_MB_WRITING &&
+           pp_now_ns() - t0 < MB_FINISH_NS)
+      sched_yield();
+    if (st == PP_MB_FULL)
+      mb_take(w);
+  }
+  uv_mutex_unlock(&w->mb_mu);
+}
+
+/* mb_collect: empty w's mailbox when it is FULL and no caller holds it (a
+ * caller that gave up waiting while the worker was still writing, or the
+ * worker's last result before it ended). Engine thread. */
+static void mb_collect(pp__worker *w) {
+  if (w->status == NULL ||
+      atomic_load_explicit(&w->status->mb_state, memory_order_acquire) !=
+          PP_MB_FULL ||
+      uv_mutex_trylock(&w->mb_mu) != 0)
+    return;
+  if (atomic_load_explicit(&w->status->mb_state, memory_order_acquire) ==
+      PP_MB_FULL)
+    mb_take(w);
+  uv_mutex_unlock(&w->mb_mu);
+}
+
+void pp__pool_direct_done(pp_engine *e) {
+  for (pp__worker *w = e->workers; w; w = w->next) {
+    if (!w->alive || uv_is_closing((uv_handle_t *)&w->pipe))
+      continue;
+    if (atomic_exchange(&w->mb_broke, 0)) {
+      pp__log(e, PP_LOG_ERROR, "worker pid %d put a malformed result in its "
+              "mailbox; killing it", w->pid);
+      w->broke = 1;
+      worker_kill(w);
+      continue;
+    }
+    uv_mutex_lock(&w->rd_mu);
+    w->rd_engine = 1;
+    int rc = process_frames(w);
+    w->rd_engine = 0;
+    uv_mutex_unlock(&w->rd_mu);
+    if (rc != PP_OK) {
+      uv_read_stop((uv_stream_t *)&w->pipe);
+      worker_kill(w);
+    }
   }
 }
 
@@ -1016,6 +1321,13 @@ static void worker_ended(pp__worker *w, int64_t status, int sig,
   handoff_update(w);
   if (!e->stopping) /* when stopping, its jobs were already failed */
     drain_pipe(w);
+  if (!e->stopping && w->status != NULL) {
+    /* and its mailbox: a result put there just before the end counts */
+    uv_mutex_lock(&w->mb_mu);
+    if (atomic_load(&w->status->mb_state) == PP_MB_FULL)
+      mb_take(w);
+    uv_mutex_unlock(&w->mb_mu);
+  }
   w->alive = 0;
   if (w->listed)
     pids_remove(e, w->pid);
@@ -1140,6 +1452,15 @@ static pp__worker *worker_new(pp_engine *e, int *sfd) {
   *sfd = -1;
   if (w == NULL)
     return NULL;
+  if (uv_mutex_init(&w->rd_mu) != 0) {
+    free(w);
+    return NULL;
+  }
+  if (uv_mutex_init(&w->mb_mu) != 0) {
+    uv_mutex_destroy(&w->rd_mu);
+    free(w);
+    return NULL;
+  }
   pp__peer_init(&w->peer, e, &worker_ops, PP__PEER_LOCAL, 1);
   w->fd = -1;
   w->peer.strict = 1;

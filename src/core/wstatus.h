@@ -11,13 +11,26 @@
 #define PP_WSTATUS_H
 
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define PP_WSTATUS_FD 4
 #define PP_WSTATUS_SIZE 4096u
 #define PP_WSTATUS_MAGIC 0x74737070u /* "ppst" */
-#define PP_WSTATUS_VERSION 1u
+#define PP_WSTATUS_VERSION 2u
 #define PP_WSTATUS_NABORT 16u /* jobs one worker can be told to abort at once */
+#define PP_WSTATUS_MB_MAX 3072u /* bytes of the one frame the mailbox holds */
+
+/* The result mailbox's states (mb_state, protocol 4.1). */
+enum {
+  PP_MB_EMPTY = 0,   /* nobody waits */
+  PP_MB_WAITING = 1, /* a caller spins for (mb_id, mb_attempt); it may
+                        withdraw (WAITING -> EMPTY) */
+  PP_MB_WRITING = 2, /* the worker took it (WAITING -> WRITING) */
+  PP_MB_FULL = 3     /* mb_frame holds that job's RESULT frame, mb_len
+                        bytes; the caller empties it */
+};
 
 typedef struct pp_wstatus {
   /* written by the engine before the worker starts, read-only after */
@@ -38,7 +51,20 @@ typedef struct pp_wstatus {
   /* written by the engine before the worker starts: */
   uint32_t capture;    /* 1: capture each job's fd 1 and 2 (and sys.std*) */
   uint32_t max_output; /* bytes kept per stream and job */
+  /* the result mailbox: a caller waiting for a job on this worker (the
+   * engine's side, any thread) arms it; the worker then puts that job's
+   * RESULT frame here instead of in its pipe, so the result reaches the
+   * caller without a system call or the engine thread (protocol 4.1) */
+  _Atomic uint32_t mb_state; /* PP_MB_* */
+  uint32_t mb_len;           /* FULL: bytes of mb_frame */
+  _Atomic uint64_t mb_id;    /* WAITING: the job (set before WAITING) */
+  _Atomic uint32_t mb_attempt;
+  uint32_t reserved3;
+  uint8_t mb_frame[PP_WSTATUS_MB_MAX];
 } pp_wstatus;
+
+_Static_assert(sizeof(pp_wstatus) <= PP_WSTATUS_SIZE,
+               "the status page is one page");
 
 /* pp_wstatus_aborting: whether id is on the abort list. Any side; also
  * from a signal handler (lock-free atomics only). */
@@ -61,6 +87,31 @@ static inline void pp_wstatus_begin(pp_wstatus *s, uint64_t id,
   atomic_store_explicit(&s->started_ns, now_ns, memory_order_relaxed);
   atomic_fetch_add_explicit(&s->njobs, 1, memory_order_relaxed);
   atomic_store_explicit(&s->job_id, id, memory_order_release);
+}
+
+/* pp_wstatus_post: the worker's side of the mailbox: when a caller waits
+ * for (id, attempt) and the frame (len bytes) fits, put it there and
+ * return 1 (the frame must then not be sent on the pipe); else 0. Worker's
+ * main thread. */
+static inline int pp_wstatus_post(pp_wstatus *s, uint64_t id,
+                                  uint32_t attempt, const uint8_t *frame,
+                                  size_t len) {
+  uint32_t want = PP_MB_WAITING;
+  if (s == NULL || len > PP_WSTATUS_MB_MAX ||
+      atomic_load_explicit(&s->mb_state, memory_order_acquire) != want ||
+      atomic_load_explicit(&s->mb_id, memory_order_relaxed) != id ||
+      atomic_load_explicit(&s->mb_attempt, memory_order_relaxed) != attempt ||
+      !atomic_compare_exchange_strong_explicit(&s->mb_state, &want,
+                                               PP_MB_WRITING,
+                                               memory_order_acq_rel,
+                                               memory_order_acquire))
+    return 0;
+  /* (the caller set id and attempt before WAITING and cannot change them
+   * until it withdraws, which the exchange just ruled out) */
+  memcpy(s->mb_frame, frame, len);
+  s->mb_len = (uint32_t)len;
+  atomic_store_explicit(&s->mb_state, PP_MB_FULL, memory_order_release);
+  return 1;
 }
 
 /* pp_wstatus_end: the job's result is encoded (queued for writing). */

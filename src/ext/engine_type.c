@@ -612,16 +612,17 @@ static PyObject *Engine_set_nworkers(ppx_engine_object *self, PyObject *arg) {
   Py_RETURN_NONE;
 }
 
-/* Engine.stats() -> {njobs, time, queued, running, ..., handoffs}: jobs run
- * to a result and the sum of their run times (seconds), jobs waiting and
- * running, and jobs the submitting thread wrote to an idle worker itself. */
+/* Engine.stats() -> {njobs, time, queued, running, ..., handoffs,
+ * direct_results}: jobs run to a result and the sum of their run times
+ * (seconds), jobs waiting and running, jobs the submitting thread wrote to
+ * an idle worker itself, and results the waiting caller read itself. */
 static PyObject *Engine_stats(ppx_engine_object *self, PyObject *unused) {
   pp_engine_stats s;
   PP_UNUSED(unused);
   if (!engine_ok(self))
     return NULL;
   pp_engine_get_stats(self->e, &s);
-  return Py_BuildValue("{sKsdsKsKsKsKsKsKsKsisK}", "njobs",
+  return Py_BuildValue("{sKsdsKsKsKsKsKsKsKsisKsK}", "njobs",
                        (unsigned long long)s.njobs, "time", s.time_ns / 1e9,
                        "queued", (unsigned long long)s.queued, "running",
                        (unsigned long long)s.running, "shm_used",
@@ -631,7 +632,8 @@ static PyObject *Engine_stats(ppx_engine_object *self, PyObject *unused) {
                        (unsigned long long)s.obj_bytes_sent, "objs_dropped",
                        (unsigned long long)s.objs_dropped, "template_pid",
                        s.template_pid, "handoffs",
-                       (unsigned long long)s.handoffs);
+                       (unsigned long long)s.handoffs, "direct_results",
+                       (unsigned long long)s.direct_results);
 }
 
 /* Engine.obj_release(obj): no new job names obj; every worker and node

@@ -123,6 +123,26 @@ typedef struct wstate {
   uint64_t spin_ns;      /* how long read_in polls; 0: never */
 } wstate;
 
+/* flush_out: send the frames in w->out: on the pipe, or, when they are
+ * exactly one RESULT frame (no KEPT) of a job a caller waits for in the
+ * status page's mailbox, there (pp_wstatus_post: no system call, and the
+ * engine thread is not woken). 0, or -1 when the engine is gone. */
+static int flush_out(wstate *w) {
+  pp_buf *o = &w->out;
+  size_t avail = pp_buf_avail(o);
+  pp_frame_hdr h;
+  if (w->status != NULL && avail >= PP_FRAME_HDR &&
+      avail <= PP_WSTATUS_MB_MAX &&
+      pp_frame_decode_hdr(o->data + o->off, PP_WSTATUS_MB_MAX, &h) == PP_OK &&
+      h.type == PP_MSG_RESULT && !(h.flags & PP_RESF_KEPT) &&
+      PP_FRAME_HDR + (size_t)h.length == avail &&
+      pp_wstatus_post(w->status, h.id, h.attempt, o->data + o->off, avail)) {
+    pp_buf_consume(o, avail);
+    return 0;
+  }
+  return write_all(w->fd, o);
+}
+
 /* One job's use of its arguments in the arena: the context of their lease.
  * When the lease dies during the job, the RESULT says nothing; after its
  * RESULT (which said KEPT), a RELEASE frame tells the engine. */
@@ -1089,7 +1109,7 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
       if (pp_buf_avail(&w.out) > 0 &&
           (pp_buf_avail(&w.out) >= FLUSH_BYTES ||
            pp_now_ns() - first_unsent >= FLUSH_AFTER_NS)) {
-        if (write_all(w.fd, &w.out) < 0)
+        if (flush_out(&w) < 0)
           goto bye; /* engine gone */
         first_unsent = 0;
       }
@@ -1100,7 +1120,7 @@ PyObject *ppx_worker_main(PyObject *self, PyObject *a) {
       goto out;
     }
     take_releases(&w);
-    if (pp_buf_avail(&w.out) > 0 && write_all(w.fd, &w.out) < 0)
+    if (pp_buf_avail(&w.out) > 0 && flush_out(&w) < 0)
       goto bye;
     size_t want = 65536;
     if (rc == 0 && pp_buf_avail(&in) >= PP_FRAME_HDR) {

@@ -20,6 +20,13 @@
  *            garbage        write 32 bytes that are no frame; go on
  *            badid          RESULT with the wrong job id; go on
  *            badstatus      RESULT with status 7 (undefined); go on
+ *            mb:<text>      like echo, through the status page's result
+ *                           mailbox (wstatus.h): waits up to 300 ms for a
+ *                           caller to arm it, else RESULT "unposted:<text>"
+ *                           on the pipe
+ *            mbgarbage      attempt 1: 32 bytes that are no frame into the
+ *                           mailbox (as mb:, "unposted" when no caller
+ *                           armed it); later attempts: RESULT ok "again"
  *            held:<text>    like echo, but the RESULT is held back and
  *                           written only when no input is waiting (as the
  *                           Python worker batches results), so a crash
@@ -49,6 +56,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -148,6 +156,36 @@ static char *arg_str(const char *s, size_t n, size_t skip) {
   return out;
 }
 
+/* mb_result: put a RESULT (text, or junk when garbage) in the mailbox once
+ * a caller waits for this job there (polling up to 300 ms); 1 when posted,
+ * 0 when nobody armed it in time. */
+static int mb_result(const pp_frame_hdr *h, const char *text, size_t len,
+                     int garbage) {
+  uint8_t frame[PP_FRAME_HDR + 8 + 256];
+  size_t flen;
+  if (garbage) {
+    flen = 32;
+    for (size_t i = 0; i < flen; i++)
+      frame[i] = (uint8_t)(0xa5 ^ (i * 13));
+  } else {
+    if (len > 256)
+      len = 256;
+    pp_frame_hdr rh = {PP_PROTO_VERSION, PP_MSG_RESULT, PP_RES_OK,
+                       (uint32_t)(8 + len), h->attempt, h->id};
+    pp_frame_encode_hdr(frame, &rh);
+    pp_put_u64(frame + PP_FRAME_HDR, 1000);
+    memcpy(frame + PP_FRAME_HDR + 8, text, len);
+    flen = PP_FRAME_HDR + 8 + len;
+  }
+  uint64_t t0 = now_ns();
+  while (now_ns() - t0 < 300000000u) {
+    if (pp_wstatus_post(status, h->id, h->attempt, frame, flen))
+      return 1;
+    sched_yield();
+  }
+  return 0;
+}
+
 static void flush_held(void) {
   if (pp_buf_avail(&held) > 0)
     write_full(held.data + held.off, pp_buf_avail(&held));
@@ -176,6 +214,17 @@ static void run_job(const pp_frame_hdr *h, const uint8_t *p) {
   }
   if (starts(cmd, n, "echo:")) {
     send_result(h, PP_RES_OK, 1000, cmd + 5, n - 5);
+  } else if (starts(cmd, n, "mb:")) {
+    if (!mb_result(h, cmd + 3, n - 3, 0)) {
+      int k = snprintf(text, sizeof text, "unposted:%.*s", (int)(n - 3),
+                       cmd + 3);
+      send_result(h, PP_RES_OK, 1000, text, (size_t)k);
+    }
+  } else if (n == 9 && memcmp(cmd, "mbgarbage", 9) == 0) {
+    if (h->attempt > 1)
+      send_result(h, PP_RES_OK, 1000, "again", 5);
+    else if (!mb_result(h, NULL, 0, 1))
+      send_result(h, PP_RES_OK, 1000, "unposted", 8);
   } else if (starts(cmd, n, "exc:")) {
     send_result(h, PP_RES_EXC, 1000, cmd + 4, n - 4);
   } else if (starts(cmd, n, "serial:")) {

@@ -1209,6 +1209,13 @@ static uint64_t handoffs(pp_engine *e) {
   return st.handoffs;
 }
 
+/* directs: results a waiting caller read from a worker's pipe itself. */
+static uint64_t directs(pp_engine *e) {
+  pp_engine_stats st;
+  pp_engine_get_stats(e, &st);
+  return st.direct_results;
+}
+
 /* One job at a time on idle workers: each is written by the submitting
  * thread (the function before its first job), and completes with the same
  * counts and statistics as a dispatched one. Then a batch (queued, the
@@ -1228,7 +1235,7 @@ static void test_handoff_sequential(void) {
   pp_job_unref(warm);
   CHECK(wait_nlive(e, 2, T_WAIT));
   sleep_ms(50); /* both HELLOs in: both workers on the hand-off list */
-  uint64_t h0 = handoffs(e);
+  uint64_t h0 = handoffs(e), d0 = directs(e);
   int bad = 0;
   char cmd[64], want[64];
   for (int i = 0; i < N; i++) {
@@ -1245,6 +1252,11 @@ static void test_handoff_sequential(void) {
   /* sequential jobs on idle workers all go straight to them */
   CHECKF(h1 - h0 == N, "%llu of %d jobs handed off",
          (unsigned long long)(h1 - h0), N);
+  /* some of them the waiting caller read itself, the others the engine
+   * thread (first there, or the caller no longer spinning: this fake
+   * worker sleeps between jobs, so a round trip often outlasts the spin);
+   * either way the counts below add up */
+  CHECK(directs(e) - d0 <= (uint64_t)N);
   /* the burst starts with a job that keeps one worker busy throughout it,
    * so the engine is never idle again before its last submit (however the
    * threads are scheduled) */
@@ -1417,6 +1429,91 @@ static void test_handoff_worker_killed(void) {
 out:
   pp_job_unref(j);
   pp_job_unref(k);
+  pp_engine_free(e);
+  pp_func_unref(f);
+}
+
+/* wait_short: wait for j in 1 ms slices (each slice's spin arms the
+ * mailbox again, so a worker that polls for it finds it armed within a
+ * few slices), for at most T_WAIT. */
+static int wait_short(pp_engine *e, pp_job *j) {
+  for (int i = 0; i < (int)(T_WAIT / 1000000) && !pp_job_done(j); i++)
+    pp_engine_wait_job(e, j, 1000000);
+  return pp_job_done(j);
+}
+
+/* The result mailbox (wstatus.h): a result the worker puts there reaches
+ * the waiting caller and completes the job exactly once, counted like any
+ * other; a malformed frame there kills the worker and the job runs again;
+ * the pool goes on. */
+static void test_mailbox(void) {
+  enum { N = 40 };
+  hook_ctx hook;
+  memset(&hook, 0, sizeof hook);
+  pp_engine *e = start((cfg){.nworkers = 1, .max_retries = 1,
+                             .queue_logs = 1, .hook = &hook});
+  pp_func *f = pp_func_new("mailbox", 7);
+  char cmd[64], want[64], unposted[64];
+  int bad = 0, posted = 0;
+  if (e == NULL || !CHECK(f != NULL))
+    goto out;
+  pp_job *warm = submit(e, f, "echo:w", 0);
+  wait_ok(e, warm, "w");
+  pp_job_unref(warm);
+  sleep_ms(20); /* HELLO in: on the hand-off list */
+  uint64_t d0 = directs(e);
+  for (int i = 0; i < N; i++) {
+    snprintf(cmd, sizeof cmd, "mb:m%d", i);
+    snprintf(want, sizeof want, "m%d", i);
+    snprintf(unposted, sizeof unposted, "unposted:m%d", i);
+    pp_job *j = submit(e, f, cmd, 0);
+    if (j == NULL || !wait_short(e, j) || j->status != PP_JOB_OK)
+      bad++;
+    else if (result_is(j, want))
+      posted++;
+    else if (!result_is(j, unposted))
+      bad++;
+    pp_job_unref(j);
+  }
+  CHECKF(bad == 0, "%d mailbox round trips failed", bad);
+  CHECKF(posted > N / 2, "%d of %d results came through the mailbox", posted,
+         N);
+  CHECK(directs(e) - d0 >= (uint64_t)posted);
+  /* garbage in the mailbox: the worker is killed, the job charged and run
+   * again on a new one (retried until one attempt got the mailbox armed) */
+  int pid = only_pid(e), garbaged = 0;
+  for (int tries = 0; tries < 10 && !garbaged; tries++) {
+    pp_job *j = submit(e, f, "mbgarbage", 0);
+    if (j == NULL || !CHECK(wait_short(e, j)))
+      break;
+    CHECK(j->status == PP_JOB_OK);
+    if (result_is(j, "again")) {
+      garbaged = 1;
+      CHECKF(j->attempt == 2 && j->crashes == 1, "attempt %u crashes %u",
+             j->attempt, j->crashes);
+      CHECK(j->worker_pid != pid);
+    } else {
+      CHECK(result_is(j, "unposted"));
+    }
+    pp_job_unref(j);
+  }
+  CHECK(garbaged);
+  CHECK(wait_nlive(e, 1, T_WAIT));
+  pp_job *k = submit(e, f, "echo:after", 0);
+  wait_ok(e, k, "after");
+  pp_job_unref(k);
+  CHECK(pp_engine_wait_group(e, -1, T_WAIT) == PP_OK);
+  pp_engine_stats st;
+  pp_engine_get_stats(e, &st);
+  int pids[4];
+  uint64_t counts[4];
+  int np = pp_engine_worker_pids(e, pids, counts, 4);
+  CHECK(np == 1 && st.njobs >= (uint64_t)(N + 2));
+  /* every job completed exactly once */
+  CHECK(atomic_load(&hook.calls) == atomic_load(&hook.by_status[PP_JOB_OK]));
+  CHECK(atomic_load(&hook.not_done) == 0);
+  drain_logs(e, NULL);
+out:
   pp_engine_free(e);
   pp_func_unref(f);
 }
@@ -1825,6 +1922,7 @@ int main(int argc, char **argv) {
       {"handoff_sequential", test_handoff_sequential},
       {"handoff_worker_killed", test_handoff_worker_killed},
       {"handoff_abort", test_handoff_abort},
+      {"mailbox", test_mailbox},
       {"handoff_large", test_handoff_large},
       {"handoff_concurrent", test_handoff_concurrent},
       {"external_loop", test_external_loop},

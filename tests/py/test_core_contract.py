@@ -103,7 +103,7 @@ def test_entry_points():
     assert set(e.stats()) == {"njobs", "time", "queued", "running",
                               "shm_used", "shm_size", "objs_sent",
                               "obj_bytes_sent", "objs_dropped", "template_pid",
-                              "handoffs"}
+                              "handoffs", "direct_results"}
     e.shutdown()
 
 
