@@ -116,7 +116,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       break;
     pp_frame_hdr h;
     const uint8_t *payload;
-    pp__credit credit = {&e->njobs, &e->time_ns, NULL};
+    pp__credit credit = {&e->njobs, &e->time_ns, 0};
     int rc;
     while ((rc = pp_frame_next(&peer.rbuf, e->max_frame, &h, &payload)) == 1) {
       if (h.type == PP_MSG_HELLO) {
